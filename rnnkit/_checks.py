@@ -1,0 +1,48 @@
+"""Validation at the public boundary: every error names the argument, the value and what was expected."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_lengths(lengths, batch: int, steps: int, device: torch.device) -> Tensor:
+    """Turn ``lengths`` (a sequence or 1-D integer tensor) into a ``[B]`` int64 tensor on ``device``."""
+    if not isinstance(lengths, Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"lengths must be a 1-D integer tensor or a list of ints, got {lengths!r}") from error
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(
+            f"lengths must have shape [B={batch}] (one length per sequence), got shape {list(lengths.shape)}"
+        )
+    if batch:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1:
+            raise ValueError(f"lengths must be >= 1, got min {low}")
+        if high > steps:
+            raise ValueError(f"lengths must be <= T={steps}, got max {high}")
+    return lengths.to(device=device, dtype=torch.long)

@@ -1,0 +1,73 @@
+"""The native backend: torch.nn's own kernels (oneDNN on CPU, cuDNN on GPU) for what they compute exactly.
+
+torch.nn has no functional RNN API, so this calls the same ``torch._VF`` entry points that
+``nn.LSTM``/``nn.GRU``/``nn.RNN`` call, one layer at a time (rnnkit does stacking and inter-layer
+dropout itself, so every backend draws the same dropout masks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, _VF
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from rnnkit.cells.base import RecurrentCell, SequenceNoise, State
+
+KERNELS = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn_tanh": _VF.rnn_tanh, "rnn_relu": _VF.rnn_relu}
+
+
+def unsupported(cell: RecurrentCell, noise: SequenceNoise | None) -> str | None:
+    """Why torch.nn's kernels cannot compute ``cell`` exactly, or None when they can."""
+    if cell.layer_norm:
+        return "layer_norm=True (torch.nn has no layer-norm cells)"
+    if getattr(cell, "peepholes", False):
+        return "peepholes=True (torch.nn's LSTM has no peepholes)"
+    if getattr(cell, "reset_after", True) is False:
+        return "reset_after=False (torch.nn's GRU computes the reset-after form only)"
+    if cell.zoneout > 0:
+        return f"zoneout={cell.zoneout} (torch.nn has no zoneout)"
+    if noise is not None and noise.recurrent is not None:
+        return f"recurrent_dropout={cell.recurrent_dropout} while training (torch.nn has no recurrent dropout)"
+    return None
+
+
+def flat_weights(cell: RecurrentCell) -> list[Tensor]:
+    weights = [cell.weight_ih, cell.weight_hh]
+    if cell.bias:
+        weights += [cell.bias_ih, cell.bias_hh]
+    return weights
+
+
+def run_layer(
+    cells: Sequence[RecurrentCell],
+    x: Tensor,
+    states: Sequence[State],
+    lengths: Tensor | None,
+) -> tuple[Tensor, list[State]]:
+    """One layer, 1 or 2 directions, on ``x [T, B, I]``; returns ``outputs [T, B, D*H]`` and final states."""
+    first = cells[0]
+    kernel = KERNELS[first.kind]
+    weights = [w for cell in cells for w in flat_weights(cell)]
+    bidirectional = len(cells) == 2
+    # torch.nn stacks directions on dim 0: [D, B, H]
+    hx = tuple(torch.stack([state[k] for state in states]) for k in range(first.state_size))
+    packed = None
+    if lengths is not None and bool((lengths < x.shape[0]).any()):
+        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        hx = tuple(h.index_select(1, packed.sorted_indices) for h in hx)
+    hx_arg = hx if first.kind == "lstm" else hx[0]
+    args = (weights, first.bias, 1, 0.0, first.training, bidirectional)
+    if packed is None:
+        result = kernel(x, hx_arg, *args, False)
+    else:
+        result = kernel(packed.data, packed.batch_sizes, hx_arg, *args)
+    outputs, finals = result[0], tuple(result[1:])
+    if packed is not None:
+        outputs, _ = pad_packed_sequence(
+            PackedSequence(outputs, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+            total_length=x.shape[0],
+        )
+        finals = tuple(h.index_select(1, packed.unsorted_indices) for h in finals)
+    return outputs, [tuple(h[d] for h in finals) for d in range(len(cells))]

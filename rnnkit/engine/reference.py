@@ -1,0 +1,45 @@
+"""The reference engine: a plain loop over time with autograd. It is the specification of BPTT.
+
+Every other backend must give the same outputs, final states and gradients as :func:`run_direction`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells.base import RecurrentCell, SequenceNoise, State
+
+
+def step_mask(lengths: Tensor | None, steps: int) -> Tensor | None:
+    """``[T, B, 1]`` bool, True where step ``t`` lies inside sequence ``b`` (None when no lengths)."""
+    if lengths is None:
+        return None
+    return (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+
+
+def run_direction(
+    cell: RecurrentCell,
+    x: Tensor,
+    state: State,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    noise: SequenceNoise | None = None,
+) -> tuple[Tensor, State]:
+    """Run ``cell`` over ``x [T, B, I]`` from ``state`` (a tuple of ``[B, H]``).
+
+    With ``lengths [B]``, steps ``t >= lengths[b]`` are padding: they leave sequence ``b``'s state
+    unchanged and give a zero output. With ``reverse=True`` time runs from ``T-1`` down to ``0``, so
+    each sequence starts at its own last valid step. Returns ``outputs [T, B, H]`` and the final state.
+    """
+    steps = x.shape[0]
+    valid = step_mask(lengths, steps)
+    outputs: list[Tensor | None] = [None] * steps
+    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        output, new_state = cell(x[t], state, None if noise is None else noise.step(t))
+        if valid is not None:
+            output = torch.where(valid[t], output, 0.0)
+            new_state = tuple(torch.where(valid[t], new, old) for new, old in zip(new_state, state))
+        outputs[t] = output
+        state = new_state
+    return torch.stack(outputs), state
