@@ -1,0 +1,42 @@
+"""Layer behaviour that torch.nn cannot check: dropout between layers, options reaching every cell."""
+
+import torch
+
+import rnnkit as rk
+from tests.helpers import assert_close
+
+
+def test_interlayer_dropout_masks_are_the_same_for_every_backend():
+    native = rk.GRU(3, 4, 3, dropout=0.5, backend="native").double()
+    reference = rk.GRU(3, 4, 3, dropout=0.5, backend="reference").double()
+    reference.load_state_dict(native.state_dict())
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    torch.manual_seed(7)
+    out_n, _ = native(x)
+    torch.manual_seed(7)
+    out_r, _ = reference(x)
+    assert_close(out_n, out_r)
+    torch.manual_seed(8)
+    assert not torch.allclose(native(x)[0], out_n)  # dropout is really on while training
+    native.eval()
+    assert torch.equal(native(x)[0], native(x)[0])
+
+
+def test_cell_options_reach_every_cell_and_layer_sizes_chain():
+    layer = rk.LSTM(3, 4, 3, bidirectional=True, layer_norm=True, peepholes=True, zoneout=0.1)
+    assert len(layer.cells) == 6
+    assert all(c.layer_norm and c.peepholes and c.zoneout == 0.1 for c in layer.cells)
+    assert [c.input_size for c in layer.cells] == [3, 3, 8, 8, 8, 8]
+    assert layer.cell(2, 1) is layer.cells[5]
+
+
+def test_auto_backend_picks_native_only_where_exact():
+    from rnnkit.engine import choose_backend
+
+    plain = rk.GRU(3, 4)
+    assert choose_backend(plain.cells, [None]) == "native"
+    layer_norm = rk.GRU(3, 4, layer_norm=True)
+    assert choose_backend(layer_norm.cells, [None]) == "reference"
+    dropout = rk.LSTM(3, 4, recurrent_dropout=0.3)
+    assert choose_backend(dropout.cells, [dropout.cells[0].sample_noise(2, 2)]) == "reference"
+    assert choose_backend(dropout.eval().cells, [dropout.cells[0].sample_noise(2, 2)]) == "native"
