@@ -2,7 +2,8 @@
 
 - ``reference``: :func:`rnnkit.engine.reference.run_direction`, the readable loop over time.
 - ``native``: torch.nn's kernels, only for options torch.nn computes exactly.
-- ``auto``: the fastest backend that computes the configuration exactly.
+- ``fused``: :mod:`rnnkit.engine.fused`, one autograd Function per cell family with hand-written BPTT.
+- ``auto``: the fastest backend that computes the configuration exactly (see :func:`choose_backend`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,26 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells.base import RecurrentCell, SequenceNoise, State
-from rnnkit.engine import native
-from rnnkit.engine.reference import run_direction
+from rnnkit.engine import fused, native, reference
 
-BACKENDS = ("auto", "reference", "native")
+BACKENDS = ("auto", "reference", "native", "fused")
 
 
-def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None]) -> str:
-    """The backend ``auto`` runs for these cells and noise."""
+def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
+    """The backend ``auto`` runs for these cells, noise and input.
+
+    torch.nn's kernels where they compute the options exactly and are fastest (any cell on GPU, where
+    cuDNN runs the whole sequence in one kernel; LSTM inference on CPU, where oneDNN's fused LSTM beats
+    anything issued op by op); otherwise the fused engine; the reference loop for cells it does not know.
+    Measurements behind this: benchmarks/RESULTS.md.
+    """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
-        return "native"
+        training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for c in cells
+                                                                          for p in c.parameters()))
+        if x.device.type != "cpu" or (cells[0].kind == "lstm" and not training):
+            return "native"
+    if all(fused.unsupported(cell) is None for cell in cells):
+        return "fused"
     return "reference"
 
 
@@ -43,14 +54,22 @@ def run_layer(
         ValueError: ``backend`` is unknown, or cannot compute these options (the message says which).
     """
     if backend == "auto":
-        backend = choose_backend(cells, noises)
+        backend = choose_backend(cells, noises, x)
     if backend == "native":
         for cell, noise in zip(cells, noises):
             reason = native.unsupported(cell, noise)
             if reason is not None:
                 raise ValueError(f"backend='native' cannot run {reason}; use backend='auto' or 'reference'")
         return native.run_layer(cells, x, states, lengths)
-    if backend != "reference":
+    if backend == "fused":
+        for cell in cells:
+            reason = fused.unsupported(cell)
+            if reason is not None:
+                raise ValueError(f"backend='fused' cannot run {reason}; use backend='auto' or 'reference'")
+        run_direction = fused.run_direction
+    elif backend == "reference":
+        run_direction = reference.run_direction
+    else:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     outputs, finals = [], []
     for direction, (cell, state, noise) in enumerate(zip(cells, states, noises)):

@@ -49,7 +49,8 @@ class RNN(nn.Module):
         bidirectional: run a second cell backwards in time; outputs are concatenated, ``D = 2``.
         batch_first: inputs and outputs are ``[B, T, F]`` (default) instead of ``[T, B, F]``.
         dropout: dropout probability on the outputs of every layer but the last (training only).
-        backend: ``"auto"`` (fastest exact one), ``"reference"`` or ``"native"`` (torch.nn's kernels).
+        backend: ``"auto"`` (fastest exact one), ``"fused"`` (hand-written BPTT), ``"reference"`` (the
+            readable loop over time) or ``"native"`` (torch.nn's kernels, for what torch.nn computes).
         **cell_options: passed to every cell, e.g. ``layer_norm``, ``recurrent_dropout``, ``zoneout``,
             ``nonlinearity``, ``reset_after``, ``peepholes``, ``forget_bias``, ``bias``, initialisers.
 

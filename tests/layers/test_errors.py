@@ -93,7 +93,7 @@ def test_unknown_cell_option():
 
 
 def test_unknown_backend():
-    with raises(ValueError, "backend must be one of 'auto', 'reference', 'native'"):
+    with raises(ValueError, "backend must be one of 'auto', 'reference', 'native', 'fused'"):
         rk.LSTM(3, 4, backend="cudnn")
 
 

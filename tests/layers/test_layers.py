@@ -30,13 +30,18 @@ def test_cell_options_reach_every_cell_and_layer_sizes_chain():
     assert layer.cell(2, 1) is layer.cells[5]
 
 
-def test_auto_backend_picks_native_only_where_exact():
+def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     from rnnkit.engine import choose_backend
 
     plain = rk.GRU(3, 4)
-    assert choose_backend(plain.cells, [None]) == "native"
+    x = torch.randn(2, 3, 3)
+    assert choose_backend(plain.cells, [None], x) == "fused"
+    with torch.no_grad():
+        assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "native"
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "fused"
     layer_norm = rk.GRU(3, 4, layer_norm=True)
-    assert choose_backend(layer_norm.cells, [None]) == "reference"
+    assert choose_backend(layer_norm.cells, [None], x) == "fused"
     dropout = rk.LSTM(3, 4, recurrent_dropout=0.3)
-    assert choose_backend(dropout.cells, [dropout.cells[0].sample_noise(2, 2)]) == "reference"
-    assert choose_backend(dropout.eval().cells, [dropout.cells[0].sample_noise(2, 2)]) == "native"
+    assert choose_backend(dropout.cells, [dropout.cells[0].sample_noise(2, 2)], x) == "fused"
+    with torch.no_grad():
+        assert choose_backend(dropout.eval().cells, [dropout.cells[0].sample_noise(2, 2)], x) == "native"

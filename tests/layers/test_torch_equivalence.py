@@ -81,14 +81,14 @@ MATRIX = list(itertools.product(
     TORCH_LAYERS, [1, 2, 3], [False, True], [False, True], [False, True], [True, False]))
 
 
-@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("backend", ["reference", "native", "fused"])
 @pytest.mark.parametrize(("kind", "layers", "bidirectional", "lengths", "state", "batch_first"), MATRIX)
 def test_matches_torch_nn_float64(kind, layers, bidirectional, lengths, state, batch_first, backend):
     compare(kind, layers, bidirectional, lengths, state, batch_first, backend, torch.float64)
 
 
 @pytest.mark.parametrize("kind", list(TORCH_LAYERS))
-@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("backend", ["reference", "native", "fused"])
 def test_matches_torch_nn_float32(kind, backend):
     compare(kind, 2, True, True, True, True, backend, torch.float32)
 

@@ -1,0 +1,58 @@
+"""The fused BPTT engine: one autograd Function per cell family, hand-written backward.
+
+Each Function runs the recurrence over a whole (packed) sequence and saves only what its backward
+needs; the input projection of all steps is one GEMM done outside the Function, so autograd computes
+its gradients as large GEMMs too. :func:`run_direction` has the reference engine's contract.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
+from rnnkit.cells.base import SequenceNoise, State
+from rnnkit.engine.fused.common import Masks
+from rnnkit.engine.fused.gru import FusedGRU
+from rnnkit.engine.fused.lstm import FusedLSTM
+from rnnkit.engine.fused.packing import Packing
+from rnnkit.engine.fused.simple import FusedSimpleRNN
+
+
+def unsupported(cell: RecurrentCell) -> str | None:
+    """Why the fused engine cannot run ``cell``, or None when it can."""
+    if type(cell) not in (SimpleRNNCell, LSTMCell, GRUCell):
+        return f"custom cell {type(cell).__name__} (the fused engine knows rnnkit's own cells only)"
+    return None
+
+
+def run_direction(
+    cell: RecurrentCell,
+    x: Tensor,
+    state: State,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    noise: SequenceNoise | None = None,
+) -> tuple[Tensor, State]:
+    """Same contract as :func:`rnnkit.engine.reference.run_direction`: ``x [T, B, I]`` -> ``[T, B, H]``."""
+    steps, batch = x.shape[0], x.shape[1]
+    packing = Packing.plan(steps, batch, lengths, reverse, x.device)
+    gates = cell.input_gates(packing.pack(x))  # [N, G*H]: one GEMM for every step
+    initial = tuple(packing.sort(s) for s in state)
+    masks = Masks.pack(noise, packing)
+    gain = cell.ln_hh_weight if cell.layer_norm else None
+    if isinstance(cell, SimpleRNNCell):
+        states = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
+                                      cell.nonlinearity == "relu")
+        finals = (packing.final_rows(states),)
+    elif isinstance(cell, GRUCell):
+        states = FusedGRU.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
+                                cell.reset_after)
+        finals = (packing.final_rows(states),)
+    else:
+        states, final_c = FusedLSTM.apply(
+            gates, *initial, cell.weight_hh, cell.bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
+            cell.ln_cell_weight if cell.layer_norm else None, cell.ln_cell_bias if cell.layer_norm else None,
+            packing, masks)
+        finals = (packing.final_rows(states), final_c)
+    outputs = packing.unpack(states[batch:])
+    return outputs, tuple(packing.unsort(f) for f in finals)

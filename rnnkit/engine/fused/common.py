@@ -1,0 +1,160 @@
+"""Pieces every fused cell Function shares: the recurrent projection (with per-gate layer norm and its
+hand-written backward), the packed noise masks, and in-place activations."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells.base import LAYER_NORM_EPS, SequenceNoise
+from rnnkit.engine.fused.packing import Packing
+
+_layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+
+
+def first_order_only(backward):
+    """Refuse double backward clearly: the hand-written backward is not itself differentiable.
+
+    (``torch.autograd.function.once_differentiable`` is not enough: with ``create_graph=True`` and
+    grad outputs that need no grad it lets a *wrong* second derivative through silently.)
+    """
+
+    @functools.wraps(backward)
+    def checked(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError("double backward (create_graph=True) through rnnkit's fused engine is not "
+                               "supported; use backend='reference' for higher-order gradients")
+        return backward(ctx, *grads)
+
+    return checked
+
+
+def layer_norm_forward(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None):
+    """``(y, mean, rstd)`` of a layer norm over the last dimension."""
+    return torch.native_layer_norm(x, x.shape[-1:], weight, bias, LAYER_NORM_EPS)
+
+
+def layer_norm_backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Gradient w.r.t. the input of :func:`layer_norm_forward` (affine gradients are summed by the caller)."""
+    return _layer_norm_backward(grad, x, x.shape[-1:], mean, rstd, weight, None, [True, False, False])[0]
+
+
+def normalised(x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+    """``(x - mean) * rstd``: the normalised values, recomputed for all steps at once."""
+    return (x - mean) * rstd
+
+
+class Projection:
+    r"""The recurrent term of one group of ``g`` gates, step by step: ``inputs @ W^T``, or with a gain
+    :math:`\gamma`, ``LN(inputs @ W^T) * gain`` with layer norm per gate. The bias is the caller's.
+
+    Forward keeps what backward needs (pre-normalisation values and LN statistics); backward
+    accumulates the gradient of the inputs each step and both parameter gradients once at the end
+    (one GEMM over all steps).
+    """
+
+    def __init__(self, weight: Tensor, gain: Tensor | None, packing: Packing, hidden: int) -> None:
+        self.weight = weight  # [g*H, H]
+        self.weight_t = weight.t()
+        self.gain = gain
+        self.hidden = hidden
+        self.groups = weight.shape[0] // hidden
+        if gain is not None:
+            self.pre = weight.new_empty(packing.rows, weight.shape[0])  # [N, g*H] before normalisation
+            self.pre_views = packing.step_views(self.pre)
+            self.pre_views_3d = packing.step_views(self.pre.view(packing.rows, self.groups, hidden))
+            self.means: list[Tensor] = []
+            self.rstds: list[Tensor] = []
+        self.grad_pre: list[Tensor] = []
+
+    def begin_backward(self) -> None:
+        """Forget gradients of an earlier backward through the same graph (``retain_graph=True``)."""
+        self.grad_pre = []
+
+    def _normalise(self, inputs: Tensor, t: int) -> Tensor:
+        torch.mm(inputs, self.weight_t, out=self.pre_views[t])
+        normed, mean, rstd = layer_norm_forward(self.pre_views_3d[t])
+        self.means.append(mean)
+        self.rstds.append(rstd)
+        return normed.view(inputs.shape[0], -1)
+
+    def add_into(self, target: Tensor, inputs: Tensor, t: int) -> None:
+        """``target += projection(inputs)`` for step ``t``."""
+        if self.gain is None:
+            target.addmm_(inputs, self.weight_t)
+        else:
+            target.addcmul_(self._normalise(inputs, t), self.gain)
+
+    def write(self, out: Tensor, inputs: Tensor, bias: Tensor | None, t: int) -> None:
+        """``out = projection(inputs) + bias`` for step ``t``."""
+        if self.gain is None:
+            if bias is None:
+                torch.mm(inputs, self.weight_t, out=out)
+            else:
+                torch.addmm(bias, inputs, self.weight_t, out=out)
+        elif bias is None:
+            torch.mul(self._normalise(inputs, t), self.gain, out=out)
+        else:
+            torch.addcmul(bias, self._normalise(inputs, t), self.gain, out=out)
+
+    def _grad_pre(self, grad: Tensor, t: int) -> Tensor:
+        """From d loss / d projection to d loss / d (inputs @ W^T), through the layer norm if any."""
+        if self.gain is None:
+            return grad
+        rows = grad.shape[0]
+        grad = layer_norm_backward((grad * self.gain).view(rows, self.groups, self.hidden),
+                                   self.pre_views_3d[t], self.means[t], self.rstds[t]).view(rows, -1)
+        self.grad_pre.append(grad)
+        return grad
+
+    def grad_inputs(self, grad: Tensor, t: int) -> Tensor:
+        """d loss / d inputs at step ``t`` given ``grad`` = d loss / d projection (steps in decreasing order)."""
+        return torch.mm(self._grad_pre(grad, t), self.weight)
+
+    def grad_into(self, grad_inputs: Tensor, grad: Tensor, t: int, mask: Tensor | None = None) -> None:
+        """``grad_inputs += d loss / d inputs`` at step ``t``; ``mask`` is the recurrent-dropout mask the
+        inputs were multiplied by. Steps must come in decreasing order."""
+        if mask is None:
+            grad_inputs.addmm_(self._grad_pre(grad, t), self.weight)
+        else:
+            grad_inputs.addcmul_(self.grad_inputs(grad, t), mask)
+
+    def parameter_grads(self, grad: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(d weight, d gain)`` from ``grad [N, g*H]`` (d loss / d projection) and ``inputs [N, H]``."""
+        if self.gain is None:
+            return grad.t() @ inputs, None
+        grad_pre = torch.cat(self.grad_pre[::-1])
+        mean, rstd = torch.cat(self.means), torch.cat(self.rstds)
+        rows = grad.shape[0]
+        normed = normalised(self.pre.view(rows, self.groups, self.hidden), mean, rstd).view(rows, -1)
+        return grad_pre.t() @ inputs, (grad * normed).sum(0)
+
+
+@dataclass
+class Masks:
+    """A sequence's noise in packed layout: per packed row ``[N, H]`` tensors, and their per-step views."""
+
+    recurrent: Tensor | None  # [N, H] recurrent-dropout mask of each row's h_{t-1}
+    zoneout: tuple[Tensor, ...] | None  # per state tensor, [N, H]
+
+    @classmethod
+    def pack(cls, noise: SequenceNoise | None, packing: Packing) -> "Masks":
+        if noise is None:
+            return cls(None, None)
+        recurrent = None if noise.recurrent is None else packing.rows_of(packing.sort(noise.recurrent))
+        zoneout = None if noise.zoneout is None else tuple(packing.pack(m) for m in noise.zoneout)
+        return cls(recurrent, zoneout)
+
+    def recurrent_views(self, packing: Packing) -> list[Tensor | None]:
+        if self.recurrent is None:
+            return [None] * len(packing.batch_sizes)
+        return packing.step_views(self.recurrent)
+
+
+def step_rows(views: list[Tensor], t: int, rows: int) -> Tensor:
+    """Block ``t`` of a state buffer cut to the ``rows`` sequences still running at step ``t``."""
+    view = views[t]
+    return view if view.shape[0] == rows else view[:rows]

@@ -1,0 +1,157 @@
+r"""Fused LSTM: the whole sequence forward, BPTT by hand.
+
+Gate order i, f, g, o as in torch.nn; with :math:`R` the (layer-normalised) recurrent projection,
+:math:`p` the peepholes and :math:`\hat c = \mathrm{LN}_c(\tilde c)` (identity without layer norm):
+
+.. math::
+    a = g_t + R(m \odot h_{t-1}),\quad i, f = \sigma(a_{i,f} + p_{i,f} c_{t-1}),\quad g = \tanh a_g,\quad
+    \tilde c = f c_{t-1} + i g,\quad o = \sigma(a_o + p_o \tilde c),\quad \tilde h = o \tanh \hat c
+
+and zoneout mixes :math:`(\tilde h, \tilde c)` with :math:`(h_{t-1}, c_{t-1})`.
+Backward precomputes every local derivative for all steps at once, so a step of plain LSTM costs
+four pointwise ops and one recurrent GEMM.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.engine.fused.common import (Masks, Projection, first_order_only, layer_norm_backward, layer_norm_forward,
+                                        normalised, step_rows)
+
+
+class FusedLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gates, h0, c0, weight_hh, bias_hh, ln_gain, peephole, cell_gain, cell_bias,
+                packing, masks: Masks):
+        batch, hidden, rows_total = packing.batch, h0.shape[1], packing.rows
+        views = packing.step_views
+        act = gates + bias_hh if bias_hh is not None else gates.clone()  # [N, 4H]; becomes i, f, g, o
+        hs = act.new_empty(batch + rows_total, hidden)  # [B+N, H]
+        cs = act.new_empty(batch + rows_total, hidden)
+        hs[:batch], cs[:batch] = h0, c0
+        zoneout = masks.zoneout
+        cell_tilde = cs[batch:] if zoneout is None else act.new_empty(rows_total, hidden)  # c~ [N, H]
+        tanh_c = act.new_empty(rows_total, hidden)  # tanh(LN(c~))
+        h_views, c_views, ct_views, tc_views = views(hs), views(cs), views(cell_tilde), views(tanh_c)
+        act_views, if_views = views(act), views(act[:, : 2 * hidden])
+        i_views, f_views = views(act[:, :hidden]), views(act[:, hidden: 2 * hidden])
+        g_views, o_views = views(act[:, 2 * hidden: 3 * hidden]), views(act[:, 3 * hidden:])
+        recurrent = masks.recurrent_views(packing)
+        projection = Projection(weight_hh, ln_gain, packing, hidden)
+        if peephole is not None:
+            if_3d_views = views(act[:, : 2 * hidden].unflatten(1, (2, hidden)))
+            peep_if, peep_o = peephole[: 2 * hidden].view(2, hidden), peephole[2 * hidden:]
+        if zoneout is not None:
+            h_tilde_views = views(act.new_empty(rows_total, hidden))
+            zone_h, zone_c = views(zoneout[0]), views(zoneout[1])
+        cell_stats = []
+        for t, rows in enumerate(packing.batch_sizes):
+            h_prev, c_prev = step_rows(h_views, t, rows), step_rows(c_views, t, rows)
+            projection.add_into(act_views[t], h_prev if recurrent[t] is None else h_prev * recurrent[t], t)
+            if peephole is not None:
+                if_3d_views[t].addcmul_(c_prev.unsqueeze(1), peep_if)
+            if_views[t].sigmoid_()
+            g_views[t].tanh_()
+            c_t = torch.mul(f_views[t], c_prev, out=ct_views[t]).addcmul_(i_views[t], g_views[t])
+            if peephole is not None:
+                o_views[t].addcmul_(c_t, peep_o)
+            o_views[t].sigmoid_()
+            if cell_gain is not None:
+                shown, mean, rstd = layer_norm_forward(c_t, cell_gain, cell_bias)
+                cell_stats.append((mean, rstd))
+                torch.tanh(shown, out=tc_views[t])
+            else:
+                torch.tanh(c_t, out=tc_views[t])
+            if zoneout is None:
+                torch.mul(o_views[t], tc_views[t], out=h_views[t + 1])
+            else:
+                torch.mul(o_views[t], tc_views[t], out=h_tilde_views[t])
+                torch.lerp(h_tilde_views[t], h_prev, zone_h[t], out=h_views[t + 1])
+                torch.lerp(c_t, c_prev, zone_c[t], out=c_views[t + 1])
+        ctx.save_for_backward(hs, peephole, cell_gain)
+        ctx.buffers = (act, cs, cell_tilde, tanh_c, cell_stats)
+        ctx.setup = (packing, masks, projection, bias_hh is not None)
+        final_c = packing.final_rows(cs)
+        return hs, final_c if packing.last is not None else final_c.clone()
+
+    @staticmethod
+    @first_order_only
+    def backward(ctx, grad_hs, grad_final_c):
+        hs, peephole, cell_gain = ctx.saved_tensors
+        act, cs, cell_tilde, tanh_c, cell_stats = ctx.buffers
+        packing, masks, projection, has_bias = ctx.setup
+        projection.begin_backward()
+        batch, hidden = packing.batch, hs.shape[1]
+        views = packing.step_views
+        i, f, g, o = act.chunk(4, dim=1)
+        c_prev = packing.previous_rows(cs)
+        h_in = packing.previous_rows(hs)
+        if masks.recurrent is not None:
+            h_in = h_in * masks.recurrent
+        # local derivatives, for all steps at once  [N, H]
+        to_cell = o * (1 - tanh_c * tanh_c)  # d h~ / d c^
+        to_output = tanh_c * o * (1 - o)  # d h~ / d a_o
+        if masks.zoneout is not None:
+            keep_h = 1 - masks.zoneout[0]
+            to_cell.mul_(keep_h)
+            to_output.mul_(keep_h)
+        cell_coef = torch.stack((g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)), dim=1)  # d c~ / d a_{i,f,g}
+        grad_gates = torch.empty_like(act)  # [N, 4H]
+        gate_views, ifg_views = views(grad_gates), views(grad_gates[:, : 3 * hidden].unflatten(1, (3, hidden)))
+        go_views = views(grad_gates[:, 3 * hidden:])
+        tc_views, to_views, coef_views, f_views = views(to_cell), views(to_output), views(cell_coef), views(f)
+        grad_in = grad_hs.clone()  # [B+N, H]
+        grad_views = views(grad_in)
+        grad_c = grad_final_c.clone()  # [B, H] d loss / d c_t of the rows still running
+        recurrent = masks.recurrent_views(packing)
+        if cell_gain is not None:
+            grad_shown = torch.empty_like(tanh_c)  # [N, H] d loss / d c^
+            shown_views, ct_views = views(grad_shown), views(cell_tilde)
+        if peephole is not None:
+            peep_i, peep_f, peep_o = peephole.view(3, hidden)
+            gi_views, gf_views = views(grad_gates[:, :hidden]), views(grad_gates[:, hidden: 2 * hidden])
+        if masks.zoneout is not None:
+            zone_h, zone_c, keep_c = views(masks.zoneout[0]), views(masks.zoneout[1]), views(1 - masks.zoneout[1])
+            scratch = torch.empty_like(grad_c)
+        rows_now, grad_c_rows = batch, grad_c
+        for t in range(len(packing.batch_sizes) - 1, -1, -1):
+            grad_h = grad_views[t + 1]
+            rows = grad_h.shape[0]
+            if rows != rows_now:
+                rows_now, grad_c_rows = rows, grad_c[:rows]
+            grad_ct = grad_c_rows if masks.zoneout is None else torch.mul(grad_c_rows, keep_c[t], out=scratch[:rows])
+            if cell_gain is not None:
+                shown = torch.mul(grad_h, tc_views[t], out=shown_views[t])
+                mean, rstd = cell_stats[t]
+                grad_ct.add_(layer_norm_backward(shown, ct_views[t], mean, rstd, cell_gain))
+            else:
+                grad_ct.addcmul_(grad_h, tc_views[t])
+            grad_o = torch.mul(grad_h, to_views[t], out=go_views[t])
+            if peephole is not None:
+                grad_ct.addcmul_(grad_o, peep_o)
+            torch.mul(grad_ct.unsqueeze(1), coef_views[t], out=ifg_views[t])
+            if masks.zoneout is None:
+                grad_c_rows.mul_(f_views[t])
+            else:
+                grad_c_rows.mul_(zone_c[t]).addcmul_(grad_ct, f_views[t])
+            if peephole is not None:
+                grad_c_rows.addcmul_(gi_views[t], peep_i).addcmul_(gf_views[t], peep_f)
+            grad_prev = step_rows(grad_views, t, rows)
+            projection.grad_into(grad_prev, gate_views[t], t, recurrent[t])
+            if masks.zoneout is not None:
+                grad_prev.addcmul_(grad_h, zone_h[t])
+        grad_weight, grad_gain = projection.parameter_grads(grad_gates, h_in)
+        grad_bias = grad_gates.sum(0) if has_bias else None
+        grad_peephole = grad_cell_gain = grad_cell_bias = None
+        if peephole is not None:
+            grad_peephole = torch.cat(((grad_gates[:, :hidden] * c_prev).sum(0),
+                                       (grad_gates[:, hidden: 2 * hidden] * c_prev).sum(0),
+                                       (grad_gates[:, 3 * hidden:] * cell_tilde).sum(0)))
+        if cell_gain is not None:
+            mean = torch.cat([m for m, _ in cell_stats])
+            rstd = torch.cat([r for _, r in cell_stats])
+            grad_cell_gain = (grad_shown * normalised(cell_tilde, mean, rstd)).sum(0)
+            grad_cell_bias = grad_shown.sum(0)
+        return (grad_gates, grad_in[:batch], grad_c, grad_weight, grad_bias, grad_gain, grad_peephole,
+                grad_cell_gain, grad_cell_bias, None, None)

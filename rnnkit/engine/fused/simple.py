@@ -1,0 +1,76 @@
+r"""Fused Elman RNN: the whole sequence forward, BPTT by hand.
+
+Forward, step ``t`` (rows ``[0, n_t)``): :math:`\tilde h_t = f(g_t + R(m \odot h_{t-1}))` with
+:math:`g_t` the input term plus both biases and :math:`R` the (layer-normalised) recurrent projection;
+zoneout: :math:`h_t = z_t h_{t-1} + (1 - z_t)\tilde h_t`.
+Backward: :math:`\delta_t = \partial L/\partial h_t \odot f'(\cdot) (1 - z_t)`, precomputed for all steps
+but the incoming gradient; :math:`\partial L/\partial h_{t-1} \mathrel{+}= m \odot R^\top\delta_t + z_t \odot
+\partial L/\partial h_t`; weight gradients as one GEMM over all steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.engine.fused.common import Masks, Projection, first_order_only, step_rows
+
+
+def _relu(x, out):
+    return torch.clamp_min(x, 0.0, out=out)
+
+
+class FusedSimpleRNN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gates, h0, weight_hh, bias_hh, ln_gain, packing, masks: Masks, relu: bool):
+        batch, hidden = packing.batch, h0.shape[1]
+        pre = gates + bias_hh if bias_hh is not None else gates.clone()  # [N, H]
+        states = pre.new_empty(batch + packing.rows, hidden)  # [B+N, H]: h_0, then h_t of every row
+        states[:batch] = h0
+        state_views, pre_views = packing.step_views(states), packing.step_views(pre)
+        recurrent = masks.recurrent_views(packing)
+        zoneout = None if masks.zoneout is None else packing.step_views(masks.zoneout[0])
+        projection = Projection(weight_hh, ln_gain, packing, hidden)
+        activate = _relu if relu else torch.tanh
+        for t, rows in enumerate(packing.batch_sizes):
+            h_prev = step_rows(state_views, t, rows)
+            projection.add_into(pre_views[t], h_prev if recurrent[t] is None else h_prev * recurrent[t], t)
+            if zoneout is None:
+                activate(pre_views[t], out=state_views[t + 1])
+            else:
+                activate(pre_views[t], out=pre_views[t])
+                torch.lerp(pre_views[t], h_prev, zoneout[t], out=state_views[t + 1])
+        ctx.save_for_backward(states)
+        ctx.activations = pre if zoneout is not None else None
+        ctx.setup = (packing, masks, relu, projection, bias_hh is not None)
+        return states
+
+    @staticmethod
+    @first_order_only
+    def backward(ctx, grad_states):
+        (states,) = ctx.saved_tensors
+        packing, masks, relu, projection, has_bias = ctx.setup
+        projection.begin_backward()
+        batch = packing.batch
+        activations = ctx.activations if ctx.activations is not None else states[batch:]
+        coef = (activations > 0).to(states.dtype) if relu else 1 - activations * activations  # f'
+        if masks.zoneout is not None:
+            coef.mul_(1 - masks.zoneout[0])
+        grad_in = grad_states.clone()  # [B+N, H]: becomes dL/dh, gradient of h_0 in the first block
+        grad_pre = torch.empty_like(coef)  # [N, H]
+        grad_views, grad_pre_views = packing.step_views(grad_in), packing.step_views(grad_pre)
+        coef_views = packing.step_views(coef)
+        recurrent = masks.recurrent_views(packing)
+        zoneout = None if masks.zoneout is None else packing.step_views(masks.zoneout[0])
+        for t in range(len(packing.batch_sizes) - 1, -1, -1):
+            grad_h = grad_views[t + 1]
+            delta = torch.mul(grad_h, coef_views[t], out=grad_pre_views[t])
+            grad_prev = step_rows(grad_views, t, grad_h.shape[0])
+            projection.grad_into(grad_prev, delta, t, recurrent[t])
+            if zoneout is not None:
+                grad_prev.addcmul_(grad_h, zoneout[t])
+        inputs = packing.previous_rows(states)
+        if masks.recurrent is not None:
+            inputs = inputs * masks.recurrent
+        grad_weight, grad_gain = projection.parameter_grads(grad_pre, inputs)
+        grad_bias = grad_pre.sum(0) if has_bias else None
+        return grad_pre, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
