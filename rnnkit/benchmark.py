@@ -1,0 +1,194 @@
+"""rnnkit vs torch.nn, measured in the same run (``rnnkit bench``, ``benchmarks/bench_rnn.py``).
+
+Method (../shared/PERF_NOTES.md): contenders are interleaved round by round in a rotating order,
+each time is the median over rounds, and a second torch.nn layer with the same weights is timed as a
+control whose ratio should read 1.00x; ratios from the same run are the only numbers that mean
+anything on a shared machine. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import rnnkit as rk
+
+SHAPES = [(32, 100, 32, 128), (64, 200, 64, 256), (16, 1000, 16, 64), (1, 100, 32, 128), (256, 50, 64, 128)]
+QUICK_SHAPES = [(32, 100, 32, 128), (1, 100, 32, 128)]
+CELLS = ("rnn", "gru", "lstm", "ln-lstm")
+TORCH_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM, "ln-lstm": nn.LSTM}
+SCALING_STEPS = (50, 100, 200, 400, 800, 1600)
+
+
+@dataclass
+class Row:
+    cell: str
+    shape: tuple[int, int, int, int]
+    mode: str  # "forward" (no grad) or "train" (forward + backward)
+    torch_ms: float
+    ratios: dict[str, float] = field(default_factory=dict)  # contender -> median / torch.nn median
+
+
+def contenders(cell: str, input_size: int, hidden: int, reference: bool, device) -> dict[str, nn.Module]:
+    """torch.nn baseline and control, and the rnnkit layers to compare (same weights where comparable)."""
+    torch.manual_seed(0)
+    base = TORCH_CLASSES[cell](input_size, hidden, batch_first=True).to(device)
+    control = TORCH_CLASSES[cell](input_size, hidden, batch_first=True).to(device)
+    control.load_state_dict(base.state_dict())
+    layers: dict[str, nn.Module] = {"torch.nn": base, "control": control}
+    if cell == "ln-lstm":
+        layers["fused"] = rk.LSTM(input_size, hidden, layer_norm=True, backend="fused").to(device)
+        if reference:
+            layers["reference"] = rk.LSTM(input_size, hidden, layer_norm=True, backend="reference").to(device)
+            layers["reference"].load_state_dict(layers["fused"].state_dict())
+        return layers
+    for backend in ("fused", "native", "auto") + (("reference",) if reference else ()):
+        layers[backend] = rk.RNN.from_torch(base, backend=backend)
+    return layers
+
+
+def _call(layer: nn.Module, x: torch.Tensor, train: bool) -> None:
+    if train:
+        out = layer(x)[0]
+        out.backward(torch.ones_like(out))
+    else:
+        with torch.no_grad():
+            layer(x)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(layers: dict[str, nn.Module], x: torch.Tensor, train: bool, rounds: int) -> dict[str, float]:
+    """Median milliseconds per contender, interleaved and in rotating order."""
+    names = list(layers)
+    for name in names:  # warm-up
+        _call(layers[name], x, train)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            layer = layers[name]
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            _sync(x.device)
+            start = time.perf_counter()
+            _call(layer, x, train)
+            _sync(x.device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def rounds_for(estimate_ms: float, budget_ms: float, low: int, high: int) -> int:
+    return int(max(low, min(high, budget_ms / max(estimate_ms, 1e-3))))
+
+
+def run_speed(cells=CELLS, shapes=SHAPES, reference: bool = True, budget_ms: float = 3000.0,
+              device="cpu", progress=None) -> list[Row]:
+    rows = []
+    for cell in cells:
+        for shape in shapes:
+            batch, steps, input_size, hidden = shape
+            layers = contenders(cell, input_size, hidden, reference, device)
+            x = torch.randn(batch, steps, input_size, device=device)
+            for mode in ("forward", "train"):
+                x.requires_grad_(mode == "train")
+                start = time.perf_counter()
+                _call(layers["torch.nn"], x, mode == "train")
+                estimate = (time.perf_counter() - start) * 1e3 * len(layers) * 1.5
+                medians = time_interleaved(layers, x, mode == "train", rounds_for(estimate, budget_ms, 3, 15))
+                base = medians.pop("torch.nn")
+                rows.append(Row(cell, shape, mode, base, {k: v / base for k, v in medians.items()}))
+                if progress is not None:
+                    progress(rows[-1])
+    return rows
+
+
+def run_scaling(cells=("gru", "lstm"), steps_list=SCALING_STEPS, batch=32, input_size=32, hidden=128,
+                budget_ms: float = 2000.0) -> list[dict]:
+    """fused vs torch.nn forward+backward time as T grows (cost per step should stay flat)."""
+    results = []
+    for cell in cells:
+        for steps in steps_list:
+            layers = {k: v for k, v in contenders(cell, input_size, hidden, False, "cpu").items()
+                      if k in ("torch.nn", "fused")}
+            x = torch.randn(batch, steps, input_size, requires_grad=True)
+            start = time.perf_counter()
+            _call(layers["torch.nn"], x, True)
+            estimate = (time.perf_counter() - start) * 1e3 * 3
+            medians = time_interleaved(layers, x, True, rounds_for(estimate, budget_ms, 3, 9))
+            results.append({"cell": cell, "T": steps, "torch_ms": medians["torch.nn"], "fused_ms": medians["fused"]})
+    return results
+
+
+def peak_training_memory(cell: str, backend: str, steps: int, batch=32, input_size=32, hidden=128) -> float:
+    """MiB by which one forward+backward raises the process's peak resident memory (a fresh process)."""
+    code = (
+        "import json,resource,sys,torch;from rnnkit.benchmark import _train_once_for_memory as f;"
+        f"print(json.dumps(f({cell!r},{backend!r},{steps},{batch},{input_size},{hidden})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _train_once_for_memory(cell, backend, steps, batch, input_size, hidden) -> float:
+    torch.set_num_threads(1)
+    layers = contenders(cell, input_size, hidden, False, "cpu")
+    layer = layers["torch.nn" if backend == "torch.nn" else backend]
+    _call(layer, torch.randn(2, 3, input_size, requires_grad=True), True)  # one-time allocations
+    x = torch.randn(batch, steps, input_size, requires_grad=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _call(layer, x, True)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def run_memory(cells=("gru", "lstm"), steps_list=(100, 400, 1600)) -> list[dict]:
+    return [{"cell": cell, "T": steps, **{b: peak_training_memory(cell, b, steps) for b in ("torch.nn", "fused")}}
+            for cell in cells for steps in steps_list]
+
+
+# ---------------------------------------------------------------- reporting
+def speed_table(rows: list[Row]):
+    from rich.table import Table
+
+    names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
+                                                                 "reference"].index)
+    table = Table(title="rnnkit / torch.nn (median time ratio; < 1.00x is faster than torch.nn)")
+    for column in ("cell", "B,T,I,H", "mode", "torch.nn ms", *names):
+        table.add_column(column, justify="right" if column not in ("cell", "mode") else "left")
+    for row in rows:
+        table.add_row(row.cell, ",".join(map(str, row.shape)), row.mode, f"{row.torch_ms:.2f}",
+                      *[f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names])
+    return table
+
+
+def markdown(rows: list[Row], scaling: list[dict], memory: list[dict], header: str) -> str:
+    names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
+                                                                 "reference"].index)
+    lines = [header, "", "| cell | B,T,I,H | mode | torch.nn ms | " + " | ".join(names) + " |",
+             "|---|---|---|---|" + "---|" * len(names)]
+    for row in rows:
+        cells = [f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names]
+        lines.append(f"| {row.cell} | {','.join(map(str, row.shape))} | {row.mode} | {row.torch_ms:.2f} | "
+                     + " | ".join(cells) + " |")
+    if scaling:
+        lines += ["", "Time vs sequence length (B=32, I=32, H=128, forward+backward):", "",
+                  "| cell | T | torch.nn ms | fused ms | torch.nn µs/step | fused µs/step |", "|---|---|---|---|---|---|"]
+        for r in scaling:
+            lines.append(f"| {r['cell']} | {r['T']} | {r['torch_ms']:.1f} | {r['fused_ms']:.1f} | "
+                         f"{r['torch_ms'] / r['T'] * 1e3:.0f} | {r['fused_ms'] / r['T'] * 1e3:.0f} |")
+    if memory:
+        lines += ["", "Peak training memory (rise of peak RSS over one forward+backward, MiB; B=32, I=32, H=128):",
+                  "", "| cell | T | torch.nn | fused |", "|---|---|---|---|"]
+        for r in memory:
+            lines.append(f"| {r['cell']} | {r['T']} | {r['torch.nn']:.1f} | {r['fused']:.1f} |")
+    return "\n".join(lines) + "\n"
