@@ -195,12 +195,10 @@ class RecurrentCell(nn.Module):
     # ---------------------------------------------------------------- pieces of a step
     def project(self, inputs: Tensor, weight: Tensor, bias: Tensor | None, ln_gain: Tensor | None) -> Tensor:
         """``LN(inputs @ weight^T) + bias``, layer norm per gate slice when ``ln_gain`` is given."""
-        out = inputs @ weight.t()
-        if ln_gain is not None:
-            out = layer_norm_gates(out, ln_gain, weight.shape[0] // self.hidden_size)
-        if bias is not None:
-            out = out + bias
-        return out
+        if ln_gain is None:
+            return F.linear(inputs, weight, bias)
+        normed = layer_norm_gates(inputs @ weight.t(), ln_gain, weight.shape[0] // self.hidden_size)
+        return normed if bias is None else normed + bias
 
     def input_gates(self, x: Tensor) -> Tensor:
         """Input contribution to all gates, ``[..., G*H]``."""

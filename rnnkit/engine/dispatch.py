@@ -20,17 +20,19 @@ BACKENDS = ("auto", "reference", "native", "fused")
 
 
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
-    """The backend ``auto`` runs for these cells, noise and input.
+    """The backend ``auto`` runs for these cells, noise and input (measurements: benchmarks/RESULTS.md).
 
-    torch.nn's kernels where they compute the options exactly and are fastest (any cell on GPU, where
-    cuDNN runs the whole sequence in one kernel; LSTM inference on CPU, where oneDNN's fused LSTM beats
-    anything issued op by op); otherwise the fused engine; the reference loop for cells it does not know.
-    Measurements behind this: benchmarks/RESULTS.md.
+    - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN *training* on
+      CPU: on GPU cuDNN runs a whole sequence in one kernel; on CPU oneDNN's LSTM (forward and backward)
+      and torch.nn's inference loops are at least as fast as anything issued op by op from Python;
+    - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there) and
+      for every option torch.nn lacks;
+    - the reference loop for cells the fused engine does not know.
     """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
         training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for c in cells
                                                                           for p in c.parameters()))
-        if x.device.type != "cpu" or (cells[0].kind == "lstm" and not training):
+        if x.device.type != "cpu" or cells[0].kind == "lstm" or not training:
             return "native"
     if all(fused.unsupported(cell) is None for cell in cells):
         return "fused"

@@ -33,15 +33,20 @@ def test_cell_options_reach_every_cell_and_layer_sizes_chain():
 def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     from rnnkit.engine import choose_backend
 
-    plain = rk.GRU(3, 4)
     x = torch.randn(2, 3, 3)
-    assert choose_backend(plain.cells, [None], x) == "fused"
+    assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "fused"  # training GRU: fused
+    assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x) == "fused"
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "native"  # oneDNN's LSTM
     with torch.no_grad():
-        assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "native"
-    assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "fused"
-    layer_norm = rk.GRU(3, 4, layer_norm=True)
-    assert choose_backend(layer_norm.cells, [None], x) == "fused"
+        assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "native"  # inference
+    assert choose_backend(rk.GRU(3, 4, layer_norm=True).cells, [None], x) == "fused"
+    assert choose_backend(rk.LSTM(3, 4, peepholes=True).cells, [None], x) == "fused"
     dropout = rk.LSTM(3, 4, recurrent_dropout=0.3)
     assert choose_backend(dropout.cells, [dropout.cells[0].sample_noise(2, 2)], x) == "fused"
-    with torch.no_grad():
-        assert choose_backend(dropout.eval().cells, [dropout.cells[0].sample_noise(2, 2)], x) == "native"
+    dropout.eval()
+    assert choose_backend(dropout.cells, [dropout.cells[0].sample_noise(2, 2)], x) == "native"
+
+    class MyCell(rk.GRUCell):
+        pass
+
+    assert choose_backend(rk.RNN(3, 4, cell=MyCell, layer_norm=True).cells, [None], x) == "reference"

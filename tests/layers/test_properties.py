@@ -70,3 +70,24 @@ def test_native_equals_reference_where_supported(config):
     for a, b in zip(final_n if isinstance(final_n, tuple) else (final_n,),
                     final_r if isinstance(final_r, tuple) else (final_r,)):
         assert_close(a, b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(configurations(), st.booleans())
+def test_fused_equals_reference_with_noise(config, noisy):
+    if noisy:
+        config["options"].update(recurrent_dropout=0.3, zoneout=0.2)
+    reference = build(config)
+    fused = rk.RNN(config["input_size"], config["hidden_size"], config["num_layers"], cell=config["cell"],
+                   bidirectional=config["bidirectional"], backend="fused", **config["options"]).double()
+    fused.load_state_dict(reference.state_dict())
+    x = torch.randn(len(config["lengths"]), config["steps"], config["input_size"], dtype=torch.float64)
+    results = []
+    for layer in (reference, fused):
+        torch.manual_seed(config["seed"])  # same masks for both
+        out, final = layer(x, lengths=config["lengths"])
+        finals = final if isinstance(final, tuple) else (final,)
+        loss = out.pow(2).sum() + sum(f.sum() for f in finals)
+        results.append([out, *finals, *torch.autograd.grad(loss, list(layer.parameters()))])
+    for a, b in zip(*results):
+        assert_close(b, a)

@@ -36,20 +36,20 @@ def run_direction(
     """Same contract as :func:`rnnkit.engine.reference.run_direction`: ``x [T, B, I]`` -> ``[T, B, H]``."""
     steps, batch = x.shape[0], x.shape[1]
     packing = Packing.plan(steps, batch, lengths, reverse, x.device)
-    gates = cell.input_gates(packing.pack(x))  # [N, G*H]: one GEMM for every step
+    gates = cell.input_gates(packing.pack(x))  # [N, G*H]: one GEMM for every step; the Function works in it
     initial = tuple(packing.sort(s) for s in state)
     masks = Masks.pack(noise, packing)
     gain = cell.ln_hh_weight if cell.layer_norm else None
     if isinstance(cell, SimpleRNNCell):
-        states = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
-                                      cell.nonlinearity == "relu")
+        states, _ = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
+                                         cell.nonlinearity == "relu")
         finals = (packing.final_rows(states),)
     elif isinstance(cell, GRUCell):
-        states = FusedGRU.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
-                                cell.reset_after)
+        states, _ = FusedGRU.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
+                                   cell.reset_after)
         finals = (packing.final_rows(states),)
     else:
-        states, final_c = FusedLSTM.apply(
+        states, final_c, _ = FusedLSTM.apply(
             gates, *initial, cell.weight_hh, cell.bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
             cell.ln_cell_weight if cell.layer_norm else None, cell.ln_cell_bias if cell.layer_norm else None,
             packing, masks)

@@ -32,6 +32,32 @@ def first_order_only(backward):
     return checked
 
 
+#: from this many elements on, tanh is computed as 2*sigmoid(2x) - 1: tanh_ costs 4-7x sigmoid_ per
+#: element here (24 vs 19 us at 16K floats, 48 vs 27 us at 32K); error <= 2e-7 in float32.
+TANH_VIA_SIGMOID_FROM = 16384
+
+
+def tanh_(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """``out = tanh(x)`` (in place when ``out`` is None), by the fastest route for the size."""
+    out = x if out is None else out
+    if x.numel() >= TANH_VIA_SIGMOID_FROM and x.dtype == torch.float32:
+        return torch.mul(x, 2.0, out=out).sigmoid_().mul_(2.0).sub_(1.0)
+    return torch.tanh(x, out=out)
+
+
+def take_gates(ctx, gates: Tensor, bias: Tensor | None) -> Tensor:
+    """Let the Function work in place in the freshly made input-projection buffer (no copy), adding
+    ``bias`` if given. The buffer must be returned among the Function's outputs."""
+    ctx.mark_dirty(gates)
+    ctx.set_materialize_grads(False)
+    return gates if bias is None else gates.add_(bias)
+
+
+def or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    """An output's gradient, zeros where autograd passed None (the output was not used)."""
+    return torch.zeros_like(like) if grad is None else grad
+
+
 def layer_norm_forward(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None):
     """``(y, mean, rstd)`` of a layer norm over the last dimension."""
     return torch.native_layer_norm(x, x.shape[-1:], weight, bias, LAYER_NORM_EPS)
@@ -87,18 +113,6 @@ class Projection:
             target.addmm_(inputs, self.weight_t)
         else:
             target.addcmul_(self._normalise(inputs, t), self.gain)
-
-    def write(self, out: Tensor, inputs: Tensor, bias: Tensor | None, t: int) -> None:
-        """``out = projection(inputs) + bias`` for step ``t``."""
-        if self.gain is None:
-            if bias is None:
-                torch.mm(inputs, self.weight_t, out=out)
-            else:
-                torch.addmm(bias, inputs, self.weight_t, out=out)
-        elif bias is None:
-            torch.mul(self._normalise(inputs, t), self.gain, out=out)
-        else:
-            torch.addcmul(bias, self._normalise(inputs, t), self.gain, out=out)
 
     def _grad_pre(self, grad: Tensor, t: int) -> Tensor:
         """From d loss / d projection to d loss / d (inputs @ W^T), through the layer norm if any."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.engine.fused.common import Masks, Projection, first_order_only, step_rows
+from rnnkit.engine.fused.common import Masks, Projection, first_order_only, or_zeros, step_rows, take_gates, tanh_
 
 
 class FusedGRU(torch.autograd.Function):
@@ -25,10 +25,7 @@ class FusedGRU(torch.autograd.Function):
     def forward(ctx, gates, h0, weight_hh, bias_hh, ln_gain, packing, masks: Masks, reset_after: bool):
         batch, hidden = packing.batch, h0.shape[1]
         rows_total = packing.rows
-        if reset_after or bias_hh is None:
-            act = gates.clone()  # [N, 3H] input terms; becomes r, z, n
-        else:
-            act = gates + bias_hh
+        act = take_gates(ctx, gates, None if reset_after else bias_hh)  # [N, 3H] pre-activations -> r, z, n
         states = act.new_empty(batch + rows_total, hidden)  # [B+N, H]
         states[:batch] = h0
         views = packing.step_views
@@ -42,6 +39,10 @@ class FusedGRU(torch.autograd.Function):
         if reset_after:
             projections = (Projection(weight_hh, ln_gain, packing, hidden),)
             hidden_terms = act.new_empty(rows_total, 3 * hidden)  # [N, 3H] R(h~) + b_hh
+            if bias_hh is None:
+                hidden_terms.zero_()
+            else:
+                hidden_terms.copy_(bias_hh.expand_as(hidden_terms))
             term_views = views(hidden_terms)
             term_rz_views, term_n_views = views(hidden_terms[:, : 2 * hidden]), views(hidden_terms[:, 2 * hidden:])
         else:
@@ -54,14 +55,14 @@ class FusedGRU(torch.autograd.Function):
             h_prev = step_rows(state_views, t, rows)
             h_in = h_prev if recurrent[t] is None else h_prev * recurrent[t]
             if reset_after:
-                projections[0].write(term_views[t], h_in, bias_hh, t)
+                projections[0].add_into(term_views[t], h_in, t)
                 rz_views[t].add_(term_rz_views[t]).sigmoid_()
-                n_views[t].addcmul_(r_views[t], term_n_views[t]).tanh_()
+                tanh_(n_views[t].addcmul_(r_views[t], term_n_views[t]))
             else:
                 projections[0].add_into(rz_views[t], h_in, t)
                 rz_views[t].sigmoid_()
                 projections[1].add_into(n_views[t], torch.mul(r_views[t], h_in, out=term_views[t]), t)
-                n_views[t].tanh_()
+                tanh_(n_views[t])
             if zoneout is None:
                 torch.lerp(n_views[t], h_prev, z_views[t], out=state_views[t + 1])
             else:
@@ -70,11 +71,11 @@ class FusedGRU(torch.autograd.Function):
         ctx.save_for_backward(states)
         ctx.buffers = (act, hidden_terms)
         ctx.setup = (packing, masks, reset_after, projections, bias_hh is not None)
-        return states
+        return states, act
 
     @staticmethod
     @first_order_only
-    def backward(ctx, grad_states):
+    def backward(ctx, grad_states, _):
         (states,) = ctx.saved_tensors
         act, hidden_terms = ctx.buffers
         packing, masks, reset_after, projections, has_bias = ctx.setup
@@ -85,40 +86,41 @@ class FusedGRU(torch.autograd.Function):
         r, z, n = act.chunk(3, dim=1)
         h_prev = packing.previous_rows(states)
         h_in = h_prev if masks.recurrent is None else h_prev * masks.recurrent
-        # local derivatives of h_t w.r.t. each pre-activation, per unit of dL/dh_t  [N, H] each
-        keep = None if masks.zoneout is None else 1 - masks.zoneout[0]
-        d_n = (1 - z) * (1 - n * n)
-        d_z = (h_prev - n) * z * (1 - z)
-        direct = z.clone()  # dh_t / dh_{t-1} along the direct path
-        if keep is not None:
-            d_n.mul_(keep)
-            d_z.mul_(keep)
-            direct.mul_(keep).add_(masks.zoneout[0])
-        grad_in = grad_states.clone()  # [B+N, H]
+        # local derivatives of h_t w.r.t. each pre-activation, per unit of dL/dh_t, built in place:
+        # coef[:, 0] r (reset after) or d r/d a_r (reset before), coef[:, 1] z, coef[:, 2] n   [N, 3, H]
+        coef = act.new_empty(act.shape[0], 3, hidden)
+        c_r, c_z, c_n = coef.unbind(1)
+        torch.mul(n, n, out=c_n).neg_().add_(1.0).addcmul_(c_n, z, value=-1.0)  # (1 - n^2)(1 - z)
+        torch.sub(h_prev, n, out=c_z).mul_(z).addcmul_(c_z, z, value=-1.0)  # (h - n) z (1 - z)
+        direct = z.clone()  # dh_t / dh_{t-1} along the direct path: z, or with zoneout m + (1 - m) z
+        if masks.zoneout is not None:
+            zone = masks.zoneout[0]
+            c_n.addcmul_(c_n, zone, value=-1.0)
+            c_z.addcmul_(c_z, zone, value=-1.0)
+            direct.add_(zone).addcmul_(zone, z, value=-1.0)
+        grad_in = or_zeros(grad_states, states).clone()  # [B+N, H]
         grad_views, direct_views = views(grad_in), views(direct)
         grad_gates = torch.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
         recurrent = masks.recurrent_views(packing)
         steps = range(len(packing.batch_sizes) - 1, -1, -1)
         if reset_after:
-            d_r = d_n * hidden_terms[:, 2 * hidden:] * r * (1 - r)
-            coef_x = torch.stack((d_r, d_z, d_n), dim=1)  # [N, 3, H]
-            coef_h = torch.stack((d_r, d_z, d_n * r), dim=1)
-            grad_hidden = torch.empty_like(act)  # [N, 3H] d loss / d (R(h~) + b_hh)
-            cx_views, ch_views = views(coef_x), views(coef_h)
-            gx_views, gh_views = views(grad_gates.view(-1, 3, hidden)), views(grad_hidden.view(-1, 3, hidden))
+            torch.mul(c_n, hidden_terms[:, 2 * hidden:], out=c_r).mul_(r).addcmul_(c_r, r, value=-1.0)
+            input_n = c_n.clone()  # d h_t / d (input term of n), per unit dL/dh_t
+            c_n.mul_(r)  # coef now holds d h_t / d (R(h~) + b_hh)
+            grad_hidden = grad_gates.view(-1, 3, hidden)  # [N, 3, H] d loss / d (R(h~) + b_hh), for now
+            coef_views, grad_hidden_views = views(coef), views(grad_hidden)
             for t in steps:
                 grad_h = grad_views[t + 1]
-                rows = grad_h.shape[0]
-                torch.mul(grad_h.unsqueeze(1), cx_views[t], out=gx_views[t])
-                torch.mul(grad_h.unsqueeze(1), ch_views[t], out=gh_views[t])
-                grad_prev = step_rows(grad_views, t, rows)
-                projections[0].grad_into(grad_prev, gh_views[t].view(rows, -1), t, recurrent[t])
+                grad_step = torch.mul(grad_h.unsqueeze(1), coef_views[t], out=grad_hidden_views[t])
+                grad_prev = step_rows(grad_views, t, grad_h.shape[0])
+                projections[0].grad_into(grad_prev, grad_step.view(grad_h.shape[0], -1), t, recurrent[t])
                 grad_prev.addcmul_(grad_h, direct_views[t])
-            grad_weight, grad_gain = projections[0].parameter_grads(grad_hidden, h_in)
-            grad_bias = grad_hidden.sum(0) if has_bias else None
+            grad_weight, grad_gain = projections[0].parameter_grads(grad_gates, h_in)
+            grad_bias = grad_gates.sum(0) if has_bias else None
+            # input side: equal to the hidden side for r and z; for n it is dL/dh_t * input_n, all steps at once
+            torch.mul(grad_in[batch:], input_n, out=grad_gates[:, 2 * hidden:])
         else:
-            coef_zn = torch.stack((d_z, d_n), dim=1)  # [N, 2, H]
-            coef_r = h_in * r * (1 - r)
+            coef_zn, coef_r = coef[:, 1:], torch.mul(h_in, r, out=c_r).addcmul_(c_r, r, value=-1.0)  # h~ r (1 - r)
             r_in = r if masks.recurrent is None else r * masks.recurrent  # d(r*h~)/dh_{t-1}
             zn_views, cr_views, r_in_views = views(coef_zn), views(coef_r), views(r_in)
             g_zn_views = views(grad_gates[:, hidden:].unflatten(1, (2, hidden)))

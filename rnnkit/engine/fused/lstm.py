@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit.engine.fused.common import (Masks, Projection, first_order_only, layer_norm_backward, layer_norm_forward,
-                                        normalised, step_rows)
+                                        normalised, or_zeros, step_rows, take_gates, tanh_)
 
 
 class FusedLSTM(torch.autograd.Function):
@@ -26,7 +26,7 @@ class FusedLSTM(torch.autograd.Function):
                 packing, masks: Masks):
         batch, hidden, rows_total = packing.batch, h0.shape[1], packing.rows
         views = packing.step_views
-        act = gates + bias_hh if bias_hh is not None else gates.clone()  # [N, 4H]; becomes i, f, g, o
+        act = take_gates(ctx, gates, bias_hh)  # [N, 4H] pre-activations -> i, f, g, o
         hs = act.new_empty(batch + rows_total, hidden)  # [B+N, H]
         cs = act.new_empty(batch + rows_total, hidden)
         hs[:batch], cs[:batch] = h0, c0
@@ -52,7 +52,7 @@ class FusedLSTM(torch.autograd.Function):
             if peephole is not None:
                 if_3d_views[t].addcmul_(c_prev.unsqueeze(1), peep_if)
             if_views[t].sigmoid_()
-            g_views[t].tanh_()
+            tanh_(g_views[t])
             c_t = torch.mul(f_views[t], c_prev, out=ct_views[t]).addcmul_(i_views[t], g_views[t])
             if peephole is not None:
                 o_views[t].addcmul_(c_t, peep_o)
@@ -60,9 +60,9 @@ class FusedLSTM(torch.autograd.Function):
             if cell_gain is not None:
                 shown, mean, rstd = layer_norm_forward(c_t, cell_gain, cell_bias)
                 cell_stats.append((mean, rstd))
-                torch.tanh(shown, out=tc_views[t])
+                tanh_(shown, out=tc_views[t])
             else:
-                torch.tanh(c_t, out=tc_views[t])
+                tanh_(c_t, out=tc_views[t])
             if zoneout is None:
                 torch.mul(o_views[t], tc_views[t], out=h_views[t + 1])
             else:
@@ -73,11 +73,11 @@ class FusedLSTM(torch.autograd.Function):
         ctx.buffers = (act, cs, cell_tilde, tanh_c, cell_stats)
         ctx.setup = (packing, masks, projection, bias_hh is not None)
         final_c = packing.final_rows(cs)
-        return hs, final_c if packing.last is not None else final_c.clone()
+        return hs, final_c if packing.last is not None else final_c.clone(), act
 
     @staticmethod
     @first_order_only
-    def backward(ctx, grad_hs, grad_final_c):
+    def backward(ctx, grad_hs, grad_final_c, _):
         hs, peephole, cell_gain = ctx.saved_tensors
         act, cs, cell_tilde, tanh_c, cell_stats = ctx.buffers
         packing, masks, projection, has_bias = ctx.setup
@@ -89,21 +89,24 @@ class FusedLSTM(torch.autograd.Function):
         h_in = packing.previous_rows(hs)
         if masks.recurrent is not None:
             h_in = h_in * masks.recurrent
-        # local derivatives, for all steps at once  [N, H]
-        to_cell = o * (1 - tanh_c * tanh_c)  # d h~ / d c^
-        to_output = tanh_c * o * (1 - o)  # d h~ / d a_o
+        # local derivatives for all steps at once, built in place  [N, H] each
+        to_cell = torch.mul(tanh_c, tanh_c).neg_().add_(1.0).mul_(o)  # d h~ / d c^ = o (1 - tanh^2)
+        to_output = torch.mul(tanh_c, o).addcmul_(tanh_c, o * o, value=-1.0)  # d h~ / d a_o = tanh o (1 - o)
         if masks.zoneout is not None:
-            keep_h = 1 - masks.zoneout[0]
-            to_cell.mul_(keep_h)
-            to_output.mul_(keep_h)
-        cell_coef = torch.stack((g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)), dim=1)  # d c~ / d a_{i,f,g}
+            to_cell.addcmul_(to_cell, masks.zoneout[0], value=-1.0)
+            to_output.addcmul_(to_output, masks.zoneout[0], value=-1.0)
+        cell_coef = act.new_empty(act.shape[0], 3, hidden)  # d c~ / d a_{i,f,g}  [N, 3, H]
+        c_i, c_f, c_g = cell_coef.unbind(1)
+        torch.mul(g, i, out=c_i).addcmul_(c_i, i, value=-1.0)
+        torch.mul(c_prev, f, out=c_f).addcmul_(c_f, f, value=-1.0)
+        torch.mul(g, g, out=c_g).neg_().add_(1.0).mul_(i)
         grad_gates = torch.empty_like(act)  # [N, 4H]
         gate_views, ifg_views = views(grad_gates), views(grad_gates[:, : 3 * hidden].unflatten(1, (3, hidden)))
         go_views = views(grad_gates[:, 3 * hidden:])
         tc_views, to_views, coef_views, f_views = views(to_cell), views(to_output), views(cell_coef), views(f)
-        grad_in = grad_hs.clone()  # [B+N, H]
+        grad_in = or_zeros(grad_hs, hs).clone()  # [B+N, H]
         grad_views = views(grad_in)
-        grad_c = grad_final_c.clone()  # [B, H] d loss / d c_t of the rows still running
+        grad_c = torch.zeros_like(h_in[:batch]) if grad_final_c is None else grad_final_c.clone()  # [B, H] dL/dc_t
         recurrent = masks.recurrent_views(packing)
         if cell_gain is not None:
             grad_shown = torch.empty_like(tanh_c)  # [N, H] d loss / d c^

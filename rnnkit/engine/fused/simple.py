@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.engine.fused.common import Masks, Projection, first_order_only, step_rows
+from rnnkit.engine.fused.common import Masks, Projection, first_order_only, or_zeros, step_rows, take_gates, tanh_
 
 
 def _relu(x, out):
@@ -23,14 +23,14 @@ class FusedSimpleRNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates, h0, weight_hh, bias_hh, ln_gain, packing, masks: Masks, relu: bool):
         batch, hidden = packing.batch, h0.shape[1]
-        pre = gates + bias_hh if bias_hh is not None else gates.clone()  # [N, H]
+        pre = take_gates(ctx, gates, bias_hh)  # [N, H] pre-activations, then activations
         states = pre.new_empty(batch + packing.rows, hidden)  # [B+N, H]: h_0, then h_t of every row
         states[:batch] = h0
         state_views, pre_views = packing.step_views(states), packing.step_views(pre)
         recurrent = masks.recurrent_views(packing)
         zoneout = None if masks.zoneout is None else packing.step_views(masks.zoneout[0])
         projection = Projection(weight_hh, ln_gain, packing, hidden)
-        activate = _relu if relu else torch.tanh
+        activate = _relu if relu else tanh_
         for t, rows in enumerate(packing.batch_sizes):
             h_prev = step_rows(state_views, t, rows)
             projection.add_into(pre_views[t], h_prev if recurrent[t] is None else h_prev * recurrent[t], t)
@@ -42,20 +42,24 @@ class FusedSimpleRNN(torch.autograd.Function):
         ctx.save_for_backward(states)
         ctx.activations = pre if zoneout is not None else None
         ctx.setup = (packing, masks, relu, projection, bias_hh is not None)
-        return states
+        return states, pre
 
     @staticmethod
     @first_order_only
-    def backward(ctx, grad_states):
+    def backward(ctx, grad_states, _):
         (states,) = ctx.saved_tensors
         packing, masks, relu, projection, has_bias = ctx.setup
         projection.begin_backward()
         batch = packing.batch
         activations = ctx.activations if ctx.activations is not None else states[batch:]
-        coef = (activations > 0).to(states.dtype) if relu else 1 - activations * activations  # f'
+        coef = torch.empty_like(activations)  # [N, H] f' (1 - zoneout)
+        if relu:
+            torch.sign(activations, out=coef)
+        else:
+            torch.mul(activations, activations, out=coef).neg_().add_(1.0)
         if masks.zoneout is not None:
-            coef.mul_(1 - masks.zoneout[0])
-        grad_in = grad_states.clone()  # [B+N, H]: becomes dL/dh, gradient of h_0 in the first block
+            coef.addcmul_(coef, masks.zoneout[0], value=-1.0)
+        grad_in = or_zeros(grad_states, states).clone()  # [B+N, H]: dL/dh; h_0's gradient in the first block
         grad_pre = torch.empty_like(coef)  # [N, H]
         grad_views, grad_pre_views = packing.step_views(grad_in), packing.step_views(grad_pre)
         coef_views = packing.step_views(coef)
