@@ -9,7 +9,6 @@ anything on a shared machine. Nothing here asserts a timing.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -131,13 +130,22 @@ def run_scaling(cells=("gru", "lstm"), steps_list=SCALING_STEPS, batch=32, input
 
 
 def peak_training_memory(cell: str, backend: str, steps: int, batch=32, input_size=32, hidden=128) -> float:
-    """MiB by which one forward+backward raises the process's peak resident memory (a fresh process)."""
+    """MiB by which one forward+backward raises resident memory above where it started (a fresh process)."""
     code = (
-        "import json,resource,sys,torch;from rnnkit.benchmark import _train_once_for_memory as f;"
+        "import json;from rnnkit.benchmark import _train_once_for_memory as f;"
         f"print(json.dumps(f({cell!r},{backend!r},{steps},{batch},{input_size},{hidden})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_status(field_name: str) -> float:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field_name} not in /proc/self/status")
 
 
 def _train_once_for_memory(cell, backend, steps, batch, input_size, hidden) -> float:
@@ -146,9 +154,11 @@ def _train_once_for_memory(cell, backend, steps, batch, input_size, hidden) -> f
     layer = layers["torch.nn" if backend == "torch.nn" else backend]
     _call(layer, torch.randn(2, 3, input_size, requires_grad=True), True)  # one-time allocations
     x = torch.randn(batch, steps, input_size, requires_grad=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as clear:  # reset the peak (VmHWM) to the current RSS
+        clear.write("5")
+    before = _memory_status("VmRSS")
     _call(layer, x, True)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return _memory_status("VmHWM") - before
 
 
 def run_memory(cells=("gru", "lstm"), steps_list=(100, 400, 1600)) -> list[dict]:
@@ -164,7 +174,7 @@ def speed_table(rows: list[Row]):
                                                                  "reference"].index)
     table = Table(title="rnnkit / torch.nn (median time ratio; < 1.00x is faster than torch.nn)")
     for column in ("cell", "B,T,I,H", "mode", "torch.nn ms", *names):
-        table.add_column(column, justify="right" if column not in ("cell", "mode") else "left")
+        table.add_column(column, justify="right" if column not in ("cell", "mode") else "left", no_wrap=True)
     for row in rows:
         table.add_row(row.cell, ",".join(map(str, row.shape)), row.mode, f"{row.torch_ms:.2f}",
                       *[f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names])
@@ -187,7 +197,8 @@ def markdown(rows: list[Row], scaling: list[dict], memory: list[dict], header: s
             lines.append(f"| {r['cell']} | {r['T']} | {r['torch_ms']:.1f} | {r['fused_ms']:.1f} | "
                          f"{r['torch_ms'] / r['T'] * 1e3:.0f} | {r['fused_ms'] / r['T'] * 1e3:.0f} |")
     if memory:
-        lines += ["", "Peak training memory (rise of peak RSS over one forward+backward, MiB; B=32, I=32, H=128):",
+        lines += ["", "Peak training memory (rise of peak resident memory over one forward+backward, MiB; "
+                  "B=32, I=32, H=128):",
                   "", "| cell | T | torch.nn | fused |", "|---|---|---|---|"]
         for r in memory:
             lines.append(f"| {r['cell']} | {r['T']} | {r['torch.nn']:.1f} | {r['fused']:.1f} |")

@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -46,16 +47,20 @@ def run_layer(
     lengths: Tensor | None,
     noises: Sequence[SequenceNoise | None],
     backend: str = "auto",
+    observe: Callable[[int, int, State], None] | None = None,
 ) -> tuple[Tensor, list[State]]:
     """Run one layer: ``cells`` holds the forward cell and, if bidirectional, the reverse one.
 
     ``x [T, B, I]``, ``states`` one tuple of ``[B, H]`` per direction, ``lengths [B]`` or None.
     Returns ``outputs [T, B, D*H]`` (directions concatenated) and the final state per direction.
+    ``observe(direction, t, new_state)`` sees every step (the reference loop runs when it is given).
 
     Raises:
         ValueError: ``backend`` is unknown, or cannot compute these options (the message says which).
     """
-    if backend == "auto":
+    if observe is not None:
+        backend = "reference"
+    elif backend == "auto":
         backend = choose_backend(cells, noises, x)
     if backend == "native":
         for cell, noise in zip(cells, noises):
@@ -75,7 +80,8 @@ def run_layer(
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     outputs, finals = [], []
     for direction, (cell, state, noise) in enumerate(zip(cells, states, noises)):
-        out, final = run_direction(cell, x, state, lengths, reverse=direction == 1, noise=noise)
+        extra = {} if observe is None else {"observe": functools.partial(observe, direction)}  # reference only
+        out, final = run_direction(cell, x, state, lengths, reverse=direction == 1, noise=noise, **extra)
         outputs.append(out)
         finals.append(final)
     return torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0], finals

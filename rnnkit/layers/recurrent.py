@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -82,6 +83,8 @@ class RNN(nn.Module):
         self.dropout = check_probability("dropout", dropout)
         self.backend = check_choice("backend", backend, BACKENDS)
         self.num_directions = 2 if self.bidirectional else 1
+        #: set by rnnkit.diagnostics to see every step's state: ``(layer, direction, t, state)``
+        self.step_observer = None
         self.cells = nn.ModuleList(
             cell_class(input_size if layer == 0 else hidden_size * self.num_directions, hidden_size, **cell_options)
             for layer in range(num_layers)
@@ -119,7 +122,8 @@ class RNN(nn.Module):
             index = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
             cells = self.cells[index]
             noises = [cell.sample_noise(steps, batch, x.device, x.dtype) for cell in cells]
-            x, layer_finals = run_layer(cells, x, states[index], lengths, noises, self.backend)
+            observe = None if self.step_observer is None else functools.partial(self.step_observer, layer)
+            x, layer_finals = run_layer(cells, x, states[index], lengths, noises, self.backend, observe)
             finals += layer_finals
             if layer < self.num_layers - 1 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)

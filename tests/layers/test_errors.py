@@ -8,9 +8,10 @@ import torch
 import rnnkit as rk
 
 
-@pytest.fixture
-def lstm():
-    return rk.LSTM(4, 5, 2, bidirectional=True)
+@pytest.fixture(params=["auto", "reference", "native", "fused"])
+def lstm(request):
+    """Every backend gets the same validation: it happens at the layer, before dispatch."""
+    return rk.LSTM(4, 5, 2, bidirectional=True, backend=request.param)
 
 
 def raises(error, message):
