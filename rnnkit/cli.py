@@ -76,6 +76,61 @@ def bench(
 
 
 @app.command()
+def diagnose(
+    task: str = typer.Option("adding", help="The long-dependency task (the adding problem)."),
+    length: int = typer.Option(100, min=2, help="Sequence length T."),
+    steps: int = typer.Option(1500, min=1, help="Training steps per model (batches of 64)."),
+    hidden: int = typer.Option(32, min=1, help="Hidden units."),
+    seed: int = typer.Option(0, help="Random seed."),
+    explode: bool = typer.Option(False, "--explode", help="Instead: exploding gradients with and without clipping."),
+    models: str = typer.Option("", help="Comma-separated subset of the models (default: all)."),
+    out: Path = typer.Option(Path("diagnose-out"), help="Folder for report.md and the plots."),
+) -> None:
+    """Show vanishing and exploding gradients, and measure the cures.
+
+    Trains SimpleRNN (tanh, with torch's init, with clipping), an identity-initialised relu RNN, LSTM,
+    GRU and LayerNorm-LSTM on the adding problem, and writes their learning curves, gradient flow
+    through time and a one-line verdict each.
+
+    Examples: rnnkit diagnose --length 50 ;  rnnkit diagnose --explode --length 100
+    """
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from rnnkit.diagnostics import experiments, report
+
+    if task != "adding":
+        raise typer.BadParameter(f"only 'adding' is available, got {task!r}", param_hint="--task")
+    chosen = experiments.ADDING_MODELS
+    if models:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        unknown = [m for m in names if m not in chosen]
+        if unknown:
+            raise typer.BadParameter(f"unknown model {unknown[0]!r}; choose from {', '.join(chosen)}",
+                                     param_hint="--models")
+        chosen = {m: chosen[m] for m in names}
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("training", total=None)
+
+        def show(name: str, step: int, mse: float) -> None:
+            progress.update(bar, description=f"{name}: step {step}, test MSE {mse:.4f}")
+
+        if explode:
+            results = experiments.run_exploding(length, steps=min(steps, 400), seed=seed, progress=show)
+            path = report.write_exploding_report(results, length, out)
+        else:
+            results = experiments.run_adding(length, chosen, steps=steps, hidden=hidden, seed=seed, progress=show)
+            path = report.write_adding_report(results, length, steps, out)
+    table = Table(title=f"adding problem, T={length} (trivial baseline MSE {report.BASELINE:.3f})")
+    for column in ("model", "final MSE", "verdict"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(result.name, f"{result.final_mse:.4g}", result.verdict(report.BASELINE))
+    console.print(table)
+    console.print(f"report: {path}")
+
+
+@app.command()
 def version() -> None:
     """Print rnnkit's version."""
     from rnnkit import __version__

@@ -50,3 +50,26 @@ def tolerance(dtype):
 def assert_close(actual, expected, dtype=torch.float64, what=""):
     tol = tolerance(dtype)
     torch.testing.assert_close(actual, expected, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
+
+
+def engine_function(run_direction, cell, lengths=None, reverse=False, noise=None):
+    """An engine as a function of ``(x, *state, *parameters)`` for gradcheck, which perturbs the cell's
+    parameters in place (so they are passed as inputs but read from the cell)."""
+
+    def run(x, *tensors):
+        out, final = run_direction(cell, x, tensors[: cell.state_size], lengths, reverse, noise)
+        return (out, *final)
+
+    return run
+
+
+def gradcheck_engine(run_direction, case, reverse, steps=4, lengths=(4, 1, 3)):
+    """float64 gradcheck of an engine through time, with lengths, noise and every parameter."""
+    name, options = case
+    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.3})
+    batch = len(lengths)
+    noise = cell.sample_noise(steps, batch)
+    x = torch.randn(steps, batch, 3, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(batch, 4, dtype=torch.float64, requires_grad=True) for _ in range(cell.state_size))
+    function = engine_function(run_direction, cell, torch.tensor(lengths), reverse, noise)
+    return torch.autograd.gradcheck(function, (x, *state, *cell.parameters()))

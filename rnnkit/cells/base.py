@@ -131,7 +131,7 @@ class RecurrentCell(nn.Module):
         """Initialise every parameter according to ``input_init`` and ``recurrent_init``."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
-            for name, param in self.named_parameters():
+            for param in self.parameters():
                 param.uniform_(-bound, bound)  # torch.nn's scheme; refined below
             if self.input_init != "torch":
                 self._init_input_weights()

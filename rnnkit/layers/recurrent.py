@@ -33,10 +33,10 @@ def _check_cell_options(cell_class: type[RecurrentCell], options: dict) -> None:
     for klass in cell_class.__mro__:
         if issubclass(klass, RecurrentCell):
             known |= set(inspect.signature(klass.__init__).parameters)
-    unknown = sorted(set(options) - known - {"self", "options", "input_size", "hidden_size"})
+    known -= {"self", "options", "input_size", "hidden_size"}
+    unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"{cell_class.__name__} has no option {unknown[0]!r}; "
-                        f"its options are {', '.join(sorted(known - {'self', 'options', 'input_size', 'hidden_size'}))}")
+        raise TypeError(f"{cell_class.__name__} has no option {unknown[0]!r}; its options are {', '.join(sorted(known))}")
 
 
 class RNN(nn.Module):

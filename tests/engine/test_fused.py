@@ -8,7 +8,7 @@ import torch
 
 import rnnkit as rk
 from rnnkit.engine import fused, reference
-from tests.helpers import CELL_OPTIONS, make_cell, option_id, tolerance
+from tests.helpers import CELL_OPTIONS, gradcheck_engine, make_cell, option_id, tolerance
 
 LENGTHS = {"full": None, "mixed": [5, 2, 4, 5], "all-short": [3, 2, 1, 3]}  # T = 5
 
@@ -68,19 +68,7 @@ def test_fused_equals_reference_float32(case):
 
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
 def test_fused_gradcheck_float64(case):
-    name, options = case
-    cell = make_cell(name, {**options, "recurrent_dropout": 0.3, "zoneout": 0.25})
-    T, B = 3, 3
-    noise = cell.sample_noise(T, B)
-    lengths = torch.tensor([3, 1, 2])
-    x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
-    state = tuple(torch.randn(B, 4, dtype=torch.float64, requires_grad=True) for _ in range(cell.state_size))
-
-    def run(x, *tensors):  # the cell's parameters are inputs too: gradcheck perturbs them in place
-        out, final = fused.run_direction(cell, x, tensors[: cell.state_size], lengths, True, noise)
-        return (out, *final)
-
-    assert torch.autograd.gradcheck(run, (x, *state, *cell.parameters()))
+    assert gradcheck_engine(fused.run_direction, case, reverse=True, steps=3, lengths=(3, 1, 2))
 
 
 def test_double_backward_raises_a_clear_error():

@@ -4,31 +4,13 @@ import pytest
 import torch
 
 from rnnkit.engine import run_direction
-from tests.helpers import CELL_OPTIONS, assert_close, make_cell, option_id
-
-
-def engine_function(cell, lengths, reverse, noise):
-    """The engine as a function of (x, *state, *parameters); gradcheck perturbs the parameters in place."""
-
-    def run(x, *tensors):
-        out, final = run_direction(cell, x, tensors[: cell.state_size], lengths, reverse, noise)
-        return (out, *final)
-
-    return run
+from tests.helpers import CELL_OPTIONS, assert_close, gradcheck_engine, make_cell, option_id
 
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
 def test_engine_gradcheck_float64_with_lengths(case, reverse):
-    name, options = case
-    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.3})
-    T, B = 4, 3
-    noise = cell.sample_noise(T, B)
-    lengths = torch.tensor([4, 1, 3])
-    x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
-    state = tuple(torch.randn(B, 4, dtype=torch.float64, requires_grad=True) for _ in range(cell.state_size))
-    function = engine_function(cell, lengths, reverse, noise)
-    assert torch.autograd.gradcheck(function, (x, *state, *cell.parameters()))
+    assert gradcheck_engine(run_direction, case, reverse)
 
 
 def test_reverse_equals_forward_on_flipped_sequences():

@@ -1,0 +1,5 @@
+"""matplotlib figures. Every function returns the Figure and, given a path, writes it atomically."""
+
+from rnnkit.plots.gradients import plot_gradient_flow, plot_learning_curves, save_figure
+
+__all__ = ["plot_gradient_flow", "plot_learning_curves", "save_figure"]
