@@ -6,4 +6,13 @@ from rnnkit.layers import GRU, LSTM, RNN, SimpleRNN
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "training", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RecurrentCell", "SimpleRNN", "SimpleRNNCell", "__version__"]
+__all__ = ["data", "training", "Forecaster", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RecurrentCell", "SimpleRNN", "SimpleRNNCell", "__version__"]
+
+
+def __getattr__(name: str):
+    """Tasks import Lightning, which takes seconds: load them on first use, not with the package."""
+    if name in ("Forecaster", "Forecast"):
+        from rnnkit import tasks
+
+        return getattr(tasks, name)
+    raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")

@@ -14,19 +14,81 @@ app = typer.Typer(help="rnnkit: recurrent neural networks on PyTorch.", no_args_
 console = Console()
 
 
-@app.command()
-def demo(epochs: int = typer.Option(30, min=1, help="Training epochs."),
-         seed: int = typer.Option(0, help="Random seed.")) -> None:
-    """Train an LSTM forecaster on generated sine waves and compare it with the naive forecast.
+def _metrics_table(report: dict, title: str):
+    from rich.table import Table
 
-    Example: rnnkit demo --epochs 10
+    table = Table(title=title)
+    for column in ("forecast", "MAE", "RMSE", "MAPE %", "sMAPE %", "MASE"):
+        table.add_column(column, justify="left" if column == "forecast" else "right")
+    for name in ("model", "seasonal_naive", "naive"):
+        if name in report:
+            m = report[name]
+            table.add_row(name.replace("_", " "), f"{m['MAE']:.2f}", f"{m['RMSE']:.2f}", f"{m['MAPE']:.2f}",
+                          f"{m['sMAPE']:.2f}", f"{m['MASE']:.3f}")
+    return table
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("rnnkit-demo"), help="Folder for the saved model and the plot."),
+         epochs: int = typer.Option(200, min=1, help="Training epochs."),
+         seed: int = typer.Option(0, help="Random seed.")) -> None:
+    """Forecast the built-in airline passengers series: fit on 1949-1958, forecast 1959-1960.
+
+    Prints the model's errors beside the naive and seasonal-naive forecasts, saves the model and a plot.
+    Example: rnnkit demo --out demo-output
     """
     from rnnkit.demo import run_demo
 
-    result = run_demo(epochs=epochs, seed=seed)
-    console.print(f"LSTM one-step forecast, test MSE: [bold]{result.model_mse:.5f}[/bold]")
-    console.print(f"naive (last value) forecast, test MSE: {result.naive_mse:.5f}")
-    console.print(f"the LSTM's error is {result.model_mse / result.naive_mse:.1%} of the naive baseline's")
+    result = run_demo(out, epochs=epochs, seed=seed)
+    console.print(_metrics_table(result.report, "Airline passengers, last 24 months held out"))
+    console.print(f"90% interval coverage of the held-out months: {result.report['coverage']:.0%}")
+    console.print(f"model saved to {result.model_dir}/, plot written to {result.plot}")
+
+
+@app.command()
+def forecast(
+    csv_file: Path = typer.Argument(..., help="CSV file with a header row."),
+    column: str = typer.Option(..., help="The column to forecast."),
+    horizon: int = typer.Option(12, min=1, help="Steps to forecast after the last row."),
+    season: int = typer.Option(0, min=0, help="Seasonal period (12 for monthly data); 0 for none."),
+    window: int = typer.Option(12, min=1, help="Input steps the network reads."),
+    epochs: int = typer.Option(200, min=1, help="Training epochs."),
+    plot: Path = typer.Option(None, help="Write a forecast plot here (PNG)."),
+    save: Path = typer.Option(None, help="Save the fitted model to this folder."),
+) -> None:
+    """Fit a forecaster on one column of a CSV file and forecast the next steps.
+
+    Example: rnnkit forecast sales.csv --column units --horizon 12 --season 12 --plot sales.png
+    """
+    from rich.table import Table
+
+    from rnnkit.data.series import read_csv_column
+    from rnnkit.plots import plot_forecast
+    from rnnkit.tasks import Forecaster
+
+    try:
+        values = read_csv_column(csv_file, column)
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(str(error), param_hint="CSV_FILE / --column") from None
+    model = Forecaster(window=window, horizon=horizon, season=season or None)
+    try:
+        model.fit(values, epochs=epochs)
+    except ValueError as error:
+        console.print(f"[red]cannot fit: {error}[/red]")
+        raise typer.Exit(1) from None
+    result = model.predict(values, horizon)
+    table = Table(title=f"{column}: forecast of the next {horizon} steps")
+    for name in ("step", "forecast", "90% low", "90% high"):
+        table.add_column(name, justify="right")
+    for step, (mean, low, high) in enumerate(zip(result.mean, result.lower, result.upper), start=1):
+        table.add_row(str(step), f"{mean:.4g}", f"{low:.4g}", f"{high:.4g}")
+    console.print(table)
+    if plot is not None:
+        plot_forecast(values, result, title=f"{csv_file.name}: {column}", path=plot)
+        console.print(f"plot written to {plot}")
+    if save is not None:
+        model.save(save)
+        console.print(f"model saved to {save}/")
 
 
 @app.command()

@@ -1,16 +1,34 @@
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from rnnkit.cli import app
-from rnnkit.demo import run_demo
 
 
-def test_demo_beats_the_naive_forecast():
-    result = run_demo(epochs=3, show_progress=False)
-    assert result.model_mse < 0.5 * result.naive_mse
-
-
-def test_demo_command_reports_both_errors():
-    result = CliRunner().invoke(app, ["demo", "--epochs", "1"])
+def test_demo_command_reports_the_model_beside_the_baselines(tmp_path: Path):
+    result = CliRunner().invoke(app, ["demo", "--epochs", "30", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "LSTM one-step forecast, test MSE" in result.output
-    assert "naive (last value) forecast, test MSE" in result.output
+    for row in ("model", "seasonal naive", "naive"):
+        assert row in result.output
+    assert "15.52" in result.output  # the seasonal naive MAPE of this split
+    assert (tmp_path / "airline-model" / "model.safetensors").is_file()
+    assert (tmp_path / "airline-forecast.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_forecast_command_on_a_csv(tmp_path: Path):
+    rows = "\n".join(f"{t},{10 + (t % 12) + t / 10:.3f}" for t in range(60))
+    data = tmp_path / "sales.csv"
+    data.write_text("month,units\n" + rows + "\n")
+    result = CliRunner().invoke(app, ["forecast", str(data), "--column", "units", "--horizon", "6", "--season", "12",
+                                      "--epochs", "5", "--plot", str(tmp_path / "f.png"), "--save", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert "forecast of the next 6 steps" in result.output
+    assert (tmp_path / "f.png").is_file() and (tmp_path / "m" / "config.json").is_file()
+
+
+def test_forecast_command_names_a_missing_column(tmp_path: Path):
+    data = tmp_path / "sales.csv"
+    data.write_text("month,units\n1,2\n")
+    result = CliRunner().invoke(app, ["forecast", str(data), "--column", "revenue"])
+    assert result.exit_code == 2
+    assert "no column 'revenue'" in result.output

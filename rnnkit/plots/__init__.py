@@ -1,5 +1,6 @@
 """matplotlib figures. Every function returns the Figure and, given a path, writes it atomically."""
 
+from rnnkit.plots.forecast import plot_forecast
 from rnnkit.plots.gradients import plot_gradient_flow, plot_learning_curves, save_figure
 
-__all__ = ["plot_gradient_flow", "plot_learning_curves", "save_figure"]
+__all__ = ["plot_forecast", "plot_gradient_flow", "plot_learning_curves", "save_figure"]

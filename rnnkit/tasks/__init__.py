@@ -1,0 +1,5 @@
+"""Ready tasks with fit / predict / evaluate / save / load."""
+
+from rnnkit.tasks.forecaster import Forecast, Forecaster
+
+__all__ = ["Forecast", "Forecaster"]

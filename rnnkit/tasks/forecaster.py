@@ -1,0 +1,256 @@
+"""Forecasting a series with a recurrent network, in a few lines.
+
+>>> model = rk.Forecaster(cell="gru", hidden_size=16, window=12, horizon=12, season=12)
+>>> model.fit(series[:-24])                       # progress bar; scaling fitted on these values only
+>>> forecast = model.predict(series[:-24], horizon=24)   # .mean, .lower, .upper (90% by default)
+>>> model.evaluate(series[:-24], series[-24:])    # MAE, RMSE, MAPE, sMAPE, MASE beside naive baselines
+>>> model.save("airline-model/"); rk.Forecaster.load("airline-model/")
+
+The network reads a window of the stationary series (log, seasonal difference, standardisation: see
+:mod:`rnnkit.data.series`) and predicts the next ``horizon`` steps at once (direct multi-step); longer
+horizons are forecast recursively, block by block. Prediction intervals are quantiles of the model's
+in-sample errors at each horizon step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import rnnkit as rk
+from rnnkit._checks import check_choice, check_positive_int, check_probability
+from rnnkit.data.series import SeriesTransform, as_series, windows
+from rnnkit.io import check_state_dict, load_model, save_model
+from rnnkit.tasks.metrics import forecast_metrics, naive_forecast, seasonal_naive_forecast
+from rnnkit.training.modules import RegressionModule
+
+TASK = "forecaster"
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Hide Lightning's informational chatter (accelerator lines, tips) and two known-harmless warnings:
+    a validation_step with no validation data (asked for), and an upstream pytree deprecation."""
+    logger = logging.getLogger("lightning.pytorch")
+    previous = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            yield
+    finally:
+        logger.setLevel(previous)
+
+
+class ForecastNetwork(nn.Module):
+    """Recurrent layers, then a linear map from the last step's output to all ``horizon`` steps."""
+
+    def __init__(self, features: int, horizon: int, cell: str, hidden_size: int, num_layers: int, **options) -> None:
+        super().__init__()
+        self.features, self.horizon = features, horizon
+        self.rnn = rk.RNN(features, hidden_size, num_layers, cell=cell, **options)
+        self.head = nn.Linear(hidden_size * self.rnn.num_directions, horizon * features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, W, F] -> [B, H, F]
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1]).view(x.shape[0], self.horizon, self.features)
+
+
+@dataclass
+class Forecast:
+    """Point forecasts and, when asked for, a central prediction interval (each ``[H]`` or ``[H, F]``)."""
+
+    mean: np.ndarray
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+    level: float | None = None
+
+
+class Forecaster:
+    """A recurrent forecaster with scikit-learn-like ``fit / predict / evaluate / save / load``.
+
+    Args:
+        cell: ``"rnn"``, ``"lstm"`` or ``"gru"``. hidden_size, num_layers, dropout, bidirectional,
+            layer_norm and other cell options go to :class:`rnnkit.RNN`.
+        window: input steps the network reads. horizon: steps it predicts at once.
+        season: seasonal period (12 for monthly data) to difference away; None for none.
+        log: take logs first (``"auto"``: when every value is positive).
+        learning_rate, weight_decay: AdamW's step size and decoupled weight decay (which pulls forecasts
+            toward the series' mean seasonal change: useful on short series).
+        seed: the seed of initialisation and batch order.
+    """
+
+    def __init__(self, cell: str = "gru", hidden_size: int = 16, num_layers: int = 1, window: int = 12,
+                 horizon: int = 12, season: int | None = None, log: bool | str = "auto", dropout: float = 0.0,
+                 learning_rate: float = 3e-3, weight_decay: float = 0.5, seed: int = 0, **layer_options) -> None:
+        self.options = {
+            "cell": check_choice("cell", cell, ("rnn", "lstm", "gru")),
+            "hidden_size": check_positive_int("hidden_size", hidden_size),
+            "num_layers": check_positive_int("num_layers", num_layers),
+            "window": check_positive_int("window", window),
+            "horizon": check_positive_int("horizon", horizon),
+            "season": None if season is None else check_positive_int("season", season),
+            "log": log if log == "auto" else bool(log),
+            "dropout": check_probability("dropout", dropout),
+            "learning_rate": float(learning_rate),
+            "weight_decay": float(weight_decay),
+            "seed": int(seed),
+            "layer_options": dict(layer_options),
+        }
+        self.network: ForecastNetwork | None = None
+        self.transform: SeriesTransform | None = None
+        self.errors: np.ndarray | None = None  # [S, H, F] in-sample errors on the level scale
+
+    # ---------------------------------------------------------------- training
+    def _build(self, features: int) -> ForecastNetwork:
+        o = self.options
+        return ForecastNetwork(features, o["horizon"], o["cell"], o["hidden_size"], o["num_layers"],
+                               dropout=o["dropout"], **o["layer_options"])
+
+    def fit(self, series, epochs: int = 200, batch_size: int = 32, validation_size: int = 0,
+            patience: int | None = None, gradient_clip: float | None = 1.0, progress: bool = True,
+            log_dir: str | os.PathLike | None = None) -> "Forecaster":
+        """Fit on ``series`` (``[T]`` or ``[T, F]``: every column is forecast).
+
+        ``validation_size`` > 0 holds out the last windows for a validation loss (and early stopping after
+        ``patience`` epochs without improvement). ``log_dir`` adds CSV and TensorBoard logs there.
+
+        Raises:
+            ValueError: NaN/inf, a constant series, or one shorter than season + window + horizon.
+        """
+        o = self.options
+        values = as_series(series)
+        self.transform = SeriesTransform.fit(values, o["log"], o["season"])
+        inputs, targets = windows(self.transform.forward(values), o["window"], o["horizon"])
+        if validation_size >= len(inputs):
+            raise ValueError(f"validation_size={validation_size} leaves no training window (there are {len(inputs)})")
+        pl.seed_everything(o["seed"], verbose=False)
+        self.network = self._build(values.shape[1])
+        dataset = TensorDataset(torch.as_tensor(inputs, dtype=torch.float32), torch.as_tensor(targets, dtype=torch.float32))
+        split = len(inputs) - validation_size
+        train = DataLoader(torch.utils.data.Subset(dataset, range(split)), batch_size=batch_size, shuffle=True,
+                           generator=torch.Generator().manual_seed(o["seed"]))
+        validation = (DataLoader(torch.utils.data.Subset(dataset, range(split, len(inputs))), batch_size=batch_size)
+                      if validation_size else None)
+        callbacks = [pl.callbacks.RichProgressBar()] if progress else []
+        if validation and patience:
+            callbacks.append(pl.callbacks.EarlyStopping("val_loss", patience=patience))
+        loggers = ([pl.loggers.CSVLogger(log_dir), pl.loggers.TensorBoardLogger(log_dir)] if log_dir else False)
+        with _quiet_lightning():
+            trainer = pl.Trainer(max_epochs=epochs, gradient_clip_val=gradient_clip, callbacks=callbacks, logger=loggers,
+                                 enable_progress_bar=progress, enable_checkpointing=False,
+                                 enable_model_summary=False, log_every_n_steps=1, accelerator="cpu")
+        with _quiet_lightning():
+            trainer.fit(RegressionModule(self.network, o["learning_rate"], o["weight_decay"]), train, validation)
+        self.network.eval()
+        self.errors = self._in_sample_errors(values)
+        return self
+
+    def _in_sample_errors(self, values: np.ndarray) -> np.ndarray:
+        """Level-scale errors of forecasting from every training origin: ``[S, H, F]``."""
+        o = self.options
+        offset = (o["season"] or 0) + o["window"]
+        inputs, _ = windows(self.transform.forward(values), o["window"], o["horizon"])
+        predictions = self._network_predict(inputs)
+        errors = []
+        for index, scaled in enumerate(predictions):
+            origin = offset + index
+            levels = self.transform.integrate(scaled, values[:origin])
+            errors.append(self.transform.level(values[origin: origin + o["horizon"]]) - levels)
+        return np.stack(errors)
+
+    def _network_predict(self, inputs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.network(torch.as_tensor(inputs, dtype=torch.float32)).double().numpy()
+
+    # ---------------------------------------------------------------- use
+    def _check_fitted(self) -> None:
+        if self.network is None:
+            raise RuntimeError("this Forecaster is not fitted yet: call fit(series) or Forecaster.load(directory)")
+
+    def predict(self, series, horizon: int | None = None, level: float | None = 0.9) -> Forecast:
+        """Forecast ``horizon`` steps (default: the trained horizon) after the end of ``series``.
+
+        ``level`` (e.g. 0.9) adds a central interval from in-sample error quantiles; None for none.
+        Horizons beyond the trained one are forecast recursively and reuse the last step's quantiles.
+        """
+        self._check_fitted()
+        o = self.options
+        values = as_series(series)
+        if values.shape[1] != self.network.features:
+            raise ValueError(f"series has {values.shape[1]} columns, the model was fitted on {self.network.features}")
+        need = o["window"] + (o["season"] or 0)
+        if len(values) < need:
+            raise ValueError(f"series needs at least window + season = {need} values to forecast from, got {len(values)}")
+        horizon = o["horizon"] if horizon is None else check_positive_int("horizon", horizon)
+        history = values
+        levels = []
+        while sum(len(block) for block in levels) < horizon:
+            scaled = self.transform.forward(history)[-o["window"]:]
+            block = self.transform.integrate(self._network_predict(scaled[None])[0], history)
+            levels.append(block)
+            history = np.concatenate([history, self.transform.unlevel(block)])
+        level_forecast = np.concatenate(levels)[:horizon]
+        mean = self.transform.unlevel(level_forecast)
+        lower = upper = None
+        if level is not None:
+            level = check_probability("level", level)
+            steps = np.minimum(np.arange(horizon), o["horizon"] - 1)
+            low, high = np.quantile(self.errors, [(1 - level) / 2, (1 + level) / 2], axis=0)  # [H, F] each
+            lower = self.transform.unlevel(level_forecast + low[steps])
+            upper = self.transform.unlevel(level_forecast + high[steps])
+        squeeze = np.ndim(series) == 1
+        pick = (lambda a: None if a is None else a[:, 0]) if squeeze else (lambda a: a)
+        return Forecast(pick(mean), pick(lower), pick(upper), level)
+
+    def evaluate(self, history, actual, level: float = 0.9) -> dict:
+        """Forecast ``len(actual)`` steps after ``history`` and score them beside the naive and seasonal
+        naive forecasts; ``coverage`` is the share of actual values inside the interval."""
+        history, actual = as_series(history, "history"), as_series(actual, "actual")
+        forecast = self.predict(history, len(actual), level)
+        season = self.options["season"]
+        report = {"model": forecast_metrics(actual, forecast.mean, history, season),
+                  "naive": forecast_metrics(actual, naive_forecast(history, len(actual)), history, season)}
+        if season:
+            report["seasonal_naive"] = forecast_metrics(
+                actual, seasonal_naive_forecast(history, len(actual), season), history, season)
+        report["coverage"] = float(np.mean((actual >= forecast.lower) & (actual <= forecast.upper)))
+        return report
+
+    # ---------------------------------------------------------------- files
+    def save(self, directory) -> None:
+        """Write the model to ``directory`` (config.json + model.safetensors), atomically."""
+        self._check_fitted()
+        config = {"options": self.options, "features": self.network.features, "transform": self.transform.to_config()}
+        weights = {f"network.{k}": v for k, v in self.network.state_dict().items()}
+        weights["errors"] = torch.as_tensor(self.errors)
+        save_model(directory, TASK, config, weights)
+
+    @classmethod
+    def load(cls, directory) -> "Forecaster":
+        """Read a model written by :meth:`save`; a file of another task or a damaged one is refused clearly."""
+        config, weights = load_model(directory, TASK)
+        try:
+            model = cls(**{k: v for k, v in config["options"].items() if k != "layer_options"},
+                        **config["options"]["layer_options"])
+            model.transform = SeriesTransform(**config["transform"])
+            model.network = model._build(int(config["features"]))
+        except (KeyError, TypeError, ValueError) as error:
+            from rnnkit.io import ModelFileError
+
+            raise ModelFileError(f"{directory}: config.json does not describe a forecaster ({error!r})") from error
+        check_state_dict(model.network, {k[len("network."):]: v for k, v in weights.items()
+                                         if k.startswith("network.")}, directory)
+        model.network.eval()
+        model.errors = weights["errors"].double().numpy()
+        return model

@@ -1,0 +1,45 @@
+r"""Forecast accuracy, as in Hyndman & Koehler (2006). ``actual`` and ``forecast`` are arrays of one shape.
+
+MAE, RMSE; MAPE :math:`= 100\,\overline{|e_t / y_t|}`; sMAPE :math:`= 100\,\overline{2|e_t| / (|y_t| + |\hat y_t|)}`;
+MASE :math:`= \mathrm{MAE} / \mathrm{MAE}_{\text{in-sample seasonal naive}}` (lag ``season``, 1 if none).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def forecast_metrics(actual, forecast, history, season: int | None = None) -> dict[str, float]:
+    actual, forecast, history = (np.asarray(a, dtype=np.float64) for a in (actual, forecast, history))
+    if actual.shape != forecast.shape:
+        raise ValueError(f"actual and forecast must have one shape, got {list(actual.shape)} and {list(forecast.shape)}")
+    error = actual - forecast
+    lag = season or 1
+    if len(history) <= lag:
+        raise ValueError(f"MASE needs more than season={lag} history values, got {len(history)}")
+    scale = np.mean(np.abs(history[lag:] - history[:-lag]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mape = 100 * np.mean(np.abs(error / actual))
+        smape = 100 * np.mean(2 * np.abs(error) / (np.abs(actual) + np.abs(forecast)))
+    return {
+        "MAE": float(np.mean(np.abs(error))),
+        "RMSE": float(np.sqrt(np.mean(error ** 2))),
+        "MAPE": float(mape),
+        "sMAPE": float(smape),
+        "MASE": float(np.mean(np.abs(error)) / scale) if scale > 0 else float("inf"),
+    }
+
+
+def naive_forecast(history, horizon: int) -> np.ndarray:
+    """The last value, repeated."""
+    history = np.asarray(history, dtype=np.float64)
+    return np.repeat(history[-1:], horizon, axis=0)
+
+
+def seasonal_naive_forecast(history, horizon: int, season: int) -> np.ndarray:
+    """The last observed season, repeated."""
+    history = np.asarray(history, dtype=np.float64)
+    if len(history) < season:
+        raise ValueError(f"seasonal naive needs at least season={season} values, got {len(history)}")
+    last = history[-season:]
+    return np.stack([last[h % season] for h in range(horizon)])

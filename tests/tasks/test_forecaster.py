@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+import rnnkit as rk
+from rnnkit.data.series import load_airline
+from rnnkit.io import ModelFileError
+
+
+@pytest.fixture(scope="module")
+def airline_model():
+    _, passengers = load_airline()
+    model = rk.Forecaster(season=12, seed=0).fit(passengers[:-24], epochs=120, progress=False)
+    return model, passengers
+
+
+def test_beats_the_seasonal_naive_forecast_on_held_out_airline_data(airline_model):
+    model, passengers = airline_model
+    report = model.evaluate(passengers[:-24], passengers[-24:])
+    assert report["seasonal_naive"]["MAPE"] == pytest.approx(15.52, abs=0.01)  # the known anchor of this split
+    assert report["model"]["MAPE"] < 0.6 * report["seasonal_naive"]["MAPE"]
+    assert report["model"]["MASE"] < report["seasonal_naive"]["MASE"] < report["naive"]["MASE"]
+
+
+def test_forecast_shapes_intervals_and_recursive_horizons(airline_model):
+    model, passengers = airline_model
+    forecast = model.predict(passengers[:-24], horizon=30, level=0.9)
+    assert forecast.mean.shape == forecast.lower.shape == forecast.upper.shape == (30,)
+    assert bool((forecast.lower <= forecast.mean).all() and (forecast.mean <= forecast.upper).all())
+    first_block = model.predict(passengers[:-24], horizon=12, level=None)
+    np.testing.assert_allclose(forecast.mean[:12], first_block.mean)  # the first block is the direct forecast
+    assert first_block.lower is None
+
+
+def test_save_and_load_give_identical_forecasts(airline_model, tmp_path):
+    model, passengers = airline_model
+    model.save(tmp_path / "model")
+    loaded = rk.Forecaster.load(tmp_path / "model")
+    a, b = model.predict(passengers, 24), loaded.predict(passengers, 24)
+    np.testing.assert_array_equal(a.mean, b.mean)
+    np.testing.assert_array_equal(a.upper, b.upper)
+
+
+def test_loading_a_model_whose_weights_do_not_fit_its_config(airline_model, tmp_path):
+    model, _ = airline_model
+    model.save(tmp_path / "model")
+    import json
+
+    config_path = tmp_path / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["options"]["hidden_size"] = 99
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="has shape .* the configuration needs"):
+        rk.Forecaster.load(tmp_path / "model")
+
+
+def test_bad_input_is_named(airline_model):
+    model, passengers = airline_model
+    with pytest.raises(ValueError, match="needs at least window \\+ season = 24 values"):
+        model.predict(passengers[:10])
+    with pytest.raises(ValueError, match="series has 2 columns, the model was fitted on 1"):
+        model.predict(np.stack([passengers, passengers], 1))
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        rk.Forecaster().predict(passengers)
+    with pytest.raises(ValueError, match="cell must be one of 'rnn', 'lstm', 'gru'; got 'tcn'"):
+        rk.Forecaster(cell="tcn")
+    with pytest.raises(ValueError, match="NaN"):
+        rk.Forecaster().fit([1.0, float("nan")] * 30, progress=False)
+
+
+def test_multivariate_series_forecasts_every_column():
+    t = np.arange(80.0)
+    series = np.stack([10 + np.sin(t / 3), 5 + np.cos(t / 4)], axis=1)
+    model = rk.Forecaster(window=8, horizon=4, hidden_size=8, seed=1).fit(series, epochs=5, progress=False)
+    forecast = model.predict(series)
+    assert forecast.mean.shape == forecast.upper.shape == (4, 2)
