@@ -92,6 +92,58 @@ def forecast(
 
 
 @app.command()
+def datasets() -> None:
+    """List the data sets rnnkit can load here, and why any cannot be.
+
+    Example: rnnkit datasets
+    """
+    from rich.table import Table
+
+    from rnnkit.data.ucr import available_datasets
+
+    table = Table(title="data sets (all read from disk: built in, or shipped inside a PyPI package)")
+    for column in ("name", "what", "status"):
+        table.add_column(column)
+    for name, description, why in available_datasets():
+        table.add_row(name, description, "[green]available[/green]" if why is None else f"[yellow]{why}[/yellow]")
+    console.print(table)
+
+
+@app.command()
+def classify(
+    dataset: str = typer.Option(..., help="A UCR/UEA data set (see `rnnkit datasets`), official train/test split."),
+    cell: str = typer.Option("lstm", help="rnn, lstm or gru."),
+    hidden: int = typer.Option(64, min=1, help="Hidden units per direction."),
+    epochs: int = typer.Option(60, min=1, help="Training epochs."),
+    seed: int = typer.Option(0, help="Random seed."),
+    out: Path = typer.Option(Path("rnnkit-classify"), help="Folder for the model and the confusion matrix."),
+) -> None:
+    """Train a bidirectional recurrent classifier on a sequence-classification data set and score it.
+
+    Example: rnnkit classify --dataset JapaneseVowels
+    """
+    from rnnkit.data.ucr import DatasetUnavailable, load_ucr
+    from rnnkit.plots import plot_confusion_matrix
+    from rnnkit.tasks import SequenceClassifier
+
+    try:
+        data = load_ucr(dataset)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--dataset") from None
+    except DatasetUnavailable as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    model = SequenceClassifier(cell=cell, hidden_size=hidden, seed=seed).fit(data.train_x, data.train_y, epochs=epochs)
+    report = model.evaluate(data.test_x, data.test_y)
+    console.print(f"{dataset}: {len(data.train_x)} training / {len(data.test_x)} test sequences, "
+                  f"{len(model.classes)} classes")
+    console.print(f"test accuracy [bold]{report['accuracy']:.3f}[/bold], macro F1 {report['macro_f1']:.3f}")
+    model.save(out / f"{dataset}-model")
+    plot_confusion_matrix(report["confusion"], report["classes"], f"{dataset}: test set", out / f"{dataset}-confusion.png")
+    console.print(f"model saved to {out / f'{dataset}-model'}/, confusion matrix in {out / f'{dataset}-confusion.png'}")
+
+
+@app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Two shapes, no reference loop, no scaling or memory runs."),
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default). 1 is steadier on a busy machine."),

@@ -32,3 +32,28 @@ def test_forecast_command_names_a_missing_column(tmp_path: Path):
     result = CliRunner().invoke(app, ["forecast", str(data), "--column", "revenue"])
     assert result.exit_code == 2
     assert "no column 'revenue'" in result.output
+
+
+def test_datasets_command_says_what_is_available(monkeypatch):
+    result = CliRunner().invoke(app, ["datasets"])
+    assert result.exit_code == 0 and "airline" in result.output and "JapaneseVowels" in result.output
+    from rnnkit.data import ucr
+
+    monkeypatch.setattr(ucr, "aeon_data_directory", lambda: None)
+    result = CliRunner().invoke(app, ["datasets"])
+    assert "needs aeon" in result.output
+
+
+def test_classify_command(tmp_path: Path):
+    import pytest
+
+    from rnnkit.data import ucr
+
+    if ucr.aeon_data_directory() is None:
+        pytest.skip("aeon (the datasets extra) is not installed")
+    result = CliRunner().invoke(app, ["classify", "--dataset", "ItalyPowerDemand", "--epochs", "3", "--hidden", "8",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "67 training / 1029 test sequences, 2 classes" in result.output and "test accuracy" in result.output
+    assert (tmp_path / "ItalyPowerDemand-confusion.png").is_file()
+    assert CliRunner().invoke(app, ["classify", "--dataset", "Iris"]).exit_code == 2

@@ -14,10 +14,7 @@ in-sample errors at each horizon step.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -31,25 +28,10 @@ from rnnkit._checks import check_choice, check_positive_int, check_probability
 from rnnkit.data.series import SeriesTransform, as_series, windows
 from rnnkit.io import check_state_dict, load_model, save_model
 from rnnkit.tasks.metrics import forecast_metrics, naive_forecast, seasonal_naive_forecast
+from rnnkit.tasks.trainer import fit_module
 from rnnkit.training.modules import RegressionModule
 
 TASK = "forecaster"
-
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Hide Lightning's informational chatter (accelerator lines, tips) and two known-harmless warnings:
-    a validation_step with no validation data (asked for), and an upstream pytree deprecation."""
-    logger = logging.getLogger("lightning.pytorch")
-    previous = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-            yield
-    finally:
-        logger.setLevel(previous)
 
 
 class ForecastNetwork(nn.Module):
@@ -142,16 +124,8 @@ class Forecaster:
                            generator=torch.Generator().manual_seed(o["seed"]))
         validation = (DataLoader(torch.utils.data.Subset(dataset, range(split, len(inputs))), batch_size=batch_size)
                       if validation_size else None)
-        callbacks = [pl.callbacks.RichProgressBar()] if progress else []
-        if validation and patience:
-            callbacks.append(pl.callbacks.EarlyStopping("val_loss", patience=patience))
-        loggers = ([pl.loggers.CSVLogger(log_dir), pl.loggers.TensorBoardLogger(log_dir)] if log_dir else False)
-        with _quiet_lightning():
-            trainer = pl.Trainer(max_epochs=epochs, gradient_clip_val=gradient_clip, callbacks=callbacks, logger=loggers,
-                                 enable_progress_bar=progress, enable_checkpointing=False,
-                                 enable_model_summary=False, log_every_n_steps=1, accelerator="cpu")
-        with _quiet_lightning():
-            trainer.fit(RegressionModule(self.network, o["learning_rate"], o["weight_decay"]), train, validation)
+        module = RegressionModule(self.network, o["learning_rate"], o["weight_decay"])
+        fit_module(module, train, validation, epochs, gradient_clip, patience, progress, log_dir)
         self.network.eval()
         self.errors = self._in_sample_errors(values)
         return self

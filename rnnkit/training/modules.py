@@ -8,29 +8,46 @@ import torch
 from torch import nn
 
 
-class RegressionModule(pl.LightningModule):
-    """Mean-squared-error regression of ``network(x)`` onto ``y``, with AdamW (decoupled weight decay)."""
+class _NetworkModule(pl.LightningModule):
+    """A network trained with AdamW (decoupled weight decay); subclasses define the loss of a batch."""
 
-    def __init__(self, network: nn.Module, learning_rate: float = 1e-2, weight_decay: float = 0.0) -> None:
+    def __init__(self, network: nn.Module, learning_rate: float, weight_decay: float = 0.0) -> None:
         super().__init__()
         self.network = network
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
-
-    def _loss(self, batch) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.mse_loss(self.network(x), y)
+    def loss(self, batch, stage: str) -> torch.Tensor:
+        raise NotImplementedError
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
-        return loss
+        return self.loss(batch, "train")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.log("val_loss", self._loss(batch), prog_bar=True)
+        self.loss(batch, "val")
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+
+
+class RegressionModule(_NetworkModule):
+    """Mean-squared-error regression of ``network(x)`` onto ``y``; logs ``train_loss`` / ``val_loss``."""
+
+    def loss(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self.network(x), y)
+        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+
+class ClassificationModule(_NetworkModule):
+    """Cross-entropy classification of ``network(x, lengths)``; logs loss and accuracy per stage."""
+
+    def loss(self, batch, stage: str) -> torch.Tensor:
+        x, lengths, y = batch
+        logits = self.network(x, lengths)
+        loss = nn.functional.cross_entropy(logits, y)
+        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.log(f"{stage}_accuracy", (logits.argmax(1) == y).float().mean(), prog_bar=True, on_step=False,
+                 on_epoch=True)
+        return loss
