@@ -144,6 +144,41 @@ def classify(
 
 
 @app.command()
+def tag(
+    train_file: Path = typer.Argument(..., help="Training data: token<TAB>tag per line, blank line between sentences."),
+    test_file: Path = typer.Option(None, "--test", help="Held-out data in the same format, to score the tagger."),
+    cell: str = typer.Option("lstm", help="rnn, lstm or gru."),
+    hidden: int = typer.Option(64, min=1, help="Hidden units per direction."),
+    epochs: int = typer.Option(30, min=1, help="Training epochs."),
+    save: Path = typer.Option(None, help="Save the fitted tagger to this folder."),
+) -> None:
+    """Train a bidirectional recurrent tagger (a label for every token) and score it.
+
+    Example: rnnkit tag train.tsv --test test.tsv --save tagger-model
+    """
+    from rnnkit.data.text import read_tagged
+    from rnnkit.tasks import SequenceTagger
+
+    try:
+        tokens, tags = read_tagged(train_file)
+        test = read_tagged(test_file) if test_file is not None else None
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(str(error), param_hint="TRAIN_FILE / --test") from None
+    tagger = SequenceTagger(cell=cell, hidden_size=hidden).fit(tokens, tags, epochs=epochs)
+    console.print(f"trained on {len(tokens)} sentences, {sum(map(len, tokens))} tokens, tags {tagger.classes}")
+    if test is not None:
+        try:
+            report = tagger.evaluate(*test)
+        except ValueError as error:
+            console.print(f"[red]cannot score the test file: {error}[/red]")
+            raise typer.Exit(1) from None
+        console.print(f"test: per-token accuracy [bold]{report['accuracy']:.3f}[/bold], macro F1 {report['macro_f1']:.3f}")
+    if save is not None:
+        tagger.save(save)
+        console.print(f"tagger saved to {save}/")
+
+
+@app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Two shapes, no reference loop, no scaling or memory runs."),
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default). 1 is steadier on a busy machine."),

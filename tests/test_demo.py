@@ -57,3 +57,27 @@ def test_classify_command(tmp_path: Path):
     assert "67 training / 1029 test sequences, 2 classes" in result.output and "test accuracy" in result.output
     assert (tmp_path / "ItalyPowerDemand-confusion.png").is_file()
     assert CliRunner().invoke(app, ["classify", "--dataset", "Iris"]).exit_code == 2
+
+
+def test_tag_command_trains_and_scores(tmp_path: Path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(60):
+        words = list(rng.choice(["the", "cat", "dog", "sat"], size=5))
+        lines += [f"{w}\t{'D' if w == 'the' else 'W'}" for w in words] + [""]
+    (tmp_path / "train.tsv").write_text("\n".join(lines))
+    (tmp_path / "test.tsv").write_text("\n".join(lines[:60]))
+    result = CliRunner().invoke(app, ["tag", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test.tsv"),
+                                      "--epochs", "5", "--hidden", "8", "--save", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert "trained on 60 sentences, 300 tokens" in result.output and "per-token accuracy" in result.output
+    assert (tmp_path / "m" / "config.json").is_file()
+
+
+def test_tag_command_names_a_malformed_line(tmp_path: Path):
+    (tmp_path / "bad.tsv").write_text("the\tD\ncat W\n")
+    result = CliRunner().invoke(app, ["tag", str(tmp_path / "bad.tsv")], env={"COLUMNS": "400"})
+    assert result.exit_code == 2
+    assert "line 2: expected 'token<TAB>tag'" in result.output

@@ -47,7 +47,13 @@ class Vocabulary:
         """Tokens seen at least ``min_count`` times, most frequent first (ties alphabetically), at most
         ``max_size`` of them including the specials."""
         check_choice("level", level, LEVELS)
-        counts = Counter(token for text in texts for token in tokenize(text, level))
+        return cls.from_tokens((tokenize(text, level) for text in texts), level, min_count, max_size)
+
+    @classmethod
+    def from_tokens(cls, token_lists: Iterable[Iterable[str]], level: str = "word", min_count: int = 1,
+                    max_size: int | None = None) -> "Vocabulary":
+        """As :meth:`build`, from texts already split into tokens (e.g. for tagging, one label per token)."""
+        counts = Counter(token for tokens in token_lists for token in tokens)
         ranked = sorted((t for t, c in counts.items() if c >= min_count and t not in SPECIALS),
                         key=lambda t: (-counts[t], t))
         if max_size is not None:
@@ -57,9 +63,10 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def encode(self, text: str, add_eos: bool = False) -> list[int]:
-        """Token ids of ``text``; unknown tokens become ``<unk>`` (id 1)."""
-        ids = [self._ids.get(token, 1) for token in tokenize(text, self.level)]
+    def encode(self, text: str | list[str], add_eos: bool = False) -> list[int]:
+        """Token ids of ``text`` (a string, or a list of tokens); unknown tokens become ``<unk>`` (id 1)."""
+        tokens = tokenize(text, self.level) if isinstance(text, str) else text
+        ids = [self._ids.get(token, 1) for token in tokens]
         return ids + [self._ids[EOS]] if add_eos else ids
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -75,3 +82,38 @@ class Vocabulary:
 
     def to_config(self) -> dict:
         return {"tokens": self.tokens, "level": self.level}
+
+
+def read_tagged(path) -> tuple[list[list[str]], list[list[str]]]:
+    """Read a CoNLL-style file: one ``token<TAB>tag`` per line, a blank line between sentences.
+
+    Raises:
+        FileNotFoundError / ValueError: no such file, a line without exactly two tab-separated fields (the
+            message gives the line), or no sentences.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no tagged-text file at {path}")
+    tokens, tags, sentence_tokens, sentence_tags = [], [], [], []
+    with path.open(encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                if sentence_tokens:
+                    tokens.append(sentence_tokens)
+                    tags.append(sentence_tags)
+                sentence_tokens, sentence_tags = [], []
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2 or not fields[0] or not fields[1]:
+                raise ValueError(f"{path}, line {number}: expected 'token<TAB>tag', got {line!r}")
+            sentence_tokens.append(fields[0])
+            sentence_tags.append(fields[1])
+    if sentence_tokens:
+        tokens.append(sentence_tokens)
+        tags.append(sentence_tags)
+    if not tokens:
+        raise ValueError(f"{path} holds no tagged sentences")
+    return tokens, tags

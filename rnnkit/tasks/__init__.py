@@ -2,5 +2,6 @@
 
 from rnnkit.tasks.classifier import SequenceClassifier
 from rnnkit.tasks.forecaster import Forecast, Forecaster
+from rnnkit.tasks.tagger import SequenceTagger
 
-__all__ = ["Forecast", "Forecaster", "SequenceClassifier"]
+__all__ = ["Forecast", "Forecaster", "SequenceClassifier", "SequenceTagger"]

@@ -40,14 +40,21 @@ class RegressionModule(_NetworkModule):
         return loss
 
 
+IGNORE = -100  # target of padded steps: no loss, no accuracy
+
+
 class ClassificationModule(_NetworkModule):
-    """Cross-entropy classification of ``network(x, lengths)``; logs loss and accuracy per stage."""
+    """Cross-entropy classification of ``network(x, lengths)``: logits ``[B, C]`` for targets ``[B]``, or
+    per-step logits ``[B, T, C]`` for targets ``[B, T]`` whose padded steps hold :data:`IGNORE`.
+    Logs loss and accuracy per stage."""
 
     def loss(self, batch, stage: str) -> torch.Tensor:
         x, lengths, y = batch
         logits = self.network(x, lengths)
-        loss = nn.functional.cross_entropy(logits, y)
+        logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+        loss = nn.functional.cross_entropy(logits, y, ignore_index=IGNORE)
+        counted = y != IGNORE
+        accuracy = (logits.argmax(1)[counted] == y[counted]).float().mean()
         self.log(f"{stage}_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
-        self.log(f"{stage}_accuracy", (logits.argmax(1) == y).float().mean(), prog_bar=True, on_step=False,
-                 on_epoch=True)
+        self.log(f"{stage}_accuracy", accuracy, prog_bar=True, on_step=False, on_epoch=True)
         return loss

@@ -29,3 +29,14 @@ def test_character_round_trip_and_bad_arguments():
         Vocabulary.build(["x"], level="byte")
     with pytest.raises(TypeError, match="text must be a str, got int"):
         tokenize(5)
+
+
+def test_read_tagged_sentences(tmp_path):
+    from rnnkit.data.text import read_tagged
+
+    path = tmp_path / "t.tsv"
+    path.write_text("the\tD\ncat\tN\n\n\nsat\tV\n")
+    assert read_tagged(path) == ([["the", "cat"], ["sat"]], [["D", "N"], ["V"]])
+    path.write_text("\n\n")
+    with pytest.raises(ValueError, match="holds no tagged sentences"):
+        read_tagged(path)
