@@ -101,11 +101,12 @@ class Forecaster:
 
     def fit(self, series, epochs: int = 200, batch_size: int = 32, validation_size: int = 0,
             patience: int | None = None, gradient_clip: float | None = 1.0, progress: bool = True,
-            log_dir: str | os.PathLike | None = None) -> "Forecaster":
+            log_dir: str | os.PathLike | None = None, devices: int = 1, strategy: str = "auto") -> "Forecaster":
         """Fit on ``series`` (``[T]`` or ``[T, F]``: every column is forecast).
 
         ``validation_size`` > 0 holds out the last windows for a validation loss (and early stopping after
         ``patience`` epochs without improvement). ``log_dir`` adds CSV and TensorBoard logs there.
+        ``devices=2, strategy="ddp_spawn"`` trains data-parallel in two processes (gloo on CPU).
 
         Raises:
             ValueError: NaN/inf, a constant series, or one shorter than season + window + horizon.
@@ -125,7 +126,7 @@ class Forecaster:
         validation = (DataLoader(torch.utils.data.Subset(dataset, range(split, len(inputs))), batch_size=batch_size)
                       if validation_size else None)
         module = RegressionModule(self.network, o["learning_rate"], o["weight_decay"])
-        fit_module(module, train, validation, epochs, gradient_clip, patience, progress, log_dir)
+        fit_module(module, train, validation, epochs, gradient_clip, patience, progress, log_dir, devices, strategy)
         self.network.eval()
         self.errors = self._in_sample_errors(values)
         return self

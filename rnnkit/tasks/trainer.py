@@ -8,6 +8,7 @@ import os
 import warnings
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
 
@@ -29,9 +30,15 @@ def quiet_lightning():
 
 def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLoader | None, epochs: int,
                gradient_clip: float | None = 1.0, patience: int | None = None, progress: bool = True,
-               log_dir: str | os.PathLike | None = None) -> pl.Trainer:
+               log_dir: str | os.PathLike | None = None, devices: int = 1, strategy: str = "auto") -> pl.Trainer:
     """Train ``module`` on CPU: rich progress bar, optional early stopping on ``val_loss`` after ``patience``
-    epochs without improvement, CSV + TensorBoard logs in ``log_dir`` when given."""
+    epochs without improvement, CSV + TensorBoard logs in ``log_dir`` when given. ``devices=2,
+    strategy="ddp_spawn"`` (or ``"ddp"`` from a script) trains data-parallel in processes that talk over gloo;
+    the trained weights come back to ``module``. Spawned processes receive tensors through files
+    (torch's ``file_system`` sharing strategy): the default, file descriptors, fails on some machines
+    (this project's sandbox among them) with "unable to resize file"."""
+    if "spawn" in str(strategy):
+        torch.multiprocessing.set_sharing_strategy("file_system")
     callbacks = [pl.callbacks.RichProgressBar()] if progress else []
     if validation is not None and patience:
         callbacks.append(pl.callbacks.EarlyStopping("val_loss", patience=patience))
@@ -39,6 +46,6 @@ def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLo
     with quiet_lightning():
         trainer = pl.Trainer(max_epochs=epochs, gradient_clip_val=gradient_clip, callbacks=callbacks, logger=loggers,
                              enable_progress_bar=progress, enable_checkpointing=False, enable_model_summary=False,
-                             log_every_n_steps=1, accelerator="cpu")
+                             log_every_n_steps=1, accelerator="cpu", devices=devices, strategy=strategy)
         trainer.fit(module, train, validation)
     return trainer

@@ -73,3 +73,14 @@ def test_multivariate_series_forecasts_every_column():
     model = rk.Forecaster(window=8, horizon=4, hidden_size=8, seed=1).fit(series, epochs=5, progress=False)
     forecast = model.predict(series)
     assert forecast.mean.shape == forecast.upper.shape == (4, 2)
+
+
+@pytest.mark.slow
+def test_data_parallel_training_in_two_processes_returns_a_trained_model():
+    _, passengers = load_airline()
+    history, actual = passengers[:-24], passengers[-24:]
+    untrained = rk.Forecaster(season=12, seed=0).fit(history, epochs=1, progress=False)
+    model = rk.Forecaster(season=12, seed=0).fit(history, epochs=30, progress=False, devices=2, strategy="ddp_spawn")
+    report = model.evaluate(history, actual)
+    assert report["model"]["MAPE"] < report["seasonal_naive"]["MAPE"]  # the weights trained in the workers came back
+    assert not np.allclose(model.predict(history).mean, untrained.predict(history).mean)
