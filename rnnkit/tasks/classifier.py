@@ -24,11 +24,11 @@ class SequenceClassifier(SequenceTask):
     PER_STEP = False
 
     def fit(self, sequences, labels, epochs: int = 60, batch_size: int = 32, validation=None,
-            patience: int | None = None, gradient_clip: float | None = 1.0, progress: bool = True,
-            log_dir=None) -> "SequenceClassifier":
+            **training) -> "SequenceClassifier":
         """Fit on ``sequences`` (``[T_i, F]`` arrays, strings or token lists) and one label each (any
         hashable; stored as strings). ``validation=(sequences, labels)`` adds a validation loss/accuracy
-        and, with ``patience``, early stopping."""
+        and, with ``patience``, early stopping. Other ``training`` options go to
+        :func:`rnnkit.tasks.trainer.fit_module` (checkpoints and resume, data-parallel, logs, callbacks)."""
         inputs = self._fit_inputs(sequences)
         labels = [str(label) for label in labels]
         if len(labels) != len(inputs):
@@ -39,8 +39,7 @@ class SequenceClassifier(SequenceTask):
         held_out = None
         if validation is not None:
             held_out = (self._inputs(validation[0], "validation sequences"), self._indices(validation[1]))
-        self._fit(inputs, self._indices(labels), held_out, epochs, batch_size, patience, gradient_clip, progress,
-                  log_dir)
+        self._fit(inputs, self._indices(labels), held_out, epochs, batch_size, training)
         return self
 
     def predict_proba(self, sequences) -> np.ndarray:

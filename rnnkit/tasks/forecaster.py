@@ -14,7 +14,6 @@ in-sample errors at each horizon step.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -100,13 +99,13 @@ class Forecaster:
                                dropout=o["dropout"], **o["layer_options"])
 
     def fit(self, series, epochs: int = 200, batch_size: int = 32, validation_size: int = 0,
-            patience: int | None = None, gradient_clip: float | None = 1.0, progress: bool = True,
-            log_dir: str | os.PathLike | None = None, devices: int = 1, strategy: str = "auto") -> "Forecaster":
+            **training) -> "Forecaster":
         """Fit on ``series`` (``[T]`` or ``[T, F]``: every column is forecast).
 
-        ``validation_size`` > 0 holds out the last windows for a validation loss (and early stopping after
-        ``patience`` epochs without improvement). ``log_dir`` adds CSV and TensorBoard logs there.
-        ``devices=2, strategy="ddp_spawn"`` trains data-parallel in two processes (gloo on CPU).
+        ``validation_size`` > 0 holds out the last windows for a validation loss. ``training`` options go to
+        :func:`rnnkit.tasks.trainer.fit_module`: ``patience`` (early stopping), ``gradient_clip``,
+        ``progress``, ``log_dir`` (CSV + TensorBoard), ``devices``/``strategy`` (data-parallel),
+        ``checkpoint_dir``/``resume`` (continue after Ctrl-C), ``callbacks``.
 
         Raises:
             ValueError: NaN/inf, a constant series, or one shorter than season + window + horizon.
@@ -126,7 +125,7 @@ class Forecaster:
         validation = (DataLoader(torch.utils.data.Subset(dataset, range(split, len(inputs))), batch_size=batch_size)
                       if validation_size else None)
         module = RegressionModule(self.network, o["learning_rate"], o["weight_decay"])
-        fit_module(module, train, validation, epochs, gradient_clip, patience, progress, log_dir, devices, strategy)
+        fit_module(module, train, validation, epochs, **training)
         self.network.eval()
         self.errors = self._in_sample_errors(values)
         return self

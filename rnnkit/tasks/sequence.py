@@ -203,7 +203,7 @@ class SequenceTask:
 
     # ---------------------------------------------------------------- training and use
     def _fit(self, inputs: list[torch.Tensor], targets: list, validation, epochs: int, batch_size: int,
-             patience: int | None, gradient_clip: float | None, progress: bool, log_dir) -> None:
+             training: dict) -> None:
         if len(self.classes) < 2:
             raise ValueError(f"need at least two classes, got {self.classes}")
         pl.seed_everything(self.options["seed"], verbose=False)
@@ -211,7 +211,7 @@ class SequenceTask:
         train = self._batches(inputs, targets, batch_size, shuffle=True)
         valid = None if validation is None else self._batches(*validation, batch_size, shuffle=False)
         module = ClassificationModule(self.network, self.options["learning_rate"], self.options["weight_decay"])
-        fit_module(module, train, valid, epochs, gradient_clip, patience, progress, log_dir)
+        fit_module(module, train, valid, epochs, **training)
         self.network.eval()
 
     def _check_fitted(self) -> None:

@@ -33,10 +33,10 @@ class SequenceTagger(SequenceTask):
         return out
 
     def fit(self, sequences, tags, epochs: int = 60, batch_size: int = 32, validation=None,
-            patience: int | None = None, gradient_clip: float | None = 1.0, progress: bool = True,
-            log_dir=None) -> "SequenceTagger":
+            **training) -> "SequenceTagger":
         """Fit on ``sequences`` (token lists or ``[T_i, F]`` arrays) and one tag per step of each.
-        ``validation=(sequences, tags)`` adds a validation loss/accuracy and, with ``patience``, early stopping."""
+        ``validation=(sequences, tags)`` adds a validation loss/accuracy and, with ``patience``, early stopping. Other ``training`` options go to
+        :func:`rnnkit.tasks.trainer.fit_module` (checkpoints and resume, data-parallel, logs, callbacks)."""
         inputs = self._fit_inputs(sequences)
         tags = [[str(tag) for tag in row] for row in tags]
         self.classes = sorted({tag for row in tags for tag in row})
@@ -45,7 +45,7 @@ class SequenceTagger(SequenceTask):
         if validation is not None:
             valid_inputs = self._inputs(validation[0], "validation sequences")
             held_out = (valid_inputs, self._step_indices(valid_inputs, validation[1], "validation tags"))
-        self._fit(inputs, targets, held_out, epochs, batch_size, patience, gradient_clip, progress, log_dir)
+        self._fit(inputs, targets, held_out, epochs, batch_size, training)
         return self
 
     def predict_proba(self, sequences) -> list[np.ndarray]:

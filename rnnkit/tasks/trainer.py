@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
+
+LAST_CHECKPOINT = "last.ckpt"
 
 
 @contextlib.contextmanager
@@ -28,24 +33,73 @@ def quiet_lightning():
         logger.setLevel(previous)
 
 
+@contextlib.contextmanager
+def _keep_sigint_handler():
+    """Lightning ignores SIGINT while it shuts down after Ctrl-C and never restores it: restore it."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLoader | None, epochs: int,
                gradient_clip: float | None = 1.0, patience: int | None = None, progress: bool = True,
-               log_dir: str | os.PathLike | None = None, devices: int = 1, strategy: str = "auto") -> pl.Trainer:
-    """Train ``module`` on CPU: rich progress bar, optional early stopping on ``val_loss`` after ``patience``
-    epochs without improvement, CSV + TensorBoard logs in ``log_dir`` when given. ``devices=2,
-    strategy="ddp_spawn"`` (or ``"ddp"`` from a script) trains data-parallel in processes that talk over gloo;
-    the trained weights come back to ``module``. Spawned processes receive tensors through files
-    (torch's ``file_system`` sharing strategy): the default, file descriptors, fails on some machines
-    (this project's sandbox among them) with "unable to resize file"."""
+               log_dir: str | os.PathLike | None = None, devices: int = 1, strategy: str = "auto",
+               checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
+               callbacks: list | None = None) -> pl.Trainer:
+    """Train ``module`` on CPU with Lightning.
+
+    - ``gradient_clip``: clip the gradient norm to this (None: no clipping);
+    - ``patience``: with validation data, stop after this many epochs without a better ``val_loss``;
+    - ``progress``: a rich progress bar; ``log_dir``: CSV + TensorBoard logs there;
+    - ``devices=2, strategy="ddp_spawn"`` (or ``"ddp"`` from a script): data-parallel processes talking over
+      gloo; the trained weights come back to ``module``. Spawned processes receive tensors through files
+      (torch's ``file_system`` sharing strategy): the default, file descriptors, fails on some machines
+      (this project's sandbox among them) with "unable to resize file";
+    - ``checkpoint_dir``: Lightning's ``last.ckpt`` there after every epoch; ``resume=True`` continues from it.
+      Ctrl-C stops training with a KeyboardInterrupt that says where the last complete epoch is saved;
+    - ``callbacks``: more Lightning callbacks, e.g. :class:`rnnkit.training.callbacks.GradientNormMonitor`.
+    """
+    all_callbacks = list(callbacks or [])
+    if progress:
+        all_callbacks.append(pl.callbacks.RichProgressBar())
+    if validation is not None and patience:
+        all_callbacks.append(pl.callbacks.EarlyStopping("val_loss", patience=patience))
+    resume_from = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        # one checkpoint, "last.ckpt", replaced after every epoch (Lightning writes save_last files only
+        # when a top-k checkpoint was saved too, so the latest checkpoint itself is named "last")
+        all_callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=checkpoint_dir, filename=LAST_CHECKPOINT[:-5],
+                                                          save_top_k=1, enable_version_counter=False,
+                                                          save_on_train_epoch_end=True))
+        if resume:
+            resume_from = checkpoint_dir / LAST_CHECKPOINT
+            if not resume_from.is_file():
+                raise FileNotFoundError(f"resume=True, but there is no {LAST_CHECKPOINT} in {checkpoint_dir} to resume from")
+    elif resume:
+        raise ValueError("resume=True needs the checkpoint_dir that the interrupted fit wrote to")
     if "spawn" in str(strategy):
         torch.multiprocessing.set_sharing_strategy("file_system")
-    callbacks = [pl.callbacks.RichProgressBar()] if progress else []
-    if validation is not None and patience:
-        callbacks.append(pl.callbacks.EarlyStopping("val_loss", patience=patience))
     loggers = [pl.loggers.CSVLogger(log_dir), pl.loggers.TensorBoardLogger(log_dir)] if log_dir else False
-    with quiet_lightning():
-        trainer = pl.Trainer(max_epochs=epochs, gradient_clip_val=gradient_clip, callbacks=callbacks, logger=loggers,
-                             enable_progress_bar=progress, enable_checkpointing=False, enable_model_summary=False,
-                             log_every_n_steps=1, accelerator="cpu", devices=devices, strategy=strategy)
-        trainer.fit(module, train, validation)
+    with quiet_lightning(), _keep_sigint_handler():
+        trainer = pl.Trainer(max_epochs=epochs, gradient_clip_val=gradient_clip, callbacks=all_callbacks,
+                             logger=loggers, enable_progress_bar=progress, enable_checkpointing=checkpoint_dir is not None,
+                             enable_model_summary=False, log_every_n_steps=1, accelerator="cpu", devices=devices,
+                             strategy=strategy)
+        try:
+            with warnings.catch_warnings():
+                if resume:  # resuming means the checkpoint directory is not empty, on purpose
+                    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+                trainer.fit(module, train, validation, ckpt_path=resume_from)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            where = (f"the last complete epoch is saved in {checkpoint_dir / LAST_CHECKPOINT}; fit again with "
+                     "resume=True to continue" if checkpoint_dir is not None
+                     else "pass checkpoint_dir=... to be able to resume")
+            raise KeyboardInterrupt(f"training interrupted at epoch {trainer.current_epoch}: {where}") from None
     return trainer
