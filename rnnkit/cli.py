@@ -179,6 +179,62 @@ def tag(
 
 
 @app.command()
+def predict(
+    model: Path = typer.Option(..., help="A model folder saved by rnnkit (any task)."),
+    csv_file: Path = typer.Option(None, "--csv", help="Forecaster: the CSV file with the series."),
+    column: str = typer.Option(None, help="Forecaster: the column to forecast from."),
+    horizon: int = typer.Option(None, min=1, help="Forecaster: steps to forecast (default: the trained horizon)."),
+    text_file: Path = typer.Option(None, "--text", help="Text classifier or tagger: one text (sentence) per line."),
+) -> None:
+    """Use a saved model: forecast a CSV column, or label (tag) the lines of a text file.
+
+    Examples: rnnkit predict --model rnnkit-demo/airline-model --csv data.csv --column y --horizon 12
+              rnnkit predict --model reviews-model --text new_reviews.txt
+    """
+    from rnnkit.io import ModelFileError, model_task
+    from rnnkit.tasks import Forecaster, SequenceClassifier, SequenceTagger
+
+    try:
+        task = model_task(model)
+        loader = {"forecaster": Forecaster, SequenceClassifier.TASK: SequenceClassifier,
+                  SequenceTagger.TASK: SequenceTagger}.get(task)
+        if loader is None:
+            raise ModelFileError(f"{model} holds a {task!r} model, which `rnnkit predict` does not know")
+        fitted = loader.load(model)
+    except ModelFileError as error:
+        raise typer.BadParameter(str(error), param_hint="--model") from None
+    if task == "forecaster":
+        if csv_file is None or column is None:
+            raise typer.BadParameter("a forecaster needs --csv FILE and --column NAME", param_hint="--csv")
+        from rnnkit.data.series import read_csv_column
+
+        try:
+            values = read_csv_column(csv_file, column)
+            result = fitted.predict(values, horizon)
+        except (OSError, ValueError) as error:
+            raise typer.BadParameter(str(error), param_hint="--csv / --column") from None
+        for step, (mean, low, high) in enumerate(zip(result.mean, result.lower, result.upper), start=1):
+            typer.echo(f"{step}\t{mean:.6g}\t[{low:.6g}, {high:.6g}]")  # plain tab-separated output
+        return
+    if text_file is None:
+        raise typer.BadParameter(f"a {task} needs --text FILE (one text per line)", param_hint="--text")
+    if fitted.vocabulary is None:
+        raise typer.BadParameter(f"this {task} was fitted on feature sequences; use the Python API for those",
+                                 param_hint="--model")
+    try:
+        lines = [line.strip() for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if task == "sequence-tagger":
+            sentences = [line.split() for line in lines]
+            for words, tags in zip(sentences, fitted.predict(sentences)):
+                typer.echo(" ".join(f"{w}/{t}" for w, t in zip(words, tags)))
+        else:
+            for line, label in zip(lines, fitted.predict(lines)):
+                typer.echo(f"{label}\t{line}")
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(str(error), param_hint="--text") from None
+
+
+@app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Two shapes, no reference loop, no scaling or memory runs."),
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default). 1 is steadier on a busy machine."),

@@ -102,6 +102,24 @@ def load_model(directory: str | os.PathLike, task: str) -> tuple[dict, dict[str,
     return config, weights
 
 
+def model_task(directory: str | os.PathLike) -> str:
+    """The task a model directory holds, read from its config.json (the weights are not read).
+
+    Raises:
+        ModelFileError: not a model directory, or a config.json that names no task.
+    """
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelFileError(f"{directory} is not an rnnkit model: {CONFIG_FILE} is missing")
+    try:
+        task = json.loads(path.read_text(encoding="utf-8")).get("task")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise ModelFileError(f"{path} is not a valid model configuration ({error})") from error
+    if not isinstance(task, str):
+        raise ModelFileError(f"{path} names no task")
+    return task
+
+
 def check_state_dict(module: torch.nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
     """Load ``weights`` into ``module``, naming any missing, unexpected or mis-shaped tensor."""
     expected = module.state_dict()

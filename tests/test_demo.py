@@ -81,3 +81,29 @@ def test_tag_command_names_a_malformed_line(tmp_path: Path):
     result = CliRunner().invoke(app, ["tag", str(tmp_path / "bad.tsv")], env={"COLUMNS": "400"})
     assert result.exit_code == 2
     assert "line 2: expected 'token<TAB>tag'" in result.output
+
+
+def test_predict_command_uses_any_saved_model(tmp_path: Path):
+    import rnnkit as rk
+    from rnnkit.data.series import load_airline
+
+    _, passengers = load_airline()
+    rk.Forecaster(season=12).fit(passengers, epochs=3, progress=False).save(tmp_path / "fc")
+    (tmp_path / "air.csv").write_text("y\n" + "\n".join(str(v) for v in passengers) + "\n")
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "fc"), "--csv", str(tmp_path / "air.csv"),
+                                      "--column", "y", "--horizon", "3"])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.output.strip().splitlines()] == ["1", "2", "3"]
+
+    texts = ["good fun film", "bad dull film", "good story", "dull plot"] * 10
+    labels = ["pos", "neg", "pos", "neg"] * 10
+    rk.SequenceClassifier(hidden_size=8).fit(texts, labels, epochs=2, progress=False).save(tmp_path / "clf")
+    (tmp_path / "new.txt").write_text("good film\n\nbad plot\n")
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "clf"), "--text", str(tmp_path / "new.txt")])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[1] for line in result.output.strip().splitlines()] == ["good film", "bad plot"]
+
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "clf")], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "needs --text FILE" in result.output
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path)], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "config.json is missing" in result.output

@@ -201,6 +201,31 @@ class Forecaster:
         report["coverage"] = float(np.mean((actual >= forecast.lower) & (actual <= forecast.upper)))
         return report
 
+    def backtest(self, series, folds: int = 3, horizon: int | None = None, epochs: int = 200, level: float = 0.9,
+                 **training) -> dict:
+        """Rolling-origin evaluation: for each of ``folds`` origins, ``horizon`` steps apart and ending at the
+        end of ``series``, fit a fresh forecaster with these options on everything before the origin and
+        score its next ``horizon`` steps. Returns ``{"folds": [report, ...], "mean": {forecast: {metric: value}}}``
+        with each report as :meth:`evaluate` gives it. This forecaster itself is not changed.
+        """
+        values = as_series(series)
+        folds = check_positive_int("folds", folds)
+        horizon = self.options["horizon"] if horizon is None else check_positive_int("horizon", horizon)
+        first_origin = len(values) - folds * horizon
+        if first_origin < 2:
+            raise ValueError(f"{folds} folds of {horizon} steps need more than {folds * horizon} values, got {len(values)}")
+        reports = []
+        for fold in range(folds):
+            origin = first_origin + fold * horizon
+            model = type(self)(**{k: v for k, v in self.options.items() if k != "layer_options"},
+                               **self.options["layer_options"])
+            model.fit(values[:origin], epochs=epochs, **training)
+            reports.append(model.evaluate(values[:origin], values[origin: origin + horizon], level))
+        mean = {name: {metric: float(np.mean([r[name][metric] for r in reports])) for metric in reports[0][name]}
+                for name in reports[0] if name != "coverage"}
+        mean["coverage"] = float(np.mean([r["coverage"] for r in reports]))
+        return {"folds": reports, "mean": mean}
+
     # ---------------------------------------------------------------- files
     def save(self, directory) -> None:
         """Write the model to ``directory`` (config.json + model.safetensors), atomically."""

@@ -84,3 +84,36 @@ def test_data_parallel_training_in_two_processes_returns_a_trained_model():
     report = model.evaluate(history, actual)
     assert report["model"]["MAPE"] < report["seasonal_naive"]["MAPE"]  # the weights trained in the workers came back
     assert not np.allclose(model.predict(history).mean, untrained.predict(history).mean)
+
+
+def test_backtest_fits_one_fresh_model_per_rolling_origin():
+    _, passengers = load_airline()
+    model = rk.Forecaster(season=12, seed=0)
+    result = model.backtest(passengers, folds=2, horizon=12, epochs=20, progress=False)
+    assert model.network is None  # the forecaster itself stays unfitted
+    assert len(result["folds"]) == 2
+    # fold k is exactly what fitting on the data before its origin and evaluating the next 12 months gives
+    second = rk.Forecaster(season=12, seed=0).fit(passengers[:-12], epochs=20, progress=False)
+    expected = second.evaluate(passengers[:-12], passengers[-12:])
+    assert result["folds"][1]["model"]["MAPE"] == pytest.approx(expected["model"]["MAPE"])
+    assert result["mean"]["seasonal_naive"]["MAPE"] == pytest.approx(
+        np.mean([f["seasonal_naive"]["MAPE"] for f in result["folds"]]))
+    with pytest.raises(ValueError, match="3 folds of 60 steps need more than 180 values, got 144"):
+        model.backtest(passengers, folds=3, horizon=60)
+
+
+def test_training_logs_give_learning_curves(tmp_path):
+    from rnnkit.plots import plot_learning_curves
+    from rnnkit.training.logs import read_training_log
+
+    _, passengers = load_airline()
+    rk.Forecaster(season=12).fit(passengers, epochs=4, validation_size=10, progress=False, log_dir=tmp_path)
+    curves = read_training_log(tmp_path)
+    assert [epoch for epoch, _ in curves["train_loss"]] == [0, 1, 2, 3]
+    assert [epoch for epoch, _ in curves["val_loss"]] == [0, 1, 2, 3]
+    plot_learning_curves({k: curves[k] for k in ("train_loss", "val_loss")}, path=tmp_path / "curves.png",
+                         ylabel="MSE (standardised)")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(tmp_path.rglob("events.out.tfevents.*"))  # TensorBoard got the same run
+    with pytest.raises(FileNotFoundError, match="pass log_dir=... to fit"):
+        read_training_log(tmp_path / "nothing")
