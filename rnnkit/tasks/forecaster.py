@@ -7,9 +7,11 @@
 >>> model.save("airline-model/"); rk.Forecaster.load("airline-model/")
 
 The network reads a window of the stationary series (log, seasonal difference, standardisation: see
-:mod:`rnnkit.data.series`) and predicts the next ``horizon`` steps at once (direct multi-step); longer
-horizons are forecast recursively, block by block. Prediction intervals are quantiles of the model's
-in-sample errors at each horizon step.
+:mod:`rnnkit.data.series`) and predicts the next ``horizon`` steps at once (``strategy="direct"``) or
+one step, fed back ``horizon`` times (``strategy="recursive"``); longer horizons continue block by block.
+Prediction intervals are quantiles of the errors the same procedure makes from every training origin
+(``interval="residual"``), or of forecast paths sampled with dropout on (``interval="dropout"``, MC
+dropout, Gal & Ghahramani 2016; needs ``dropout`` or ``recurrent_dropout`` > 0).
 """
 
 from __future__ import annotations
@@ -36,15 +38,17 @@ TASK = "forecaster"
 class ForecastNetwork(nn.Module):
     """Recurrent layers, then a linear map from the last step's output to all ``horizon`` steps."""
 
-    def __init__(self, features: int, horizon: int, cell: str, hidden_size: int, num_layers: int, **options) -> None:
+    def __init__(self, features: int, horizon: int, cell: str, hidden_size: int, num_layers: int,
+                 dropout: float = 0.0, **options) -> None:
         super().__init__()
         self.features, self.horizon = features, horizon
-        self.rnn = rk.RNN(features, hidden_size, num_layers, cell=cell, **options)
+        self.rnn = rk.RNN(features, hidden_size, num_layers, cell=cell, dropout=dropout, **options)
+        self.dropout = nn.Dropout(dropout)  # before the head, so that one layer can have dropout too
         self.head = nn.Linear(hidden_size * self.rnn.num_directions, horizon * features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, W, F] -> [B, H, F]
         out, _ = self.rnn(x)
-        return self.head(out[:, -1]).view(x.shape[0], self.horizon, self.features)
+        return self.head(self.dropout(out[:, -1])).view(x.shape[0], self.horizon, self.features)
 
 
 @dataclass
@@ -63,7 +67,9 @@ class Forecaster:
     Args:
         cell: ``"rnn"``, ``"lstm"`` or ``"gru"``. hidden_size, num_layers, dropout, bidirectional,
             layer_norm and other cell options go to :class:`rnnkit.RNN`.
-        window: input steps the network reads. horizon: steps it predicts at once.
+        window: input steps the network reads. horizon: steps to forecast by default.
+        strategy: ``"direct"`` (a network output for each of the ``horizon`` steps) or ``"recursive"`` (a
+            one-step network whose forecasts are fed back).
         season: seasonal period (12 for monthly data) to difference away; None for none.
         log: take logs first (``"auto"``: when every value is positive).
         learning_rate, weight_decay: AdamW's step size and decoupled weight decay (which pulls forecasts
@@ -73,7 +79,8 @@ class Forecaster:
 
     def __init__(self, cell: str = "gru", hidden_size: int = 16, num_layers: int = 1, window: int = 12,
                  horizon: int = 12, season: int | None = None, log: bool | str = "auto", dropout: float = 0.0,
-                 learning_rate: float = 3e-3, weight_decay: float = 0.5, seed: int = 0, **layer_options) -> None:
+                 learning_rate: float = 3e-3, weight_decay: float = 0.5, seed: int = 0, strategy: str = "direct",
+                 **layer_options) -> None:
         self.options = {
             "cell": check_choice("cell", cell, ("rnn", "lstm", "gru")),
             "hidden_size": check_positive_int("hidden_size", hidden_size),
@@ -86,6 +93,7 @@ class Forecaster:
             "learning_rate": float(learning_rate),
             "weight_decay": float(weight_decay),
             "seed": int(seed),
+            "strategy": check_choice("strategy", strategy, ("direct", "recursive")),
             "layer_options": dict(layer_options),
         }
         self.network: ForecastNetwork | None = None
@@ -95,7 +103,8 @@ class Forecaster:
     # ---------------------------------------------------------------- training
     def _build(self, features: int) -> ForecastNetwork:
         o = self.options
-        return ForecastNetwork(features, o["horizon"], o["cell"], o["hidden_size"], o["num_layers"],
+        outputs = o["horizon"] if o["strategy"] == "direct" else 1
+        return ForecastNetwork(features, outputs, o["cell"], o["hidden_size"], o["num_layers"],
                                dropout=o["dropout"], **o["layer_options"])
 
     def fit(self, series, epochs: int = 200, batch_size: int = 32, validation_size: int = 0,
@@ -113,7 +122,8 @@ class Forecaster:
         o = self.options
         values = as_series(series)
         self.transform = SeriesTransform.fit(values, o["log"], o["season"])
-        inputs, targets = windows(self.transform.forward(values), o["window"], o["horizon"])
+        inputs, targets = windows(self.transform.forward(values), o["window"],
+                                  o["horizon"] if o["strategy"] == "direct" else 1)
         if validation_size >= len(inputs):
             raise ValueError(f"validation_size={validation_size} leaves no training window (there are {len(inputs)})")
         pl.seed_everything(o["seed"], verbose=False)
@@ -131,32 +141,38 @@ class Forecaster:
         return self
 
     def _in_sample_errors(self, values: np.ndarray) -> np.ndarray:
-        """Level-scale errors of forecasting from every training origin: ``[S, H, F]``."""
+        """Level-scale errors of forecasting ``horizon`` steps from every training origin: ``[S, H, F]``."""
         o = self.options
-        offset = (o["season"] or 0) + o["window"]
-        inputs, _ = windows(self.transform.forward(values), o["window"], o["horizon"])
-        predictions = self._network_predict(inputs)
-        errors = []
-        for index, scaled in enumerate(predictions):
-            origin = offset + index
-            levels = self.transform.integrate(scaled, values[:origin])
-            errors.append(self.transform.level(values[origin: origin + o["horizon"]]) - levels)
-        return np.stack(errors)
+        first = (o["season"] or 0) + o["window"]
+        return np.stack([self.transform.level(values[origin: origin + o["horizon"]])
+                         - self._forecast_levels(values[:origin], o["horizon"])
+                         for origin in range(first, len(values) - o["horizon"] + 1)])
 
-    def _network_predict(self, inputs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.network(torch.as_tensor(inputs, dtype=torch.float32)).double().numpy()
+    def _forecast_levels(self, history: np.ndarray, steps: int) -> np.ndarray:
+        """``steps`` forecasts on the level scale: network blocks, each fed back as history for the next."""
+        window = self.options["window"]
+        blocks = []
+        while sum(len(block) for block in blocks) < steps:
+            scaled = self.transform.forward(history)[-window:]
+            with torch.no_grad():
+                out = self.network(torch.as_tensor(scaled[None], dtype=torch.float32))[0].double().numpy()
+            block = self.transform.integrate(out, history)
+            blocks.append(block)
+            history = np.concatenate([history, self.transform.unlevel(block)])
+        return np.concatenate(blocks)[:steps]
 
     # ---------------------------------------------------------------- use
     def _check_fitted(self) -> None:
         if self.network is None:
             raise RuntimeError("this Forecaster is not fitted yet: call fit(series) or Forecaster.load(directory)")
 
-    def predict(self, series, horizon: int | None = None, level: float | None = 0.9) -> Forecast:
-        """Forecast ``horizon`` steps (default: the trained horizon) after the end of ``series``.
+    def predict(self, series, horizon: int | None = None, level: float | None = 0.9, interval: str = "residual",
+                samples: int = 200) -> Forecast:
+        """Forecast ``horizon`` steps (default: the configured horizon) after the end of ``series``.
 
-        ``level`` (e.g. 0.9) adds a central interval from in-sample error quantiles; None for none.
-        Horizons beyond the trained one are forecast recursively and reuse the last step's quantiles.
+        ``level`` (e.g. 0.9) adds a central interval; None for none. ``interval="residual"``: quantiles of the
+        in-sample errors at each step (beyond the configured horizon, the last step's). ``interval="dropout"``:
+        ``samples`` forecast paths with dropout on; the forecast is their mean, the interval their quantiles.
         """
         self._check_fitted()
         o = self.options
@@ -167,25 +183,38 @@ class Forecaster:
         if len(values) < need:
             raise ValueError(f"series needs at least window + season = {need} values to forecast from, got {len(values)}")
         horizon = o["horizon"] if horizon is None else check_positive_int("horizon", horizon)
-        history = values
-        levels = []
-        while sum(len(block) for block in levels) < horizon:
-            scaled = self.transform.forward(history)[-o["window"]:]
-            block = self.transform.integrate(self._network_predict(scaled[None])[0], history)
-            levels.append(block)
-            history = np.concatenate([history, self.transform.unlevel(block)])
-        level_forecast = np.concatenate(levels)[:horizon]
-        mean = self.transform.unlevel(level_forecast)
+        check_choice("interval", interval, ("residual", "dropout"))
         lower = upper = None
-        if level is not None:
-            level = check_probability("level", level)
-            steps = np.minimum(np.arange(horizon), o["horizon"] - 1)
-            low, high = np.quantile(self.errors, [(1 - level) / 2, (1 + level) / 2], axis=0)  # [H, F] each
-            lower = self.transform.unlevel(level_forecast + low[steps])
-            upper = self.transform.unlevel(level_forecast + high[steps])
+        if interval == "dropout":
+            if not self._has_dropout():
+                raise ValueError("interval='dropout' needs a model trained with dropout > 0 or recurrent_dropout > 0")
+            self.network.train()  # dropout on: every path is one sample of the network
+            try:
+                paths = np.stack([self._forecast_levels(values, horizon) for _ in range(check_positive_int(
+                    "samples", samples))])
+            finally:
+                self.network.eval()
+            level_forecast = paths.mean(0)
+            if level is not None:
+                level = check_probability("level", level)
+                low, high = np.quantile(paths, [(1 - level) / 2, (1 + level) / 2], axis=0)
+                lower, upper = self.transform.unlevel(low), self.transform.unlevel(high)
+        else:
+            level_forecast = self._forecast_levels(values, horizon)
+            if level is not None:
+                level = check_probability("level", level)
+                steps = np.minimum(np.arange(horizon), o["horizon"] - 1)
+                low, high = np.quantile(self.errors, [(1 - level) / 2, (1 + level) / 2], axis=0)  # [H, F] each
+                lower = self.transform.unlevel(level_forecast + low[steps])
+                upper = self.transform.unlevel(level_forecast + high[steps])
+        mean = self.transform.unlevel(level_forecast)
         squeeze = np.ndim(series) == 1
         pick = (lambda a: None if a is None else a[:, 0]) if squeeze else (lambda a: a)
         return Forecast(pick(mean), pick(lower), pick(upper), level)
+
+    def _has_dropout(self) -> bool:
+        o = self.options
+        return o["dropout"] > 0 or o["layer_options"].get("recurrent_dropout", 0) > 0
 
     def evaluate(self, history, actual, level: float = 0.9) -> dict:
         """Forecast ``len(actual)`` steps after ``history`` and score them beside the naive and seasonal

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 import rnnkit as rk
 from rnnkit.data.series import load_airline
@@ -117,3 +118,36 @@ def test_training_logs_give_learning_curves(tmp_path):
     assert list(tmp_path.rglob("events.out.tfevents.*"))  # TensorBoard got the same run
     with pytest.raises(FileNotFoundError, match="pass log_dir=... to fit"):
         read_training_log(tmp_path / "nothing")
+
+
+def test_recursive_strategy_feeds_one_step_forecasts_back():
+    _, passengers = load_airline()
+    history = passengers[:-24]
+    model = rk.Forecaster(season=12, strategy="recursive", seed=0).fit(history, epochs=60, progress=False)
+    assert model.network.horizon == 1
+    forecast = model.predict(history, horizon=3, level=None).mean
+    grown = history.copy()  # by hand: one network step at a time, each forecast appended to the history
+    for _ in range(3):
+        scaled = model.transform.forward(grown[:, None])[-12:]
+        with torch.no_grad():
+            out = model.network(torch.as_tensor(scaled[None], dtype=torch.float32))[0]
+        level = model.transform.integrate(out.double().numpy(), grown[:, None])
+        grown = np.append(grown, model.transform.unlevel(level)[0, 0])
+    np.testing.assert_allclose(forecast, grown[-3:], rtol=1e-12)
+    report = model.evaluate(history, passengers[-24:])
+    assert report["model"]["MAPE"] < report["seasonal_naive"]["MAPE"]
+
+
+def test_mc_dropout_intervals_sample_the_network():
+    _, passengers = load_airline()
+    history = passengers[:-24]
+    model = rk.Forecaster(season=12, dropout=0.2, seed=0).fit(history, epochs=40, progress=False)
+    forecast = model.predict(history, horizon=24, interval="dropout", samples=50)
+    assert bool((forecast.lower < forecast.upper).all())  # the samples really differ
+    assert bool(((forecast.lower <= forecast.mean) & (forecast.mean <= forecast.upper)).all())
+    assert not model.network.training  # dropout is off again afterwards
+    plain = rk.Forecaster(season=12, seed=0).fit(history, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="interval='dropout' needs a model trained with dropout"):
+        plain.predict(history, interval="dropout")
+    with pytest.raises(ValueError, match="interval must be one of 'residual', 'dropout'; got 'bootstrap'"):
+        plain.predict(history, interval="bootstrap")
