@@ -36,13 +36,16 @@ TASK = "forecaster"
 
 
 class ForecastNetwork(nn.Module):
-    """Recurrent layers, then a linear map from the last step's output to all ``horizon`` steps."""
+    """Recurrent layers, then a linear map from the last step's output to all ``horizon`` steps.
+
+    Reads ``inputs`` features per step (the series' ``features`` columns, then any exogenous ones) and
+    predicts the ``features`` columns."""
 
     def __init__(self, features: int, horizon: int, cell: str, hidden_size: int, num_layers: int,
-                 dropout: float = 0.0, **options) -> None:
+                 dropout: float = 0.0, inputs: int | None = None, **options) -> None:
         super().__init__()
-        self.features, self.horizon = features, horizon
-        self.rnn = rk.RNN(features, hidden_size, num_layers, cell=cell, dropout=dropout, **options)
+        self.features, self.horizon, self.inputs = features, horizon, inputs or features
+        self.rnn = rk.RNN(self.inputs, hidden_size, num_layers, cell=cell, dropout=dropout, **options)
         self.dropout = nn.Dropout(dropout)  # before the head, so that one layer can have dropout too
         self.head = nn.Linear(hidden_size * self.rnn.num_directions, horizon * features)
 
@@ -99,17 +102,41 @@ class Forecaster:
         self.network: ForecastNetwork | None = None
         self.transform: SeriesTransform | None = None
         self.errors: np.ndarray | None = None  # [S, H, F] in-sample errors on the level scale
+        self.exogenous_scale: tuple[list[float], list[float]] | None = None  # covariates' (mean, std)
 
     # ---------------------------------------------------------------- training
-    def _build(self, features: int) -> ForecastNetwork:
+    def _build(self, features: int, inputs: int) -> ForecastNetwork:
         o = self.options
         outputs = o["horizon"] if o["strategy"] == "direct" else 1
         return ForecastNetwork(features, outputs, o["cell"], o["hidden_size"], o["num_layers"],
-                               dropout=o["dropout"], **o["layer_options"])
+                               dropout=o["dropout"], inputs=inputs, **o["layer_options"])
 
-    def fit(self, series, epochs: int = 200, batch_size: int = 32, validation_size: int = 0,
+    def _exogenous(self, exogenous, rows: int | None, name: str) -> np.ndarray | None:
+        """Covariates checked against the fit and standardised, ``[rows, E]`` (any rows when None)."""
+        if self.exogenous_scale is None:
+            if exogenous is not None:
+                raise ValueError(f"{name} given, but this model was fitted without exogenous inputs")
+            return None
+        mean, std = (np.asarray(v) for v in self.exogenous_scale)
+        if exogenous is None:
+            raise ValueError(f"{name} is needed: the model was fitted with {len(mean)} exogenous columns")
+        values = as_series(exogenous, name)
+        if values.shape[1] != len(mean) or (rows is not None and len(values) != rows):
+            expected = f"[{'T' if rows is None else rows}, {len(mean)}]"
+            raise ValueError(f"{name} must have shape {expected}, got {list(values.shape)}")
+        return (values - mean) / std
+
+    def _features(self, history: np.ndarray, exogenous: np.ndarray | None) -> np.ndarray:
+        """The network's input rows for ``history``: the stationary series, then the aligned covariates."""
+        z = self.transform.forward(history)
+        return z if exogenous is None else np.concatenate([z, exogenous[len(history) - len(z):]], axis=1)
+
+    def fit(self, series, epochs: int = 200, batch_size: int = 32, validation_size: int = 0, exogenous=None,
             **training) -> "Forecaster":
         """Fit on ``series`` (``[T]`` or ``[T, F]``: every column is forecast).
+
+        ``exogenous`` (``[T, E]``, aligned with ``series``): covariates read alongside the series' window
+        (standardised with their training mean and standard deviation); predictions then need them too.
 
         ``validation_size`` > 0 holds out the last windows for a validation loss. ``training`` options go to
         :func:`rnnkit.tasks.trainer.fit_module`: ``patience`` (early stopping), ``gradient_clip``,
@@ -122,12 +149,20 @@ class Forecaster:
         o = self.options
         values = as_series(series)
         self.transform = SeriesTransform.fit(values, o["log"], o["season"])
-        inputs, targets = windows(self.transform.forward(values), o["window"],
-                                  o["horizon"] if o["strategy"] == "direct" else 1)
+        self.exogenous_scale = None
+        if exogenous is not None:
+            raw = as_series(exogenous, "exogenous")
+            if len(raw) != len(values):
+                raise ValueError(f"exogenous must have one row per series value ({len(values)}), got {len(raw)}")
+            self.exogenous_scale = (raw.mean(0).tolist(), np.where(raw.std(0) > 1e-12, raw.std(0), 1.0).tolist())
+        covariates = self._exogenous(exogenous, len(values), "exogenous")
+        features = self._features(values, covariates)
+        inputs, targets = windows(features, o["window"], o["horizon"] if o["strategy"] == "direct" else 1)
+        targets = targets[..., : values.shape[1]]
         if validation_size >= len(inputs):
             raise ValueError(f"validation_size={validation_size} leaves no training window (there are {len(inputs)})")
         pl.seed_everything(o["seed"], verbose=False)
-        self.network = self._build(values.shape[1])
+        self.network = self._build(values.shape[1], features.shape[1])
         dataset = TensorDataset(torch.as_tensor(inputs, dtype=torch.float32), torch.as_tensor(targets, dtype=torch.float32))
         split = len(inputs) - validation_size
         train = DataLoader(torch.utils.data.Subset(dataset, range(split)), batch_size=batch_size, shuffle=True,
@@ -137,28 +172,40 @@ class Forecaster:
         module = RegressionModule(self.network, o["learning_rate"], o["weight_decay"])
         fit_module(module, train, validation, epochs, **training)
         self.network.eval()
-        self.errors = self._in_sample_errors(values)
+        self.errors = self._in_sample_errors(values, covariates)
         return self
 
-    def _in_sample_errors(self, values: np.ndarray) -> np.ndarray:
+    def _in_sample_errors(self, values: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
         """Level-scale errors of forecasting ``horizon`` steps from every training origin: ``[S, H, F]``."""
         o = self.options
         first = (o["season"] or 0) + o["window"]
-        return np.stack([self.transform.level(values[origin: origin + o["horizon"]])
-                         - self._forecast_levels(values[:origin], o["horizon"])
-                         for origin in range(first, len(values) - o["horizon"] + 1)])
+        errors = []
+        for origin in range(first, len(values) - o["horizon"] + 1):
+            past = None if covariates is None else covariates[:origin]
+            future = None if covariates is None else covariates[origin: origin + o["horizon"]]
+            errors.append(self.transform.level(values[origin: origin + o["horizon"]])
+                          - self._forecast_levels(values[:origin], o["horizon"], past, future))
+        return np.stack(errors)
 
-    def _forecast_levels(self, history: np.ndarray, steps: int) -> np.ndarray:
-        """``steps`` forecasts on the level scale: network blocks, each fed back as history for the next."""
+    def _forecast_levels(self, history: np.ndarray, steps: int, covariates: np.ndarray | None = None,
+                         future: np.ndarray | None = None) -> np.ndarray:
+        """``steps`` forecasts on the level scale: network blocks, each fed back as history for the next
+        (with covariates, the ``future`` ones are appended as the history grows)."""
         window = self.options["window"]
-        blocks = []
-        while sum(len(block) for block in blocks) < steps:
-            scaled = self.transform.forward(history)[-window:]
+        blocks, done = [], 0
+        while done < steps:
+            scaled = self._features(history, covariates)[-window:]
             with torch.no_grad():
                 out = self.network(torch.as_tensor(scaled[None], dtype=torch.float32))[0].double().numpy()
             block = self.transform.integrate(out, history)
             blocks.append(block)
+            done += len(block)
             history = np.concatenate([history, self.transform.unlevel(block)])
+            if covariates is not None and done < steps:
+                if future is None or len(future) < done:
+                    raise ValueError(f"forecasting {steps} steps feeds forecasts back after step {done - len(block)}, "
+                                     f"so it needs future_exogenous with at least {min(steps, done)} rows")
+                covariates = np.concatenate([covariates, future[done - len(block): done]])
         return np.concatenate(blocks)[:steps]
 
     # ---------------------------------------------------------------- use
@@ -167,12 +214,14 @@ class Forecaster:
             raise RuntimeError("this Forecaster is not fitted yet: call fit(series) or Forecaster.load(directory)")
 
     def predict(self, series, horizon: int | None = None, level: float | None = 0.9, interval: str = "residual",
-                samples: int = 200) -> Forecast:
+                samples: int = 200, exogenous=None, future_exogenous=None) -> Forecast:
         """Forecast ``horizon`` steps (default: the configured horizon) after the end of ``series``.
 
         ``level`` (e.g. 0.9) adds a central interval; None for none. ``interval="residual"``: quantiles of the
         in-sample errors at each step (beyond the configured horizon, the last step's). ``interval="dropout"``:
         ``samples`` forecast paths with dropout on; the forecast is their mean, the interval their quantiles.
+        A model fitted with covariates needs ``exogenous`` (one row per ``series`` value) and, when forecasts
+        are fed back (recursive strategy, or beyond one block), ``future_exogenous`` for the steps ahead.
         """
         self._check_fitted()
         o = self.options
@@ -184,14 +233,16 @@ class Forecaster:
             raise ValueError(f"series needs at least window + season = {need} values to forecast from, got {len(values)}")
         horizon = o["horizon"] if horizon is None else check_positive_int("horizon", horizon)
         check_choice("interval", interval, ("residual", "dropout"))
+        covariates = self._exogenous(exogenous, len(values), "exogenous")
+        future = None if future_exogenous is None else self._exogenous(future_exogenous, None, "future_exogenous")
         lower = upper = None
         if interval == "dropout":
             if not self._has_dropout():
                 raise ValueError("interval='dropout' needs a model trained with dropout > 0 or recurrent_dropout > 0")
             self.network.train()  # dropout on: every path is one sample of the network
             try:
-                paths = np.stack([self._forecast_levels(values, horizon) for _ in range(check_positive_int(
-                    "samples", samples))])
+                paths = np.stack([self._forecast_levels(values, horizon, covariates, future)
+                                  for _ in range(check_positive_int("samples", samples))])
             finally:
                 self.network.eval()
             level_forecast = paths.mean(0)
@@ -200,7 +251,7 @@ class Forecaster:
                 low, high = np.quantile(paths, [(1 - level) / 2, (1 + level) / 2], axis=0)
                 lower, upper = self.transform.unlevel(low), self.transform.unlevel(high)
         else:
-            level_forecast = self._forecast_levels(values, horizon)
+            level_forecast = self._forecast_levels(values, horizon, covariates, future)
             if level is not None:
                 level = check_probability("level", level)
                 steps = np.minimum(np.arange(horizon), o["horizon"] - 1)
@@ -216,11 +267,11 @@ class Forecaster:
         o = self.options
         return o["dropout"] > 0 or o["layer_options"].get("recurrent_dropout", 0) > 0
 
-    def evaluate(self, history, actual, level: float = 0.9) -> dict:
+    def evaluate(self, history, actual, level: float = 0.9, exogenous=None, future_exogenous=None) -> dict:
         """Forecast ``len(actual)`` steps after ``history`` and score them beside the naive and seasonal
         naive forecasts; ``coverage`` is the share of actual values inside the interval."""
         history, actual = as_series(history, "history"), as_series(actual, "actual")
-        forecast = self.predict(history, len(actual), level)
+        forecast = self.predict(history, len(actual), level, exogenous=exogenous, future_exogenous=future_exogenous)
         season = self.options["season"]
         report = {"model": forecast_metrics(actual, forecast.mean, history, season),
                   "naive": forecast_metrics(actual, naive_forecast(history, len(actual)), history, season)}
@@ -231,7 +282,7 @@ class Forecaster:
         return report
 
     def backtest(self, series, folds: int = 3, horizon: int | None = None, epochs: int = 200, level: float = 0.9,
-                 **training) -> dict:
+                 exogenous=None, **training) -> dict:
         """Rolling-origin evaluation: for each of ``folds`` origins, ``horizon`` steps apart and ending at the
         end of ``series``, fit a fresh forecaster with these options on everything before the origin and
         score its next ``horizon`` steps. Returns ``{"folds": [report, ...], "mean": {forecast: {metric: value}}}``
@@ -248,8 +299,10 @@ class Forecaster:
             origin = first_origin + fold * horizon
             model = type(self)(**{k: v for k, v in self.options.items() if k != "layer_options"},
                                **self.options["layer_options"])
-            model.fit(values[:origin], epochs=epochs, **training)
-            reports.append(model.evaluate(values[:origin], values[origin: origin + horizon], level))
+            past = None if exogenous is None else np.asarray(exogenous)[:origin]
+            future = None if exogenous is None else np.asarray(exogenous)[origin: origin + horizon]
+            model.fit(values[:origin], epochs=epochs, exogenous=past, **training)
+            reports.append(model.evaluate(values[:origin], values[origin: origin + horizon], level, past, future))
         mean = {name: {metric: float(np.mean([r[name][metric] for r in reports])) for metric in reports[0][name]}
                 for name in reports[0] if name != "coverage"}
         mean["coverage"] = float(np.mean([r["coverage"] for r in reports]))
@@ -259,7 +312,8 @@ class Forecaster:
     def save(self, directory) -> None:
         """Write the model to ``directory`` (config.json + model.safetensors), atomically."""
         self._check_fitted()
-        config = {"options": self.options, "features": self.network.features, "transform": self.transform.to_config()}
+        config = {"options": self.options, "features": self.network.features, "inputs": self.network.inputs,
+                  "transform": self.transform.to_config(), "exogenous_scale": self.exogenous_scale}
         weights = {f"network.{k}": v for k, v in self.network.state_dict().items()}
         weights["errors"] = torch.as_tensor(self.errors)
         save_model(directory, TASK, config, weights)
@@ -272,7 +326,8 @@ class Forecaster:
             model = cls(**{k: v for k, v in config["options"].items() if k != "layer_options"},
                         **config["options"]["layer_options"])
             model.transform = SeriesTransform(**config["transform"])
-            model.network = model._build(int(config["features"]))
+            model.exogenous_scale = config.get("exogenous_scale")
+            model.network = model._build(int(config["features"]), int(config.get("inputs", config["features"])))
         except (KeyError, TypeError, ValueError) as error:
             from rnnkit.io import ModelFileError
 

@@ -151,3 +151,32 @@ def test_mc_dropout_intervals_sample_the_network():
         plain.predict(history, interval="dropout")
     with pytest.raises(ValueError, match="interval must be one of 'residual', 'dropout'; got 'bootstrap'"):
         plain.predict(history, interval="bootstrap")
+
+
+def test_exogenous_inputs_carry_information_the_series_lacks(tmp_path):
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(400, 1))  # a covariate nobody can predict from y's own past
+    y = 10 + 3 * np.roll(u[:, 0], 1) + 0.1 * rng.normal(size=400)
+    train = 300
+    options = dict(window=4, horizon=1, hidden_size=16, log=False, seed=0, weight_decay=0.0, learning_rate=1e-2)
+    with_u = rk.Forecaster(**options).fit(y[:train], exogenous=u[:train], epochs=60, progress=False)
+    without = rk.Forecaster(**options).fit(y[:train], epochs=60, progress=False)
+    errors = {"with": [], "without": []}
+    for origin in range(train, 400):
+        errors["with"].append(abs(with_u.predict(y[:origin], exogenous=u[:origin], level=None).mean[0] - y[origin]))
+        errors["without"].append(abs(without.predict(y[:origin], level=None).mean[0] - y[origin]))
+    assert np.mean(errors["with"]) < 0.3 * np.mean(errors["without"])
+
+    with pytest.raises(ValueError, match="exogenous is needed: the model was fitted with 1 exogenous columns"):
+        with_u.predict(y[:train])
+    with pytest.raises(ValueError, match="exogenous must have shape \\[300, 1\\], got \\[10, 1\\]"):
+        with_u.predict(y[:train], exogenous=u[:10])
+    with pytest.raises(ValueError, match="needs future_exogenous with at least 1 rows"):
+        with_u.predict(y[:train], horizon=3, exogenous=u[:train])
+    assert with_u.predict(y[:train], horizon=3, exogenous=u[:train], future_exogenous=u[train:train + 3]).mean.shape == (3,)
+    with pytest.raises(ValueError, match="exogenous given, but this model was fitted without"):
+        without.predict(y[:train], exogenous=u[:train])
+    with_u.save(tmp_path / "exo")
+    loaded = rk.Forecaster.load(tmp_path / "exo")
+    np.testing.assert_array_equal(loaded.predict(y[:train], exogenous=u[:train]).mean,
+                                  with_u.predict(y[:train], exogenous=u[:train]).mean)
