@@ -47,8 +47,9 @@ def demo(out: Path = typer.Option(Path("rnnkit-demo"), help="Folder for the save
 
 @app.command()
 def forecast(
-    csv_file: Path = typer.Argument(..., help="CSV file with a header row."),
-    column: str = typer.Option(..., help="The column to forecast."),
+    csv_file: Path = typer.Argument(None, help="CSV file with a header row (or use --dataset)."),
+    column: str = typer.Option(None, help="The column to forecast."),
+    dataset: str = typer.Option(None, help="Instead of a CSV: airline, sunspots, nile, elnino or co2."),
     horizon: int = typer.Option(12, min=1, help="Steps to forecast after the last row."),
     season: int = typer.Option(0, min=0, help="Seasonal period (12 for monthly data); 0 for none."),
     window: int = typer.Option(12, min=1, help="Input steps the network reads."),
@@ -56,20 +57,30 @@ def forecast(
     plot: Path = typer.Option(None, help="Write a forecast plot here (PNG)."),
     save: Path = typer.Option(None, help="Save the fitted model to this folder."),
 ) -> None:
-    """Fit a forecaster on one column of a CSV file and forecast the next steps.
+    """Fit a forecaster on one column of a CSV file (or a known series) and forecast the next steps.
 
-    Example: rnnkit forecast sales.csv --column units --horizon 12 --season 12 --plot sales.png
+    Examples: rnnkit forecast sales.csv --column units --horizon 12 --season 12 --plot sales.png
+              rnnkit forecast --dataset sunspots --horizon 10 --window 20
     """
     from rich.table import Table
 
-    from rnnkit.data.series import read_csv_column
+    from rnnkit.data.series import load_airline, load_statsmodels, read_csv_column
+    from rnnkit.data.ucr import DatasetUnavailable
     from rnnkit.plots import plot_forecast
     from rnnkit.tasks import Forecaster
 
+    if (csv_file is None) == (dataset is None):
+        raise typer.BadParameter("give either a CSV file (with --column) or --dataset", param_hint="CSV_FILE / --dataset")
     try:
-        values = read_csv_column(csv_file, column)
-    except (OSError, ValueError) as error:
-        raise typer.BadParameter(str(error), param_hint="CSV_FILE / --column") from None
+        if dataset is not None:
+            values = load_airline()[1] if dataset == "airline" else load_statsmodels(dataset)[1]
+            column = dataset
+        elif column is None:
+            raise ValueError("--column is needed with a CSV file")
+        else:
+            values = read_csv_column(csv_file, column)
+    except (OSError, ValueError, DatasetUnavailable) as error:
+        raise typer.BadParameter(str(error), param_hint="CSV_FILE / --column / --dataset") from None
     model = Forecaster(window=window, horizon=horizon, season=season or None)
     try:
         model.fit(values, epochs=epochs)
@@ -84,7 +95,7 @@ def forecast(
         table.add_row(str(step), f"{mean:.4g}", f"{low:.4g}", f"{high:.4g}")
     console.print(table)
     if plot is not None:
-        plot_forecast(values, result, title=f"{csv_file.name}: {column}", path=plot)
+        plot_forecast(values, result, title=column if csv_file is None else f"{csv_file.name}: {column}", path=plot)
         console.print(f"plot written to {plot}")
     if save is not None:
         model.save(save)

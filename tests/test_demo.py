@@ -107,3 +107,18 @@ def test_predict_command_uses_any_saved_model(tmp_path: Path):
     assert result.exit_code == 2 and "needs --text FILE" in result.output
     result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path)], env={"COLUMNS": "400"})
     assert result.exit_code == 2 and "config.json is missing" in result.output
+
+
+def test_forecast_command_on_a_known_series():
+    from rnnkit.data.ucr import package_directory
+
+    result = CliRunner().invoke(app, ["forecast", "--dataset", "airline", "--horizon", "2", "--season", "12",
+                                      "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "forecast of the next 2 steps" in result.output
+    if package_directory("statsmodels") is not None:
+        result = CliRunner().invoke(app, ["forecast", "--dataset", "nile", "--horizon", "2", "--epochs", "2"])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["forecast", "--dataset", "tides"], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "unknown statsmodels series 'tides'" in result.output
+    assert CliRunner().invoke(app, ["forecast"]).exit_code == 2

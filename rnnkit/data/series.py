@@ -148,3 +148,42 @@ def read_csv_column(path: str | Path, column: str) -> np.ndarray:
     if not values:
         raise ValueError(f"{path} has no rows")
     return np.asarray(values)
+
+
+STATSMODELS_SERIES = {
+    "sunspots": "yearly sunspot activity 1700-2008 (309 values)",
+    "nile": "yearly flow of the Nile at Aswan 1871-1970 (100 values)",
+    "elnino": "monthly sea surface temperature in the El Nino region 1950-2010 (732 values)",
+    "co2": "weekly atmospheric CO2 at Mauna Loa 1958-2001 (2284 values; missing weeks interpolated)",
+}
+
+
+def load_statsmodels(name: str) -> tuple[list[str], np.ndarray]:
+    """A series from the data files statsmodels ships (``pip install "rnnkit[datasets]"``; statsmodels is not
+    imported): ``(labels, values)`` with labels such as years or dates.
+
+    Raises:
+        ValueError: an unknown name. RuntimeError (DatasetUnavailable): statsmodels is not installed.
+    """
+    from rnnkit.data.ucr import DatasetUnavailable, package_directory
+
+    if name not in STATSMODELS_SERIES:
+        raise ValueError(f"unknown statsmodels series {name!r}; available: {', '.join(STATSMODELS_SERIES)}")
+    root = package_directory("statsmodels")
+    path = None if root is None else root / "datasets" / name / f"{name}.csv"
+    if path is None or not path.is_file():
+        raise DatasetUnavailable(f"the {name} series ships inside statsmodels, which is not installed: "
+                                 "pip install 'rnnkit[datasets]'")
+    with path.open(newline="", encoding="utf-8") as stream:
+        rows = list(csv.reader(stream))[1:]
+    if name == "elnino":  # one row per year, one column per month
+        labels = [f"{row[0]}-{month:02d}" for row in rows for month in range(1, 13)]
+        values = np.array([float(v) for row in rows for v in row[1:13]])
+    else:
+        labels = [row[0] for row in rows]
+        values = np.array([float(row[1]) if row[1] else np.nan for row in rows])
+    missing = np.isnan(values)
+    if missing.any():  # co2: a few weeks without a measurement
+        index = np.arange(len(values))
+        values[missing] = np.interp(index[missing], index[~missing], values[~missing])
+    return labels, values

@@ -130,7 +130,13 @@ def load_ucr(name: str) -> ClassificationData:
 def available_datasets() -> list[tuple[str, str, str | None]]:
     """``(name, description, why not available or None)`` for every data set rnnkit knows."""
     directory = aeon_data_directory()
+    from rnnkit.data.series import STATSMODELS_SERIES
+
     rows = [("airline", "monthly airline passengers 1949-1960, 144 values (built in)", None)]
+    statsmodels = package_directory("statsmodels")
+    for name, description in STATSMODELS_SERIES.items():
+        rows.append((name, description, None if statsmodels is not None else "needs statsmodels: pip install "
+                     "'rnnkit[datasets]'"))
     for name, description in AEON_DATASETS.items():
         why = None
         if directory is None:

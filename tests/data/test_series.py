@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from rnnkit.data.series import SeriesTransform, as_series, load_airline, read_csv_column, windows
+from rnnkit.data.ucr import package_directory
 
 
 def test_airline_series_is_the_classic_one():
@@ -67,3 +68,17 @@ def test_csv_column_errors_name_the_problem(tmp_path):
         read_csv_column(path, "sales")
     with pytest.raises(FileNotFoundError, match="no CSV file at"):
         read_csv_column(tmp_path / "missing.csv", "sales")
+
+
+@pytest.mark.skipif(package_directory("statsmodels") is None, reason="statsmodels (the datasets extra) is not installed")
+def test_statsmodels_series():
+    from rnnkit.data.series import load_statsmodels
+
+    years, sunspots = load_statsmodels("sunspots")
+    assert (years[0], years[-1], len(sunspots), sunspots[0]) == ("1700", "2008", 309, 5.0)
+    months, elnino = load_statsmodels("elnino")
+    assert (months[0], months[-1], len(elnino), elnino[0]) == ("1950-01", "2010-12", 732, 23.11)
+    _, co2 = load_statsmodels("co2")
+    assert len(co2) == 2284 and np.isfinite(co2).all()
+    with pytest.raises(ValueError, match="unknown statsmodels series 'tides'"):
+        load_statsmodels("tides")
