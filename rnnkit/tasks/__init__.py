@@ -2,6 +2,7 @@
 
 from rnnkit.tasks.classifier import SequenceClassifier
 from rnnkit.tasks.forecaster import Forecast, Forecaster
+from rnnkit.tasks.language_model import LanguageModel
 from rnnkit.tasks.tagger import SequenceTagger
 
-__all__ = ["Forecast", "Forecaster", "SequenceClassifier", "SequenceTagger"]
+__all__ = ["Forecast", "Forecaster", "LanguageModel", "SequenceClassifier", "SequenceTagger"]

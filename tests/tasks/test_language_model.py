@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+import rnnkit as rk
+from rnnkit.tasks.language_model import filter_logits
+
+TEXT = "the cat sat on the mat. " * 40
+
+
+@pytest.fixture(scope="module")
+def trained():
+    lm = rk.LanguageModel.from_text(TEXT, level="char", hidden_size=32, embedding_dim=16, seed=0)
+    return lm.fit(TEXT, epochs=40, batch_size=8, bptt=20, progress=False)
+
+
+def test_nucleus_and_top_k_filters_against_a_known_distribution():
+    logits = torch.log(torch.tensor([0.05, 0.5, 0.15, 0.3]))
+    kept = lambda scores: torch.isfinite(scores).nonzero().view(-1).tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_p=0.7)) == [1, 3]  # 0.5, then 0.3 reaches 0.8 >= 0.7
+    assert kept(filter_logits(logits, top_p=0.8)) == [1, 3]  # exactly 0.8 is enough
+    assert kept(filter_logits(logits, top_p=0.81)) == [1, 2, 3]
+    assert kept(filter_logits(logits, top_k=2)) == [1, 3]
+    assert kept(filter_logits(logits, top_k=10)) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="top_p must be in \\(0, 1\\], got 0"):
+        filter_logits(logits, top_p=0)
+
+
+def test_perplexity_falls_to_near_one_on_a_deterministic_text(trained):
+    untrained = rk.LanguageModel.from_text(TEXT, level="char", hidden_size=32, embedding_dim=16, seed=0)
+    vocabulary = len(untrained.vocabulary)
+    assert untrained.perplexity(TEXT) > 0.5 * vocabulary  # near uniform before training
+    assert trained.perplexity(TEXT) < 1.3
+    assert trained.bits_per_character(TEXT) == pytest.approx(math.log2(trained.perplexity(TEXT)))
+
+
+def test_generation_continues_the_prime_and_is_reproducible(trained):
+    first = trained.generate("the c", length=30, temperature=0.5, seed=1)
+    assert first.startswith("the c") and len(first) == len("the c") + 30
+    assert first == trained.generate("the c", length=30, temperature=0.5, seed=1)
+    greedy = trained.generate("the c", length=18, top_k=1, seed=2)  # top-1: the most likely character each time
+    assert greedy == trained.generate("the c", length=18, top_k=1, seed=3) == "the cat sat on the mat."
+
+
+def test_tied_embeddings_are_one_tensor_and_survive_save_and_load(tmp_path):
+    lm = rk.LanguageModel.from_text(TEXT, hidden_size=16, embedding_dim=16, tie_embeddings=True)
+    assert lm.network.output.weight is lm.network.embedding.weight
+    lm.fit(TEXT, epochs=2, batch_size=4, bptt=10, progress=False)
+    lm.save(tmp_path / "lm")
+    loaded = rk.LanguageModel.load(tmp_path / "lm")
+    assert loaded.network.output.weight is loaded.network.embedding.weight
+    assert loaded.perplexity(TEXT) == pytest.approx(lm.perplexity(TEXT), rel=1e-6)
+    with pytest.raises(ValueError, match="tie_embeddings needs hidden_size == embedding_dim, got 32 and 16"):
+        rk.LanguageModel.from_text(TEXT, hidden_size=32, embedding_dim=16, tie_embeddings=True)
+
+
+def test_word_level_and_bad_input():
+    lm = rk.LanguageModel.from_text(TEXT, level="word", hidden_size=8, embedding_dim=8)
+    assert lm.vocabulary.tokens[4:] == ["the", ".", "cat", "mat", "on", "sat"]
+    assert lm.generate("the", length=3, seed=0).startswith("the ")
+    with pytest.raises(ValueError, match="prime must contain at least one word token"):
+        lm.generate("   ")
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        lm.generate("the", temperature=0)
+    with pytest.raises(ValueError, match="text needs at least two word tokens"):
+        lm.fit("cat", progress=False)
+
+
+def test_generation_never_emits_special_tokens():
+    lm = rk.LanguageModel.from_text(TEXT, hidden_size=8, embedding_dim=8, seed=0)  # untrained: anything goes
+    with torch.no_grad():
+        lm.network.output.bias[1] = 100.0  # make <unk> overwhelmingly likely
+    text = lm.generate("the", length=50, seed=0)
+    assert "<unk>" not in text and len(text) == 53
