@@ -6,12 +6,12 @@ from rnnkit.layers import GRU, LSTM, RNN, SimpleRNN
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "training", "Forecaster", "LanguageModel", "SequenceClassifier", "SequenceTagger", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RecurrentCell", "SimpleRNN", "SimpleRNNCell", "__version__"]
+__all__ = ["data", "training", "Forecaster", "LanguageModel", "Seq2Seq", "SequenceClassifier", "SequenceTagger", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RecurrentCell", "SimpleRNN", "SimpleRNNCell", "__version__"]
 
 
 def __getattr__(name: str):
     """Tasks import Lightning, which takes seconds: load them on first use, not with the package."""
-    if name in ("Forecaster", "Forecast", "LanguageModel", "SequenceClassifier", "SequenceTagger"):
+    if name in ("Forecaster", "Forecast", "LanguageModel", "Seq2Seq", "SequenceClassifier", "SequenceTagger"):
         from rnnkit import tasks
 
         return getattr(tasks, name)

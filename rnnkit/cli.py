@@ -300,6 +300,68 @@ def generate(
 
 
 @app.command()
+def translate(
+    train: Path = typer.Option(None, help="Training pairs: source<TAB>target per line (or use --dataset)."),
+    dataset: str = typer.Option(None, help="Instead of a file: 'cmudict' (spelling -> pronunciation, 90/5/5 split)."),
+    model: Path = typer.Option(None, help="Translate with a saved model instead of training one."),
+    text: list[str] = typer.Option(None, "--input", help="A source to translate (repeatable)."),
+    target_level: str = typer.Option("space", help="How targets split into tokens: space, char or word."),
+    epochs: int = typer.Option(10, min=1, help="Training epochs."),
+    hidden: int = typer.Option(128, min=1, help="Hidden units."),
+    beam: int = typer.Option(5, min=1, help="Beam width for the translations (1: greedy)."),
+    save: Path = typer.Option(None, help="Save the trained model to this folder."),
+    heatmap: Path = typer.Option(None, help="Write the attention heatmap of the first --input here (PNG)."),
+) -> None:
+    """Train a sequence-to-sequence model with attention (or load one) and translate.
+
+    Examples: rnnkit translate --dataset cmudict --epochs 10 --save g2p/ --input rnnkit
+              rnnkit translate --model g2p/ --input recurrent --input network --heatmap attention.png
+    """
+    from rnnkit.data.text import load_cmudict
+    from rnnkit.data.ucr import DatasetUnavailable
+    from rnnkit.io import ModelFileError
+    from rnnkit.plots import plot_attention
+    from rnnkit.tasks import Seq2Seq
+
+    if sum(x is not None for x in (train, dataset, model)) != 1:
+        raise typer.BadParameter("give exactly one of --train FILE, --dataset cmudict or --model DIR", param_hint="--train")
+    try:
+        if model is not None:
+            translator = Seq2Seq.load(model)
+        else:
+            test = None
+            if dataset is not None:
+                if dataset != "cmudict":
+                    raise ValueError(f"unknown dataset {dataset!r}; available: cmudict")
+                pairs, _, test = load_cmudict()
+            else:
+                pairs = []
+                for number, line in enumerate(train.read_text(encoding="utf-8").splitlines(), start=1):
+                    if line.strip():
+                        fields = line.split("\t")
+                        if len(fields) != 2:
+                            raise ValueError(f"{train}, line {number}: expected 'source<TAB>target', got {line!r}")
+                        pairs.append((fields[0], fields[1]))
+            translator = Seq2Seq(source_level="char", target_level=target_level, hidden_size=hidden)
+            translator.fit([s for s, _ in pairs], [t for _, t in pairs], epochs=epochs)
+            if test is not None:
+                report = translator.evaluate([s for s, _ in test], [t for _, t in test], beam)
+                console.print(f"test ({report['examples']} words, beam {beam}): word error rate "
+                              f"{report['sequence_error_rate']:.1%}, phoneme error rate {report['token_error_rate']:.1%}")
+        for source, output in zip(text or [], translator.predict(list(text or []), beam) if text else []):
+            typer.echo(f"{source}\t{output}")
+        if heatmap is not None and text:
+            source_tokens, output_tokens, weights = translator.attention(text[0], beam)
+            plot_attention(weights, source_tokens, output_tokens, f"attention: {text[0]}", path=heatmap)
+            console.print(f"attention heatmap written to {heatmap}")
+    except (OSError, ValueError, DatasetUnavailable, ModelFileError) as error:
+        raise typer.BadParameter(str(error), param_hint="--train / --dataset / --model / --input") from None
+    if save is not None:
+        translator.save(save)
+        console.print(f"model saved to {save}/")
+
+
+@app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Two shapes, no reference loop, no scaling or memory runs."),
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default). 1 is steadier on a busy machine."),

@@ -138,3 +138,20 @@ def test_generate_command_trains_saves_and_reloads(tmp_path: Path):
                              env={"COLUMNS": "400"})
     assert bad.exit_code == 2 and "temperature must be > 0" in bad.output
     assert CliRunner().invoke(app, ["generate"]).exit_code == 2
+
+
+def test_translate_command_trains_translates_and_draws_attention(tmp_path: Path):
+    lines = [f"{w}\t{' '.join(c.upper() for c in w)}" for w in ["ab", "ba", "abc", "cab", "bca", "cc", "aab"] * 8]
+    (tmp_path / "pairs.tsv").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["translate", "--train", str(tmp_path / "pairs.tsv"), "--epochs", "2",
+                                      "--hidden", "16", "--input", "abc", "--beam", "2", "--save", str(tmp_path / "m"),
+                                      "--heatmap", str(tmp_path / "attention.png")])
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("abc\t") for line in result.output.splitlines())
+    assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "m" / "config.json").is_file()
+    again = CliRunner().invoke(app, ["translate", "--model", str(tmp_path / "m"), "--input", "abc", "--beam", "2"])
+    assert again.exit_code == 0 and [l for l in result.output.splitlines() if l.startswith("abc\t")] == \
+        [l for l in again.output.splitlines() if l.startswith("abc\t")]
+    (tmp_path / "bad.tsv").write_text("abc ABC\n")
+    bad = CliRunner().invoke(app, ["translate", "--train", str(tmp_path / "bad.tsv")], env={"COLUMNS": "400"})
+    assert bad.exit_code == 2 and "line 1: expected 'source<TAB>target'" in bad.output

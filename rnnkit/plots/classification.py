@@ -28,3 +28,21 @@ def plot_confusion_matrix(confusion, classes, title: str = "Confusion matrix", p
     if path is not None:
         save_figure(figure, path)
     return figure
+
+
+def plot_attention(weights, source_tokens, target_tokens, title: str = "Attention", path=None) -> Figure:
+    """A heatmap of attention weights: one row per target token, one column per source token."""
+    weights = np.asarray(weights, dtype=float)
+    figure, axes = plt.subplots(figsize=(max(3.0, 0.45 * len(source_tokens) + 1.5),
+                                         max(3.0, 0.4 * len(target_tokens) + 1.2)))
+    image = axes.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(len(source_tokens)), source_tokens)
+    axes.set_yticks(range(len(target_tokens)), target_tokens)
+    axes.set_xlabel("source")
+    axes.set_ylabel("output")
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    if path is not None:
+        save_figure(figure, path)
+    return figure

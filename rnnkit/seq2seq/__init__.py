@@ -1,6 +1,6 @@
 """Attention and encoder-decoders: teacher forcing, greedy decoding and beam search."""
 
 from rnnkit.seq2seq.attention import Attention
-from rnnkit.seq2seq.model import EOS, GO, PAD, Seq2Seq
+from rnnkit.seq2seq.model import EOS, GO, PAD, Seq2SeqNetwork
 
-__all__ = ["EOS", "GO", "PAD", "Attention", "Seq2Seq"]
+__all__ = ["EOS", "GO", "PAD", "Attention", "Seq2SeqNetwork"]

@@ -24,7 +24,7 @@ from rnnkit.seq2seq.attention import Attention
 PAD, GO, EOS = 0, 2, 3
 
 
-class Seq2Seq(nn.Module):
+class Seq2SeqNetwork(nn.Module):
     """A sequence-to-sequence network over token ids.
 
     Args:

@@ -25,7 +25,7 @@ def test_min_count_and_max_size():
 def test_character_round_trip_and_bad_arguments():
     vocabulary = Vocabulary.build(["hello"], level="char")
     assert vocabulary.decode(vocabulary.encode("hole")) == "hole"
-    with pytest.raises(ValueError, match="level must be one of 'word', 'char'; got 'byte'"):
+    with pytest.raises(ValueError, match="level must be one of 'word', 'char', 'space'; got 'byte'"):
         Vocabulary.build(["x"], level="byte")
     with pytest.raises(TypeError, match="text must be a str, got int"):
         tokenize(5)

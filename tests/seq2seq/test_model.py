@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rnnkit.seq2seq import EOS, GO, Seq2Seq
+from rnnkit.seq2seq import EOS, GO, Seq2SeqNetwork as Seq2Seq
 
 SYMBOLS = range(4, 12)  # ids 0-3 are <pad>, <unk>, <go>, <eos>
 
