@@ -53,6 +53,18 @@ def plot_learning_curves(curves: dict[str, list[tuple[int, float]]], baseline: f
     return _finish(figure, axes, "training step", ylabel, title or "Learning curves", path)
 
 
+def plot_perplexity(curves: dict[str, list[tuple[int, float]]], path=None, title: str = "Perplexity") -> Figure:
+    """Perplexity (exp of the mean negative log-likelihood) per epoch, from the ``train_loss`` / ``val_loss``
+    curves of :func:`rnnkit.training.logs.read_training_log` for a language model."""
+    import math
+
+    picked = {name: [(epoch, math.exp(loss)) for epoch, loss in curves[name]]
+              for name in ("train_loss", "val_loss") if name in curves}
+    if not picked:
+        raise ValueError(f"no train_loss or val_loss curve among {sorted(curves)}")
+    return plot_learning_curves(picked, path=path, title=title, ylabel="perplexity")
+
+
 def _finish(figure: Figure, axes, xlabel: str, ylabel: str, title: str, path) -> Figure:
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)

@@ -24,7 +24,123 @@ from rnnkit.seq2seq.attention import Attention
 PAD, GO, EOS = 0, 2, 3
 
 
-class Seq2SeqNetwork(nn.Module):
+class Decoder(nn.Module):
+    """Teacher-forced training and greedy / sampled / beam decoding for any network that defines
+    ``encode(source, lengths) -> (memory, mask, first state)`` and ``step(previous, state, feed, memory,
+    mask) -> (log-probabilities, state, feed, attention weights)``, and has ``hidden_size``."""
+
+    hidden_size: int
+
+    def encode(self, source: Tensor, lengths: Tensor | None):
+        raise NotImplementedError
+
+    def step(self, previous: Tensor, state, feed: Tensor, memory: Tensor, mask: Tensor):
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- training
+    def forward(self, source: Tensor, lengths: Tensor, target_in: Tensor, teacher_forcing: float = 1.0
+                ) -> tuple[Tensor, Tensor | None]:
+        """Log-probabilities ``[B, T, V]`` of each next token, and attention weights ``[B, T, S]``.
+
+        ``target_in [B, T]`` starts with ``<go>``. With ``teacher_forcing`` < 1, each step feeds the model's
+        own previous prediction instead of the true token with probability ``1 - teacher_forcing``.
+        """
+        if not 0.0 <= teacher_forcing <= 1.0:
+            raise ValueError(f"teacher_forcing must be a ratio in [0, 1], got {teacher_forcing!r}")
+        memory, mask, state = self.encode(source, lengths)
+        feed = memory.new_zeros(source.shape[0], self.hidden_size)
+        previous = target_in[:, 0]
+        outputs, attention = [], []
+        for t in range(target_in.shape[1]):
+            log_probs, state, feed, weights = self.step(previous, state, feed, memory, mask)
+            outputs.append(log_probs)
+            attention.append(weights)
+            if t + 1 < target_in.shape[1]:
+                previous = target_in[:, t + 1]
+                if teacher_forcing < 1:
+                    own = log_probs.argmax(-1)
+                    use_own = torch.rand(previous.shape, device=previous.device) >= teacher_forcing
+                    previous = torch.where(use_own, own, previous)
+        weights = None if attention[0] is None else torch.stack(attention, dim=1)  # steps give weights or None
+        return torch.stack(outputs, dim=1), weights
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def greedy(self, source: Tensor, lengths: Tensor, max_length: int = 50) -> tuple[list[list[int]], Tensor]:
+        """The most likely token at each step, until ``<eos>`` or ``max_length``: the sequences (without
+        ``<eos>``) and the sum of their log-probabilities (``<eos>`` included)."""
+        return self.sample(source, lengths, max_length, temperature=0.0)
+
+    @torch.no_grad()
+    def sample(self, source: Tensor, lengths: Tensor, max_length: int = 50, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> tuple[list[list[int]], Tensor]:
+        """Each token drawn from softmax(log-probabilities / ``temperature``) (0: the most likely one, i.e.
+        greedy), until ``<eos>`` or ``max_length``: the sequences and their log-probabilities under the model."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        memory, mask, state = self.encode(source, lengths)
+        batch = source.shape[0]
+        feed = memory.new_zeros(batch, self.hidden_size)
+        previous = torch.full((batch,), GO, dtype=torch.long, device=source.device)
+        score = memory.new_zeros(batch)
+        done = torch.zeros(batch, dtype=torch.bool, device=source.device)
+        tokens = []
+        for _ in range(check_positive_int("max_length", max_length)):
+            log_probs, state, feed, _ = self.step(previous, state, feed, memory, mask)
+            if temperature == 0:
+                previous = log_probs.argmax(-1)
+            else:
+                previous = torch.multinomial(torch.softmax(log_probs / temperature, -1), 1, generator=generator)[:, 0]
+            score += torch.where(done, torch.zeros_like(score), log_probs.gather(1, previous[:, None])[:, 0])
+            tokens.append(previous)
+            done |= previous == EOS
+            if bool(done.all()):
+                break
+        return _trim(torch.stack(tokens, 1)), score
+
+    @torch.no_grad()
+    def beam_search(self, source: Tensor, lengths: Tensor, width: int = 5, max_length: int = 50,
+                    length_penalty: float = 0.0) -> tuple[list[list[int]], Tensor]:
+        """Batched beam search: per source, the best of ``width`` hypotheses, ranked by
+        ``score / length ** length_penalty`` (0: raw log-probability); returns the sequences (without
+        ``<eos>``) and their raw scores (sums of log-probabilities, ``<eos>`` included)."""
+        width = check_positive_int("width", width)
+        memory, mask, state = self.encode(source, lengths)
+        batch = source.shape[0]
+        def expand(tensor: Tensor) -> Tensor:  # [B, ...] -> [B*W, ...]
+            return tensor.repeat_interleave(width, dim=0)
+
+        memory, mask, state = expand(memory), expand(mask), tuple(expand(s) for s in state)
+        feed = memory.new_zeros(batch * width, self.hidden_size)
+        scores = memory.new_full((batch, width), float("-inf"))
+        scores[:, 0] = 0.0  # one live hypothesis to start with
+        tokens = torch.full((batch * width, 1), GO, dtype=torch.long, device=source.device)
+        finished = torch.zeros(batch * width, dtype=torch.bool, device=source.device)
+        for _ in range(check_positive_int("max_length", max_length)):
+            log_probs, state, feed, _ = self.step(tokens[:, -1], state, feed, memory, mask)
+            vocabulary = log_probs.shape[-1]
+            log_probs[finished] = float("-inf")  # a finished hypothesis only continues with <eos>, for free
+            log_probs[finished, EOS] = 0.0
+            total = (scores.view(-1, 1) + log_probs).view(batch, width * vocabulary)
+            scores, index = total.topk(width, dim=1)  # [B, W]
+            origin = (torch.arange(batch, device=source.device)[:, None] * width + index // vocabulary).view(-1)
+            chosen = (index % vocabulary).view(-1, 1)
+            tokens = torch.cat([tokens[origin], chosen], dim=1)
+            state, feed = tuple(s[origin] for s in state), feed[origin]
+            finished = finished[origin] | (chosen[:, 0] == EOS)
+            if bool(finished.all()):
+                break
+        generated = tokens[:, 1:]
+        is_eos = generated == EOS
+        first_eos = is_eos.float().argmax(1) + 1  # tokens up to and including the first <eos>
+        length = torch.where(is_eos.any(1), first_eos, torch.full_like(first_eos, generated.shape[1]))
+        ranking = scores.view(-1) / length.float() ** length_penalty
+        best = ranking.view(batch, width).argmax(1) + torch.arange(batch, device=source.device) * width
+        return _trim(generated[best]), scores.view(-1)[best]
+
+
+
+class Seq2SeqNetwork(Decoder):
     """A sequence-to-sequence network over token ids.
 
     Args:
@@ -76,96 +192,6 @@ class Seq2SeqNetwork(nn.Module):
             context, weights = self.attention(h, memory, mask)
             h = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
         return torch.log_softmax(self.output(h), dim=-1), state, h, weights
-
-    # ---------------------------------------------------------------- training
-    def forward(self, source: Tensor, lengths: Tensor, target_in: Tensor, teacher_forcing: float = 1.0
-                ) -> tuple[Tensor, Tensor | None]:
-        """Log-probabilities ``[B, T, V]`` of each next token, and attention weights ``[B, T, S]``.
-
-        ``target_in [B, T]`` starts with ``<go>``. With ``teacher_forcing`` < 1, each step feeds the model's
-        own previous prediction instead of the true token with probability ``1 - teacher_forcing``.
-        """
-        if not 0.0 <= teacher_forcing <= 1.0:
-            raise ValueError(f"teacher_forcing must be a ratio in [0, 1], got {teacher_forcing!r}")
-        memory, mask, state = self.encode(source, lengths)
-        feed = memory.new_zeros(source.shape[0], self.hidden_size)
-        previous = target_in[:, 0]
-        outputs, attention = [], []
-        for t in range(target_in.shape[1]):
-            log_probs, state, feed, weights = self.step(previous, state, feed, memory, mask)
-            outputs.append(log_probs)
-            attention.append(weights)
-            if t + 1 < target_in.shape[1]:
-                previous = target_in[:, t + 1]
-                if teacher_forcing < 1:
-                    own = log_probs.argmax(-1)
-                    use_own = torch.rand(previous.shape, device=previous.device) >= teacher_forcing
-                    previous = torch.where(use_own, own, previous)
-        weights = None if self.attention is None else torch.stack(attention, dim=1)
-        return torch.stack(outputs, dim=1), weights
-
-    # ---------------------------------------------------------------- inference
-    @torch.no_grad()
-    def greedy(self, source: Tensor, lengths: Tensor, max_length: int = 50) -> tuple[list[list[int]], Tensor]:
-        """The most likely token at each step, until ``<eos>`` or ``max_length``: the sequences (without
-        ``<eos>``) and the sum of their log-probabilities (``<eos>`` included)."""
-        memory, mask, state = self.encode(source, lengths)
-        batch = source.shape[0]
-        feed = memory.new_zeros(batch, self.hidden_size)
-        previous = torch.full((batch,), GO, dtype=torch.long, device=source.device)
-        score = memory.new_zeros(batch)
-        done = torch.zeros(batch, dtype=torch.bool, device=source.device)
-        tokens = []
-        for _ in range(check_positive_int("max_length", max_length)):
-            log_probs, state, feed, _ = self.step(previous, state, feed, memory, mask)
-            previous = log_probs.argmax(-1)
-            score += torch.where(done, torch.zeros_like(score), log_probs.gather(1, previous[:, None])[:, 0])
-            tokens.append(previous)
-            done |= previous == EOS
-            if bool(done.all()):
-                break
-        return _trim(torch.stack(tokens, 1)), score
-
-    @torch.no_grad()
-    def beam_search(self, source: Tensor, lengths: Tensor, width: int = 5, max_length: int = 50,
-                    length_penalty: float = 0.0) -> tuple[list[list[int]], Tensor]:
-        """Batched beam search: per source, the best of ``width`` hypotheses, ranked by
-        ``score / length ** length_penalty`` (0: raw log-probability); returns the sequences (without
-        ``<eos>``) and their raw scores (sums of log-probabilities, ``<eos>`` included)."""
-        width = check_positive_int("width", width)
-        memory, mask, state = self.encode(source, lengths)
-        batch = source.shape[0]
-        def expand(tensor: Tensor) -> Tensor:  # [B, ...] -> [B*W, ...]
-            return tensor.repeat_interleave(width, dim=0)
-
-        memory, mask, state = expand(memory), expand(mask), tuple(expand(s) for s in state)
-        feed = memory.new_zeros(batch * width, self.hidden_size)
-        scores = memory.new_full((batch, width), float("-inf"))
-        scores[:, 0] = 0.0  # one live hypothesis to start with
-        tokens = torch.full((batch * width, 1), GO, dtype=torch.long, device=source.device)
-        finished = torch.zeros(batch * width, dtype=torch.bool, device=source.device)
-        for _ in range(check_positive_int("max_length", max_length)):
-            log_probs, state, feed, _ = self.step(tokens[:, -1], state, feed, memory, mask)
-            vocabulary = log_probs.shape[-1]
-            log_probs[finished] = float("-inf")  # a finished hypothesis only continues with <eos>, for free
-            log_probs[finished, EOS] = 0.0
-            total = (scores.view(-1, 1) + log_probs).view(batch, width * vocabulary)
-            scores, index = total.topk(width, dim=1)  # [B, W]
-            origin = (torch.arange(batch, device=source.device)[:, None] * width + index // vocabulary).view(-1)
-            chosen = (index % vocabulary).view(-1, 1)
-            tokens = torch.cat([tokens[origin], chosen], dim=1)
-            state, feed = tuple(s[origin] for s in state), feed[origin]
-            finished = finished[origin] | (chosen[:, 0] == EOS)
-            if bool(finished.all()):
-                break
-        generated = tokens[:, 1:]
-        is_eos = generated == EOS
-        first_eos = is_eos.float().argmax(1) + 1  # tokens up to and including the first <eos>
-        length = torch.where(is_eos.any(1), first_eos, torch.full_like(first_eos, generated.shape[1]))
-        ranking = scores.view(-1) / length.float() ** length_penalty
-        best = ranking.view(batch, width).argmax(1) + torch.arange(batch, device=source.device) * width
-        return _trim(generated[best]), scores.view(-1)[best]
-
 
 def _trim(tokens: Tensor) -> list[list[int]]:
     """Each row up to (not including) its first ``<eos>``."""

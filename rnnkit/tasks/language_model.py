@@ -120,22 +120,31 @@ class LanguageModel:
             raise ValueError(f"{name} needs at least two {self.vocabulary.level} tokens, got {len(ids)}")
         return ids
 
-    def fit(self, text: str, epochs: int = 10, batch_size: int = 32, bptt: int = 100, **training) -> "LanguageModel":
+    def fit(self, text: str, epochs: int = 10, batch_size: int = 32, bptt: int = 100, validation_text: str | None = None,
+            **training) -> "LanguageModel":
         """Train on ``text`` with truncated BPTT (``bptt`` steps per update) over ``batch_size`` streams.
-        ``training`` options (progress, log_dir, callbacks, checkpoint_dir/resume) go to
+        ``validation_text`` adds a ``val_loss`` (mean negative log-likelihood per token) every epoch.
+        ``training`` options (progress, log_dir, callbacks, patience, checkpoint_dir/resume) go to
         :func:`rnnkit.tasks.trainer.fit_module`; clipping is done inside (norm 1.0)."""
-        ids = self._ids(text, "text")
-        streams = min(check_positive_int("batch_size", batch_size), (len(ids) - 1) // 2)
-        length = (len(ids) - 1) // streams
-        inputs = ids[: streams * length].view(streams, length)  # [B, N]: stream b reads its own slice
-        targets = ids[1: streams * length + 1].view(streams, length)
+        inputs, targets = self._streams(self._ids(text, "text"), batch_size)
         pl.seed_everything(self.options["seed"], verbose=False)
         module = TBPTTModule(self.network, k=check_positive_int("bptt", bptt), learning_rate=self.options["learning_rate"],
                              loss=_token_loss)
-        loader = DataLoader(TensorDataset(inputs, targets), batch_size=streams)
-        fit_module(module, loader, None, epochs, gradient_clip=None, **training)
+        loader = DataLoader(TensorDataset(inputs, targets), batch_size=len(inputs))
+        validation = None
+        if validation_text is not None:
+            valid_inputs, valid_targets = self._streams(self._ids(validation_text, "validation_text"), 1)
+            validation = DataLoader(TensorDataset(valid_inputs, valid_targets), batch_size=1)
+        fit_module(module, loader, validation, epochs, gradient_clip=None, **training)
         self.network.eval()
         return self
+
+    @staticmethod
+    def _streams(ids: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        """The token stream cut into ``count`` parallel streams: inputs and next-token targets ``[B, N]``."""
+        streams = min(check_positive_int("batch_size", count), (len(ids) - 1) // 2)
+        length = (len(ids) - 1) // streams
+        return ids[: streams * length].view(streams, length), ids[1: streams * length + 1].view(streams, length)
 
     @torch.no_grad()
     def _mean_nll(self, text: str, chunk: int = 512) -> float:

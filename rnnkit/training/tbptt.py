@@ -77,5 +77,15 @@ class TBPTTModule(pl.LightningModule):
         self.log("train_loss", mean, prog_bar=True, on_step=False, on_epoch=True)
         return mean
 
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """The loss over the whole sequence, chunk by chunk with the state carried (no updates): ``val_loss``."""
+        x, y = batch
+        state, total, count = None, 0.0, 0
+        for x_chunk, y_chunk in zip(time_chunks(x, self.k), time_chunks(y, self.k)):
+            prediction, state = self.network(x_chunk, state)
+            total = total + self.loss_function(prediction, y_chunk) * y_chunk.numel()
+            count += y_chunk.numel()
+        self.log("val_loss", total / count, prog_bar=True, on_step=False, on_epoch=True)
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.learning_rate)

@@ -97,3 +97,21 @@ def test_scheduled_teacher_forcing_feeds_own_predictions():
     assert not torch.allclose(own, forced)
     with pytest.raises(ValueError, match="teacher_forcing must be a ratio in \\[0, 1\\], got 1.5"):
         model(source, lengths, target, teacher_forcing=1.5)
+
+
+def test_sampling_draws_from_the_model_and_scores_what_it_drew(reverser):
+    torch.manual_seed(5)
+    model = Seq2Seq(12, 12, embedding_dim=8, hidden_size=16)  # untrained: sampling spreads out
+    source, lengths, _ = batch(6, torch.Generator().manual_seed(8))
+    first = model.sample(source, lengths, 6, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    again = model.sample(source, lengths, 6, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    other = model.sample(source, lengths, 6, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert first[0] == again[0] and first[0] != other[0]
+    for b, sequence in enumerate(first[0]):  # the score is the model's log-probability of the draw
+        ended = len(sequence) < 6
+        out = torch.tensor(sequence + ([EOS] if ended else []))
+        log_probs, _ = model(source[b:b + 1], lengths[b:b + 1], torch.cat([torch.tensor([GO]), out[:-1]])[None])
+        torch.testing.assert_close(first[1][b], log_probs[0].gather(1, out[:, None]).sum(), atol=1e-5, rtol=1e-5)
+    assert model.sample(source, lengths, 6, temperature=0.0)[0] == model.greedy(source, lengths, 6)[0]
+    with pytest.raises(ValueError, match="temperature must be >= 0, got -1"):
+        model.sample(source, lengths, temperature=-1)

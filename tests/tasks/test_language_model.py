@@ -73,3 +73,16 @@ def test_generation_never_emits_special_tokens():
         lm.network.output.bias[1] = 100.0  # make <unk> overwhelmingly likely
     text = lm.generate("the", length=50, seed=0)
     assert "<unk>" not in text and len(text) == 53
+
+
+def test_validation_perplexity_is_logged_per_epoch_and_plotted(tmp_path):
+    from rnnkit.plots import plot_perplexity
+    from rnnkit.training.logs import read_training_log
+
+    lm = rk.LanguageModel.from_text(TEXT, hidden_size=16, embedding_dim=8, seed=0)
+    lm.fit(TEXT, epochs=3, batch_size=4, bptt=20, validation_text=TEXT[:200], progress=False, log_dir=tmp_path)
+    curves = read_training_log(tmp_path)
+    assert [e for e, _ in curves["val_loss"]] == [0, 1, 2] and [e for e, _ in curves["train_loss"]] == [0, 1, 2]
+    assert math.exp(curves["val_loss"][-1][1]) == pytest.approx(lm.perplexity(TEXT[:200]), rel=1e-4)
+    plot_perplexity(curves, path=tmp_path / "ppl.png")
+    assert (tmp_path / "ppl.png").read_bytes()[:4] == b"\x89PNG"
