@@ -74,3 +74,12 @@ def test_attention_weights_for_a_prediction(model):
     assert source == ["c", "a", "b"] and output[-1] == "<eos>" and output[:-1] == model.predict(["cab"])[0].split()
     assert weights.shape == (len(output), 3)
     assert abs(float(weights.sum(1).mean()) - 1.0) < 1e-5
+
+
+def test_a_model_file_of_another_task_is_refused(model, tmp_path):
+    model.save(tmp_path / "s2s")
+    with pytest.raises(rk.io.ModelFileError, match="holds a 'seq2seq' model, not a 'language-model' model"):
+        rk.LanguageModel.load(tmp_path / "s2s")
+    rk.LanguageModel.from_text("abc abc", hidden_size=4, embedding_dim=4).save(tmp_path / "lm")
+    with pytest.raises(rk.io.ModelFileError, match="holds a 'language-model' model, not a 'seq2seq' model"):
+        rk.Seq2Seq.load(tmp_path / "lm")
