@@ -6,7 +6,7 @@ from rnnkit.layers import GRU, LSTM, RNN, SimpleRNN
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "training", "Forecaster", "LanguageModel", "Seq2Seq", "SequenceClassifier", "SequenceTagger", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RecurrentCell", "SimpleRNN", "SimpleRNNCell", "__version__"]
+__all__ = ["data", "io", "training", "Forecaster", "LanguageModel", "Seq2Seq", "SequenceClassifier", "SequenceTagger", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RecurrentCell", "SimpleRNN", "SimpleRNNCell", "__version__"]
 
 
 def __getattr__(name: str):
