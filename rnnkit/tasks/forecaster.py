@@ -191,13 +191,15 @@ class Forecaster:
                          future: np.ndarray | None = None) -> np.ndarray:
         """``steps`` forecasts on the level scale: network blocks, each fed back as history for the next
         (with covariates, the ``future`` ones are appended as the history grows)."""
-        window = self.options["window"]
+        window, season = self.options["window"], self.options["season"] or 0
+        need = window + season  # the transform of the last `need` values gives the last `window` inputs
         blocks, done = [], 0
         while done < steps:
-            scaled = self._features(history, covariates)[-window:]
+            tail = None if covariates is None else covariates[-need:]
+            scaled = self._features(history[-need:], tail)[-window:]
             with torch.no_grad():
                 out = self.network(torch.as_tensor(scaled[None], dtype=torch.float32))[0].double().numpy()
-            block = self.transform.integrate(out, history)
+            block = self.transform.integrate(out, history[-max(season, 1):])  # only the last season is read
             blocks.append(block)
             done += len(block)
             history = np.concatenate([history, self.transform.unlevel(block)])
