@@ -98,8 +98,9 @@ class LanguageModel:
             "learning_rate": float(learning_rate),
             "seed": int(seed),
         }
-        torch.manual_seed(self.options["seed"])
-        self.network = self._build()
+        with torch.random.fork_rng():  # reproducible initialisation without resetting the caller's RNG
+            torch.manual_seed(self.options["seed"])
+            self.network = self._build()
 
     @classmethod
     def from_text(cls, text: str, level: str = "char", min_count: int = 1, max_vocabulary: int | None = None,

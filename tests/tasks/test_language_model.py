@@ -86,3 +86,13 @@ def test_validation_perplexity_is_logged_per_epoch_and_plotted(tmp_path):
     assert math.exp(curves["val_loss"][-1][1]) == pytest.approx(lm.perplexity(TEXT[:200]), rel=1e-4)
     plot_perplexity(curves, path=tmp_path / "ppl.png")
     assert (tmp_path / "ppl.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_construction_is_seeded_without_resetting_the_callers_random_stream():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = rk.LanguageModel.from_text(TEXT, hidden_size=8, embedding_dim=8, seed=7)
+    assert torch.equal(torch.rand(3), expected)  # the caller's stream went on as if nothing happened
+    b = rk.LanguageModel.from_text(TEXT, hidden_size=8, embedding_dim=8, seed=7)
+    assert all(torch.equal(p, q) for p, q in zip(a.network.parameters(), b.network.parameters()))
