@@ -8,9 +8,22 @@ import torch
 
 import rnnkit as rk
 from rnnkit.engine import fused, reference
+from rnnkit.engine.fused import compiled
 from tests.helpers import CELL_OPTIONS, gradcheck_engine, make_cell, option_id, tolerance
 
 LENGTHS = {"full": None, "mixed": [5, 2, 4, 5], "all-short": [3, 2, 1, 3]}  # T = 5
+
+
+@pytest.fixture(params=["compiled", "python"])
+def loops(request):
+    """Run a test with the fused engine's compiled per-step loops, then with its Python loops."""
+    if request.param == "python":
+        with compiled.python_loops():
+            yield request.param
+    else:
+        if compiled.ops() is None:
+            pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+        yield request.param
 
 
 def run_both(cell, dtype, lengths, reverse, noise, T=5, B=4):
@@ -48,7 +61,7 @@ def names_of(cell):
 
 @pytest.mark.parametrize(("lengths", "reverse", "noisy"), list(itertools.product(LENGTHS, [False, True], [False, True])))
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
-def test_fused_equals_reference_float64(case, lengths, reverse, noisy):
+def test_fused_equals_reference_float64(case, lengths, reverse, noisy, loops):
     name, options = case
     if noisy:
         options = {**options, "recurrent_dropout": 0.3, "zoneout": 0.25}
@@ -59,7 +72,7 @@ def test_fused_equals_reference_float64(case, lengths, reverse, noisy):
 
 
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
-def test_fused_equals_reference_float32(case):
+def test_fused_equals_reference_float32(case, loops):
     name, options = case
     cell = make_cell(name, {**options, "zoneout": 0.1}, dtype=torch.float32).eval()
     noise = cell.sample_noise(5, 4)
@@ -67,7 +80,7 @@ def test_fused_equals_reference_float32(case):
 
 
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
-def test_fused_gradcheck_float64(case):
+def test_fused_gradcheck_float64(case, loops):
     assert gradcheck_engine(fused.run_direction, case, reverse=True, steps=3, lengths=(3, 1, 2))
 
 
@@ -89,7 +102,7 @@ def test_fused_refuses_cells_it_does_not_know():
     assert rk.RNN(3, 4, cell=MyCell)(torch.randn(2, 3, 3))[0].shape == (2, 3, 4)  # auto falls back
 
 
-def test_fused_layer_matches_reference_layer_with_everything_on():
+def test_fused_layer_matches_reference_layer_with_everything_on(loops):
     torch.manual_seed(3)
     ours = rk.LSTM(3, 4, 2, bidirectional=True, layer_norm=True, peepholes=True, recurrent_dropout=0.2,
                    zoneout=0.1, dropout=0.3, backend="fused").double()
@@ -110,7 +123,7 @@ def test_fused_layer_matches_reference_layer_with_everything_on():
 
 @pytest.mark.parametrize("case", [("rnn", {}), ("gru", {}), ("gru", {"reset_after": False}), ("lstm", {}),
                                   ("lstm", {"layer_norm": True})], ids=option_id)
-def test_fused_float32_is_as_accurate_as_the_reference_on_large_blocks(case):
+def test_fused_float32_is_as_accurate_as_the_reference_on_large_blocks(case, loops):
     """Blocks large enough for the sigmoid form of tanh; float32 sums over 128x128 rows differ from any
     other summation order by ~1e-5, so both engines are judged against a float64 truth instead."""
     from rnnkit.engine.fused.common import TANH_VIA_SIGMOID_FROM
@@ -128,7 +141,7 @@ def test_fused_float32_is_as_accurate_as_the_reference_on_large_blocks(case):
 
 
 @pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
-def test_gradients_when_only_some_outputs_are_used(name):
+def test_gradients_when_only_some_outputs_are_used(name, loops):
     cell = make_cell(name, {})
     x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
     for pick in range(cell.state_size + 1):  # the outputs, or one final state tensor alone

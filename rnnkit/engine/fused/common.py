@@ -88,6 +88,8 @@ class Projection:
         self.gain = gain
         self.hidden = hidden
         self.groups = weight.shape[0] // hidden
+        self.stats: tuple[Tensor, Tensor] | None = None  # compiled loops: (mean, rstd) [N, g] of all steps
+        self.grad_pre_all: Tensor | None = None  # compiled loops: [N, g*H]
         if gain is not None:
             self.pre = weight.new_empty(packing.rows, weight.shape[0])  # [N, g*H] before normalisation
             self.pre_views = packing.step_views(self.pre)
@@ -99,6 +101,20 @@ class Projection:
     def begin_backward(self) -> None:
         """Forget gradients of an earlier backward through the same graph (``retain_graph=True``)."""
         self.grad_pre = []
+
+    def compiled_buffers(self, backward: bool = False) -> list[Tensor]:
+        """What the compiled loops take for this projection: ``[W]``, or with layer norm
+        ``[W, gain, pre, mean, rstd]`` (+ ``grad_pre`` in backward), allocating the all-steps buffers."""
+        if self.gain is None:
+            return [self.weight]
+        if self.stats is None:
+            rows = self.pre.shape[0]
+            self.stats = (self.pre.new_empty(rows, self.groups), self.pre.new_empty(rows, self.groups))
+        buffers = [self.weight, self.gain, self.pre, *self.stats]
+        if backward:
+            self.grad_pre_all = torch.empty_like(self.pre)
+            buffers.append(self.grad_pre_all)
+        return buffers
 
     def _normalise(self, inputs: Tensor, t: int) -> Tensor:
         torch.mm(inputs, self.weight_t, out=self.pre_views[t])
@@ -140,8 +156,11 @@ class Projection:
         """``(d weight, d gain)`` from ``grad [N, g*H]`` (d loss / d projection) and ``inputs [N, H]``."""
         if self.gain is None:
             return grad.t() @ inputs, None
-        grad_pre = torch.cat(self.grad_pre[::-1])
-        mean, rstd = torch.cat(self.means), torch.cat(self.rstds)
+        if self.stats is not None:  # the compiled loops filled the all-steps buffers
+            grad_pre, (mean, rstd) = self.grad_pre_all, (s.unsqueeze(-1) for s in self.stats)
+        else:
+            grad_pre = torch.cat(self.grad_pre[::-1])
+            mean, rstd = torch.cat(self.means), torch.cat(self.rstds)
         rows = grad.shape[0]
         normed = normalised(self.pre.view(rows, self.groups, self.hidden), mean, rstd).view(rows, -1)
         return grad_pre.t() @ inputs, (grad * normed).sum(0)
@@ -158,8 +177,8 @@ class Masks:
     def pack(cls, noise: SequenceNoise | None, packing: Packing) -> "Masks":
         if noise is None:
             return cls(None, None)
-        recurrent = None if noise.recurrent is None else packing.rows_of(packing.sort(noise.recurrent))
-        zoneout = None if noise.zoneout is None else tuple(packing.pack(m) for m in noise.zoneout)
+        recurrent = None if noise.recurrent is None else packing.rows_of(packing.sort(noise.recurrent)).contiguous()
+        zoneout = None if noise.zoneout is None else tuple(packing.pack(m).contiguous() for m in noise.zoneout)
         return cls(recurrent, zoneout)
 
     def recurrent_views(self, packing: Packing) -> list[Tensor | None]:

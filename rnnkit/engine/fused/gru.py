@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit.cells.base import LAYER_NORM_EPS
+from rnnkit.engine.fused import compiled
 from rnnkit.engine.fused.common import Masks, Projection, first_order_only, or_zeros, step_rows, take_gates, tanh_
 
 
@@ -51,7 +53,13 @@ class FusedGRU(torch.autograd.Function):
                                 for s in split)
             hidden_terms = act.new_empty(rows_total, hidden)  # [N, H] r * h~, input of R_n
             term_views = views(hidden_terms)
-        for t, rows in enumerate(packing.batch_sizes):
+        kernels = compiled.ops() if compiled.usable_for(act) else None
+        if kernels is not None:
+            buffers = [b for p in projections for b in p.compiled_buffers()]
+            kernels.gru_forward(act, states, hidden_terms, candidate, buffers, len(projections[0].compiled_buffers()),
+                                masks.recurrent, None if masks.zoneout is None else masks.zoneout[0],
+                                packing.batch_sizes, reset_after, LAYER_NORM_EPS)
+        for t, rows in enumerate(packing.batch_sizes if kernels is None else ()):
             h_prev = step_rows(state_views, t, rows)
             h_in = h_prev if recurrent[t] is None else h_prev * recurrent[t]
             if reset_after:
@@ -70,7 +78,7 @@ class FusedGRU(torch.autograd.Function):
                 torch.lerp(candidate_views[t], h_prev, zoneout[t], out=state_views[t + 1])
         ctx.save_for_backward(states)
         ctx.buffers = (act, hidden_terms)
-        ctx.setup = (packing, masks, reset_after, projections, bias_hh is not None)
+        ctx.setup = (packing, masks, reset_after, projections, bias_hh is not None, kernels)
         return states, act
 
     @staticmethod
@@ -78,7 +86,7 @@ class FusedGRU(torch.autograd.Function):
     def backward(ctx, grad_states, _):
         (states,) = ctx.saved_tensors
         act, hidden_terms = ctx.buffers
-        packing, masks, reset_after, projections, has_bias = ctx.setup
+        packing, masks, reset_after, projections, has_bias, kernels = ctx.setup
         for projection in projections:
             projection.begin_backward()
         batch, hidden = packing.batch, states.shape[1]
@@ -98,17 +106,23 @@ class FusedGRU(torch.autograd.Function):
             c_n.addcmul_(c_n, zone, value=-1.0)
             c_z.addcmul_(c_z, zone, value=-1.0)
             direct.add_(zone).addcmul_(zone, z, value=-1.0)
-        grad_in = or_zeros(grad_states, states).clone()  # [B+N, H]
+        grad_in = or_zeros(grad_states, states).clone(memory_format=torch.contiguous_format)  # [B+N, H]
         grad_views, direct_views = views(grad_in), views(direct)
         grad_gates = torch.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
         recurrent = masks.recurrent_views(packing)
-        steps = range(len(packing.batch_sizes) - 1, -1, -1)
+        steps = range(len(packing.batch_sizes) - 1, -1, -1) if kernels is None else ()
+        if kernels is not None:
+            buffers = [b for p in projections for b in p.compiled_buffers(backward=True)]
+            split = 6 if projections[0].gain is not None else 1
         if reset_after:
             torch.mul(c_n, hidden_terms[:, 2 * hidden:], out=c_r).mul_(r).addcmul_(c_r, r, value=-1.0)
             input_n = c_n.clone()  # d h_t / d (input term of n), per unit dL/dh_t
             c_n.mul_(r)  # coef now holds d h_t / d (R(h~) + b_hh)
             grad_hidden = grad_gates.view(-1, 3, hidden)  # [N, 3, H] d loss / d (R(h~) + b_hh), for now
             coef_views, grad_hidden_views = views(coef), views(grad_hidden)
+            if kernels is not None:
+                kernels.gru_backward(grad_in, coef, direct, grad_gates, buffers, split, None, masks.recurrent,
+                                     packing.batch_sizes, True, LAYER_NORM_EPS)
             for t in steps:
                 grad_h = grad_views[t + 1]
                 grad_step = torch.mul(grad_h.unsqueeze(1), coef_views[t], out=grad_hidden_views[t])
@@ -126,6 +140,9 @@ class FusedGRU(torch.autograd.Function):
             g_zn_views = views(grad_gates[:, hidden:].unflatten(1, (2, hidden)))
             g_n_views, g_r_views = views(grad_gates[:, 2 * hidden:]), views(grad_gates[:, :hidden])
             g_rz_views = views(grad_gates[:, : 2 * hidden])
+            if kernels is not None:
+                kernels.gru_backward(grad_in, coef, direct, grad_gates, buffers, split, r_in, masks.recurrent,
+                                     packing.batch_sizes, False, LAYER_NORM_EPS)
             for t in steps:
                 grad_h = grad_views[t + 1]
                 torch.mul(grad_h.unsqueeze(1), zn_views[t], out=g_zn_views[t])

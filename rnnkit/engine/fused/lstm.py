@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit.cells.base import LAYER_NORM_EPS
+from rnnkit.engine.fused import compiled
 from rnnkit.engine.fused.common import (Masks, Projection, first_order_only, layer_norm_backward, layer_norm_forward,
                                         normalised, or_zeros, step_rows, take_gates, tanh_)
 
@@ -45,8 +47,14 @@ class FusedLSTM(torch.autograd.Function):
         if zoneout is not None:
             h_tilde_views = views(act.new_empty(rows_total, hidden))
             zone_h, zone_c = views(zoneout[0]), views(zoneout[1])
-        cell_stats = []
-        for t, rows in enumerate(packing.batch_sizes):
+        kernels = compiled.ops() if compiled.usable_for(act) else None
+        if kernels is not None:
+            cell_stats = (act.new_empty(rows_total), act.new_empty(rows_total)) if cell_gain is not None else None
+            kernels.lstm_forward(act, hs, cs, cell_tilde, tanh_c, projection.compiled_buffers(), peephole, cell_gain,
+                                 cell_bias, *(cell_stats or (None, None)), masks.recurrent,
+                                 *(zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
+        cell_stats = cell_stats if kernels is not None else []
+        for t, rows in enumerate(packing.batch_sizes if kernels is None else ()):
             h_prev, c_prev = step_rows(h_views, t, rows), step_rows(c_views, t, rows)
             projection.add_into(act_views[t], h_prev if recurrent[t] is None else h_prev * recurrent[t], t)
             if peephole is not None:
@@ -71,7 +79,7 @@ class FusedLSTM(torch.autograd.Function):
                 torch.lerp(c_t, c_prev, zone_c[t], out=c_views[t + 1])
         ctx.save_for_backward(hs, peephole, cell_gain)
         ctx.buffers = (act, cs, cell_tilde, tanh_c, cell_stats)
-        ctx.setup = (packing, masks, projection, bias_hh is not None)
+        ctx.setup = (packing, masks, projection, bias_hh is not None, kernels)
         final_c = packing.final_rows(cs)
         return hs, final_c if packing.last is not None else final_c.clone(), act
 
@@ -80,7 +88,7 @@ class FusedLSTM(torch.autograd.Function):
     def backward(ctx, grad_hs, grad_final_c, _):
         hs, peephole, cell_gain = ctx.saved_tensors
         act, cs, cell_tilde, tanh_c, cell_stats = ctx.buffers
-        packing, masks, projection, has_bias = ctx.setup
+        packing, masks, projection, has_bias, kernels = ctx.setup
         projection.begin_backward()
         batch, hidden = packing.batch, hs.shape[1]
         views = packing.step_views
@@ -104,9 +112,10 @@ class FusedLSTM(torch.autograd.Function):
         gate_views, ifg_views = views(grad_gates), views(grad_gates[:, : 3 * hidden].unflatten(1, (3, hidden)))
         go_views = views(grad_gates[:, 3 * hidden:])
         tc_views, to_views, coef_views, f_views = views(to_cell), views(to_output), views(cell_coef), views(f)
-        grad_in = or_zeros(grad_hs, hs).clone()  # [B+N, H]
+        grad_in = or_zeros(grad_hs, hs).clone(memory_format=torch.contiguous_format)  # [B+N, H]
         grad_views = views(grad_in)
-        grad_c = torch.zeros_like(h_in[:batch]) if grad_final_c is None else grad_final_c.clone()  # [B, H] dL/dc_t
+        grad_c = (torch.zeros_like(h_in[:batch]) if grad_final_c is None  # [B, H] dL/dc_t
+                  else grad_final_c.clone(memory_format=torch.contiguous_format))
         recurrent = masks.recurrent_views(packing)
         if cell_gain is not None:
             grad_shown = torch.empty_like(tanh_c)  # [N, H] d loss / d c^
@@ -117,8 +126,17 @@ class FusedLSTM(torch.autograd.Function):
         if masks.zoneout is not None:
             zone_h, zone_c, keep_c = views(masks.zoneout[0]), views(masks.zoneout[1]), views(1 - masks.zoneout[1])
             scratch = torch.empty_like(grad_c)
+        if kernels is not None:
+            if cell_gain is not None:
+                grad_shown = torch.empty_like(tanh_c)
+            zoneout = masks.zoneout or (None, None)
+            kernels.lstm_backward(grad_in, grad_c, to_cell, to_output, cell_coef, act, grad_gates,
+                                  projection.compiled_buffers(backward=True), peephole,
+                                  None if cell_gain is None else cell_tilde, cell_gain,
+                                  *(cell_stats or (None, None)), grad_shown if cell_gain is not None else None,
+                                  masks.recurrent, *zoneout, packing.batch_sizes, LAYER_NORM_EPS)
         rows_now, grad_c_rows = batch, grad_c
-        for t in range(len(packing.batch_sizes) - 1, -1, -1):
+        for t in range(len(packing.batch_sizes) - 1 if kernels is None else -1, -1, -1):
             grad_h = grad_views[t + 1]
             rows = grad_h.shape[0]
             if rows != rows_now:
@@ -152,8 +170,11 @@ class FusedLSTM(torch.autograd.Function):
                                        (grad_gates[:, hidden: 2 * hidden] * c_prev).sum(0),
                                        (grad_gates[:, 3 * hidden:] * cell_tilde).sum(0)))
         if cell_gain is not None:
-            mean = torch.cat([m for m, _ in cell_stats])
-            rstd = torch.cat([r for _, r in cell_stats])
+            if kernels is not None:
+                mean, rstd = (s.unsqueeze(1) for s in cell_stats)
+            else:
+                mean = torch.cat([m for m, _ in cell_stats])
+                rstd = torch.cat([r for _, r in cell_stats])
             grad_cell_gain = (grad_shown * normalised(cell_tilde, mean, rstd)).sum(0)
             grad_cell_bias = grad_shown.sum(0)
         return (grad_gates, grad_in[:batch], grad_c, grad_weight, grad_bias, grad_gain, grad_peephole,

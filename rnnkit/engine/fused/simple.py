@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit.cells.base import LAYER_NORM_EPS
+from rnnkit.engine.fused import compiled
 from rnnkit.engine.fused.common import Masks, Projection, first_order_only, or_zeros, step_rows, take_gates, tanh_
 
 
@@ -31,7 +33,12 @@ class FusedSimpleRNN(torch.autograd.Function):
         zoneout = None if masks.zoneout is None else packing.step_views(masks.zoneout[0])
         projection = Projection(weight_hh, ln_gain, packing, hidden)
         activate = _relu if relu else tanh_
-        for t, rows in enumerate(packing.batch_sizes):
+        kernels = compiled.ops() if compiled.usable_for(pre) else None
+        if kernels is not None:
+            kernels.simple_forward(pre, states, projection.compiled_buffers(), masks.recurrent,
+                                   None if zoneout is None else masks.zoneout[0], packing.batch_sizes, relu,
+                                   LAYER_NORM_EPS)
+        for t, rows in enumerate(packing.batch_sizes if kernels is None else ()):
             h_prev = step_rows(state_views, t, rows)
             projection.add_into(pre_views[t], h_prev if recurrent[t] is None else h_prev * recurrent[t], t)
             if zoneout is None:
@@ -41,14 +48,14 @@ class FusedSimpleRNN(torch.autograd.Function):
                 torch.lerp(pre_views[t], h_prev, zoneout[t], out=state_views[t + 1])
         ctx.save_for_backward(states)
         ctx.activations = pre if zoneout is not None else None
-        ctx.setup = (packing, masks, relu, projection, bias_hh is not None)
+        ctx.setup = (packing, masks, relu, projection, bias_hh is not None, kernels)
         return states, pre
 
     @staticmethod
     @first_order_only
     def backward(ctx, grad_states, _):
         (states,) = ctx.saved_tensors
-        packing, masks, relu, projection, has_bias = ctx.setup
+        packing, masks, relu, projection, has_bias, kernels = ctx.setup
         projection.begin_backward()
         batch = packing.batch
         activations = ctx.activations if ctx.activations is not None else states[batch:]
@@ -59,13 +66,18 @@ class FusedSimpleRNN(torch.autograd.Function):
             torch.mul(activations, activations, out=coef).neg_().add_(1.0)
         if masks.zoneout is not None:
             coef.addcmul_(coef, masks.zoneout[0], value=-1.0)
-        grad_in = or_zeros(grad_states, states).clone()  # [B+N, H]: dL/dh; h_0's gradient in the first block
+        # [B+N, H]: dL/dh; h_0's gradient in the first block
+        grad_in = or_zeros(grad_states, states).clone(memory_format=torch.contiguous_format)
         grad_pre = torch.empty_like(coef)  # [N, H]
         grad_views, grad_pre_views = packing.step_views(grad_in), packing.step_views(grad_pre)
         coef_views = packing.step_views(coef)
         recurrent = masks.recurrent_views(packing)
         zoneout = None if masks.zoneout is None else packing.step_views(masks.zoneout[0])
-        for t in range(len(packing.batch_sizes) - 1, -1, -1):
+        if kernels is not None:
+            kernels.simple_backward(grad_in, coef, grad_pre, projection.compiled_buffers(backward=True),
+                                    masks.recurrent, None if zoneout is None else masks.zoneout[0],
+                                    packing.batch_sizes, LAYER_NORM_EPS)
+        for t in range(len(packing.batch_sizes) - 1 if kernels is None else -1, -1, -1):
             grad_h = grad_views[t + 1]
             delta = torch.mul(grad_h, coef_views[t], out=grad_pre_views[t])
             grad_prev = step_rows(grad_views, t, grad_h.shape[0])

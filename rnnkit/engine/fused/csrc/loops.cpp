@@ -1,0 +1,319 @@
+// The per-step loops of the fused engine, compiled: the same steps as the Python loops in
+// rnnkit/engine/fused/{lstm,gru,simple}.py (which stay the reference and the fallback), with the
+// recurrent GEMMs issued through ATen and the pointwise work of a step done in one pass (pointwise.cpp).
+// Buffers are allocated and all-steps work (local derivatives, parameter gradients) is done in Python.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+#include "pointwise.h"
+
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+template <typename T>
+T* ptr(const Tensor& t) { return t.data_ptr<T>(); }
+
+template <typename T>
+T* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
+
+void check_dense(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "rnnkit compiled loops: ", name,
+              " must be a contiguous CPU tensor");
+}
+
+void check_dense(const OptTensor& t, const char* name) {
+  if (t.has_value()) check_dense(*t, name);
+}
+
+// Row offsets of a packed layout: step t covers packed rows [offset[t], offset[t] + sizes[t]); the
+// state before step t is block t of a [B + N] state buffer, starting at state_offset(t).
+struct Steps {
+  std::vector<int64_t> sizes, offsets;
+  int64_t batch;
+  explicit Steps(at::IntArrayRef batch_sizes) : sizes(batch_sizes.begin(), batch_sizes.end()) {
+    TORCH_CHECK(!sizes.empty(), "rnnkit compiled loops: no steps");
+    batch = sizes[0];
+    int64_t total = 0;
+    for (int64_t n : sizes) {
+      offsets.push_back(total);
+      total += n;
+    }
+  }
+  int64_t count() const { return static_cast<int64_t>(sizes.size()); }
+  int64_t previous(int64_t t) const { return t == 0 ? 0 : batch + offsets[t - 1]; }
+  int64_t next(int64_t t) const { return batch + offsets[t]; }
+};
+
+// One recurrent projection, as rnnkit.engine.fused.common.Projection: inputs @ W^T, or per gate group
+// LN(inputs @ W^T) * gain. Layer-norm buffers: pre [N, gH], mean and rstd [N, g], grad_pre [N, gH].
+struct Projection {
+  Tensor weight, weight_t;
+  OptTensor gain, pre, mean, rstd, grad_pre;
+  int64_t groups, hidden;
+  double eps;
+
+  // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre)]
+  Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward) : hidden(hidden), eps(eps) {
+    weight = tensors[0];
+    weight_t = weight.t();
+    groups = weight.size(0) / hidden;
+    if (tensors.size() > 1) {
+      TORCH_CHECK(tensors.size() == (backward ? 6u : 5u), "rnnkit compiled loops: bad projection buffers");
+      gain = tensors[1];
+      pre = tensors[2];
+      mean = tensors[3];
+      rstd = tensors[4];
+      if (backward) grad_pre = tensors[5];
+      for (const auto& t : {gain, pre, mean, rstd, grad_pre}) check_dense(t, "layer-norm buffer");
+    }
+  }
+
+  // target (rows [o, o+n) of a buffer, possibly a column slice) += projection(inputs)
+  template <typename T>
+  void add_into(Tensor target, const Tensor& inputs, int64_t o) {
+    if (!gain) {
+      target.addmm_(inputs, weight_t);
+      return;
+    }
+    const int64_t n = inputs.size(0), width = groups * hidden;
+    Tensor out = pre->narrow(0, o, n);
+    at::mm_out(out, inputs, weight_t);
+    rnnkit::layer_norm_add<T>(n, groups, hidden, ptr<T>(pre) + o * width, ptr<T>(gain), target.data_ptr<T>(),
+                              target.stride(0), ptr<T>(mean) + o * groups, ptr<T>(rstd) + o * groups, T(eps));
+  }
+
+  // d loss / d (inputs @ W^T) for rows [o, o+n), from grad = d loss / d projection
+  template <typename T>
+  Tensor grad_pre_of(const Tensor& grad, int64_t o) {
+    if (!gain) return grad;
+    const int64_t n = grad.size(0), width = groups * hidden;
+    rnnkit::layer_norm_backward<T>(n, groups, hidden, grad.data_ptr<T>(), grad.stride(0), ptr<T>(pre) + o * width,
+                                   ptr<T>(gain), ptr<T>(mean) + o * groups, ptr<T>(rstd) + o * groups,
+                                   ptr<T>(grad_pre) + o * width);
+    return grad_pre->narrow(0, o, n);
+  }
+
+  // grad_inputs += d loss / d inputs (times the recurrent-dropout mask rows, if any)
+  template <typename T>
+  void grad_into(Tensor grad_inputs, const Tensor& grad, int64_t o, const OptTensor& mask) {
+    Tensor g = grad_pre_of<T>(grad, o);
+    if (!mask) {
+      grad_inputs.addmm_(g, weight);
+    } else {
+      Tensor full = at::mm(g, weight);
+      rnnkit::addcmul_rows<T>(g.size(0), hidden, grad_inputs.data_ptr<T>(), full.data_ptr<T>(), hidden,
+                              ptr<T>(mask) + o * hidden);
+    }
+  }
+
+  template <typename T>
+  Tensor grad_inputs(const Tensor& grad, int64_t o) {
+    return at::mm(grad_pre_of<T>(grad, o), weight);
+  }
+};
+
+// h_prev rows of step t, multiplied by the recurrent-dropout mask when there is one
+Tensor recurrent_input(const Tensor& h_prev, const OptTensor& mask, Tensor& scratch, int64_t o) {
+  if (!mask) return h_prev;
+  const int64_t n = h_prev.size(0);
+  Tensor out = scratch.narrow(0, 0, n);
+  at::mul_out(out, h_prev, mask->narrow(0, o, n));
+  return out;
+}
+
+void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
+                  OptTensor peephole, OptTensor cell_gain, OptTensor cell_bias, OptTensor cell_mean,
+                  OptTensor cell_rstd, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c,
+                  at::IntArrayRef batch_sizes, double eps) {
+  for (const Tensor& t : {act, hs, cs, cell_tilde, tanh_c}) check_dense(t, "LSTM buffer");
+  for (const auto& t : {peephole, cell_gain, cell_bias, cell_mean, cell_rstd, recurrent, zone_h, zone_c})
+    check_dense(t, "LSTM option");
+  const Steps steps(batch_sizes);
+  const int64_t H = hs.size(1);
+  Projection proj(projection, H, eps, false);
+  Tensor scratch = recurrent ? at::empty({steps.batch, H}, hs.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_forward", [&] {
+    using T = scalar_t;
+    for (int64_t t = 0; t < steps.count(); ++t) {
+      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
+      proj.add_into<T>(act.narrow(0, o, n), recurrent_input(hs.narrow(0, p, n), recurrent, scratch, o), o);
+      rnnkit::lstm_forward_rows<T>(
+          n, H, ptr<T>(act) + o * 4 * H, ptr<T>(hs) + p * H, ptr<T>(cs) + p * H, ptr<T>(cell_tilde) + o * H,
+          ptr<T>(tanh_c) + o * H, ptr<T>(hs) + q * H, ptr<T>(cs) + q * H, ptr<T>(peephole), ptr<T>(cell_gain),
+          ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + o : nullptr, cell_gain ? ptr<T>(cell_rstd) + o : nullptr,
+          zone_h ? ptr<T>(zone_h) + o * H : nullptr, zone_c ? ptr<T>(zone_c) + o * H : nullptr, T(eps));
+    }
+  });
+}
+
+void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor to_cell, Tensor to_output, Tensor coef, Tensor act,
+                   Tensor grad_gates, at::TensorList projection, OptTensor peephole, OptTensor cell_tilde,
+                   OptTensor cell_gain, OptTensor cell_mean, OptTensor cell_rstd, OptTensor grad_shown,
+                   OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, at::IntArrayRef batch_sizes, double eps) {
+  for (const Tensor& t : {grad_in, grad_c, to_cell, to_output, coef, act, grad_gates}) check_dense(t, "LSTM buffer");
+  for (const auto& t : {peephole, cell_tilde, cell_gain, cell_mean, cell_rstd, grad_shown, recurrent, zone_h, zone_c})
+    check_dense(t, "LSTM option");
+  const Steps steps(batch_sizes);
+  const int64_t H = grad_in.size(1);
+  Projection proj(projection, H, eps, true);
+  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_backward", [&] {
+    using T = scalar_t;
+    for (int64_t t = steps.count() - 1; t >= 0; --t) {
+      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
+      rnnkit::lstm_backward_rows<T>(
+          n, H, ptr<T>(grad_in) + q * H, ptr<T>(grad_c), ptr<T>(to_cell) + o * H, ptr<T>(to_output) + o * H,
+          ptr<T>(coef) + o * 3 * H, ptr<T>(act) + o * 4 * H, ptr<T>(grad_gates) + o * 4 * H, ptr<T>(grad_in) + p * H,
+          ptr<T>(peephole), cell_gain ? ptr<T>(cell_tilde) + o * H : nullptr, ptr<T>(cell_gain),
+          cell_gain ? ptr<T>(cell_mean) + o : nullptr, cell_gain ? ptr<T>(cell_rstd) + o : nullptr,
+          cell_gain ? ptr<T>(grad_shown) + o * H : nullptr, zone_h ? ptr<T>(zone_h) + o * H : nullptr,
+          zone_c ? ptr<T>(zone_c) + o * H : nullptr);
+      proj.grad_into<T>(grad_in.narrow(0, p, n), grad_gates.narrow(0, o, n), o, recurrent);
+    }
+  });
+}
+
+// reset after: projection = [R]; terms [N, 3H] holds b_hh and receives R(h~).
+// reset before: projection = [R_rz..., R_n...] (split by `split` tensors), terms [N, H] receives r * h~.
+void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, at::TensorList projection,
+                 int64_t split, OptTensor recurrent, OptTensor zone, at::IntArrayRef batch_sizes, bool reset_after,
+                 double eps) {
+  for (const Tensor& t : {act, states, terms}) check_dense(t, "GRU buffer");
+  for (const auto& t : {candidate, recurrent, zone}) check_dense(t, "GRU option");
+  const Steps steps(batch_sizes);
+  const int64_t H = states.size(1);
+  Projection first(projection.slice(0, split), H, eps, false);
+  std::optional<Projection> second;
+  if (!reset_after) second.emplace(projection.slice(split), H, eps, false);
+  Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_gru_forward", [&] {
+    using T = scalar_t;
+    for (int64_t t = 0; t < steps.count(); ++t) {
+      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
+      const Tensor h_in = recurrent_input(states.narrow(0, p, n), recurrent, scratch, o);
+      T* cand = zone ? ptr<T>(candidate) + o * H : nullptr;
+      const T* zz = zone ? ptr<T>(zone) + o * H : nullptr;
+      if (reset_after) {
+        first.add_into<T>(terms.narrow(0, o, n), h_in, o);
+        rnnkit::gru_forward_rows<T>(n, H, ptr<T>(act) + o * 3 * H, ptr<T>(terms) + o * 3 * H, ptr<T>(states) + p * H,
+                                    cand, ptr<T>(states) + q * H, zz);
+      } else {
+        Tensor block = act.narrow(0, o, n);
+        first.add_into<T>(block.narrow(1, 0, 2 * H), h_in, o);
+        rnnkit::sigmoid_rows<T>(n, 2 * H, ptr<T>(act) + o * 3 * H, 3 * H);
+        Tensor term = terms.narrow(0, o, n);
+        at::mul_out(term, block.narrow(1, 0, H), h_in);
+        second->add_into<T>(block.narrow(1, 2 * H, H), term, o);
+        rnnkit::gru_forward_rows<T>(n, H, ptr<T>(act) + o * 3 * H, nullptr, ptr<T>(states) + p * H, cand,
+                                    ptr<T>(states) + q * H, zz);
+      }
+    }
+  });
+}
+
+// reset after: coef [N, 3, H] (d h / d (R(h~) + b_hh)), grad_gates [N, 3H] receives d loss / d (R(h~) + b_hh).
+// reset before: coef [N, 3, H] with coef[:, 0] = h~ r (1 - r), coef[:, 1:] the z, n derivatives; r_in is
+// d (r h~) / d h_{t-1} (rows of its own stride); grad_gates [N, 3H] receives the pre-activation gradients.
+void gru_backward(Tensor grad_in, Tensor coef, Tensor direct, Tensor grad_gates, at::TensorList projection,
+                  int64_t split, OptTensor r_in, OptTensor recurrent, at::IntArrayRef batch_sizes, bool reset_after,
+                  double eps) {
+  for (const Tensor& t : {grad_in, coef, direct, grad_gates}) check_dense(t, "GRU buffer");
+  check_dense(recurrent, "GRU option");
+  const Steps steps(batch_sizes);
+  const int64_t H = grad_in.size(1);
+  Projection first(projection.slice(0, split), H, eps, true);
+  std::optional<Projection> second;
+  if (!reset_after) {
+    second.emplace(projection.slice(split), H, eps, true);
+    TORCH_CHECK(r_in.has_value() && r_in->stride(1) == 1, "rnnkit compiled loops: r_in needs unit column stride");
+  }
+  AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward", [&] {
+    using T = scalar_t;
+    for (int64_t t = steps.count() - 1; t >= 0; --t) {
+      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
+      const T* gh = ptr<T>(grad_in) + q * H;
+      Tensor grad_prev = grad_in.narrow(0, p, n);
+      T* gp = ptr<T>(grad_in) + p * H;
+      T* gg = ptr<T>(grad_gates) + o * 3 * H;
+      if (reset_after) {
+        rnnkit::scale_rows<T>(n, 3, H, gh, ptr<T>(coef) + o * 3 * H, 3 * H, gg, 3 * H);
+        first.grad_into<T>(grad_prev, grad_gates.narrow(0, o, n), o, recurrent);
+      } else {
+        rnnkit::scale_rows<T>(n, 2, H, gh, ptr<T>(coef) + o * 3 * H + H, 3 * H, gg + H, 3 * H);
+        Tensor grad_rh = second->grad_inputs<T>(grad_gates.narrow(0, o, n).narrow(1, 2 * H, H), o).contiguous();
+        rnnkit::scale_rows<T>(n, 1, H, grad_rh.data_ptr<T>(), ptr<T>(coef) + o * 3 * H, 3 * H, gg, 3 * H);
+        rnnkit::addcmul_rows<T>(n, H, gp, ptr<T>(r_in) + o * r_in->stride(0), r_in->stride(0), grad_rh.data_ptr<T>());
+        first.grad_into<T>(grad_prev, grad_gates.narrow(0, o, n).narrow(1, 0, 2 * H), o, recurrent);
+      }
+      rnnkit::addcmul_rows<T>(n, H, gp, gh, H, ptr<T>(direct) + o * H);
+    }
+  });
+}
+
+void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTensor recurrent, OptTensor zone,
+                    at::IntArrayRef batch_sizes, bool relu, double eps) {
+  for (const Tensor& t : {pre, states}) check_dense(t, "RNN buffer");
+  for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
+  const Steps steps(batch_sizes);
+  const int64_t H = states.size(1);
+  Projection proj(projection, H, eps, false);
+  Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_simple_forward", [&] {
+    using T = scalar_t;
+    for (int64_t t = 0; t < steps.count(); ++t) {
+      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
+      proj.add_into<T>(pre.narrow(0, o, n), recurrent_input(states.narrow(0, p, n), recurrent, scratch, o), o);
+      rnnkit::simple_forward_rows<T>(n, H, ptr<T>(pre) + o * H, ptr<T>(states) + p * H, ptr<T>(states) + q * H, relu,
+                                     zone ? ptr<T>(zone) + o * H : nullptr);
+    }
+  });
+}
+
+void simple_backward(Tensor grad_in, Tensor coef, Tensor grad_pre, at::TensorList projection, OptTensor recurrent,
+                     OptTensor zone, at::IntArrayRef batch_sizes, double eps) {
+  for (const Tensor& t : {grad_in, coef, grad_pre}) check_dense(t, "RNN buffer");
+  for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
+  const Steps steps(batch_sizes);
+  const int64_t H = grad_in.size(1);
+  Projection proj(projection, H, eps, true);
+  AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_simple_backward", [&] {
+    using T = scalar_t;
+    for (int64_t t = steps.count() - 1; t >= 0; --t) {
+      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
+      const T* gh = ptr<T>(grad_in) + q * H;
+      rnnkit::scale_rows<T>(n, 1, H, gh, ptr<T>(coef) + o * H, H, ptr<T>(grad_pre) + o * H, H);
+      proj.grad_into<T>(grad_in.narrow(0, p, n), grad_pre.narrow(0, o, n), o, recurrent);
+      if (zone) rnnkit::addcmul_rows<T>(n, H, ptr<T>(grad_in) + p * H, gh, H, ptr<T>(zone) + o * H);
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnkit_fused, m) {
+  m.def("lstm_forward(Tensor(a!) act, Tensor(b!) hs, Tensor(c!) cs, Tensor(d!) cell_tilde, Tensor(e!) tanh_c, "
+        "Tensor[] projection, Tensor? peephole, Tensor? cell_gain, Tensor? cell_bias, Tensor? cell_mean, "
+        "Tensor? cell_rstd, Tensor? recurrent, Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
+        &lstm_forward);
+  m.def("lstm_backward(Tensor(a!) grad_in, Tensor(b!) grad_c, Tensor to_cell, Tensor to_output, Tensor coef, "
+        "Tensor act, Tensor(c!) grad_gates, Tensor[] projection, Tensor? peephole, Tensor? cell_tilde, "
+        "Tensor? cell_gain, Tensor? cell_mean, Tensor? cell_rstd, Tensor? grad_shown, Tensor? recurrent, "
+        "Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
+        &lstm_backward);
+  m.def("gru_forward(Tensor(a!) act, Tensor(b!) states, Tensor(c!) terms, Tensor? candidate, Tensor[] projection, "
+        "int split, Tensor? recurrent, Tensor? zone, int[] batch_sizes, bool reset_after, float eps) -> ()",
+        &gru_forward);
+  m.def("gru_backward(Tensor(a!) grad_in, Tensor coef, Tensor direct, Tensor(b!) grad_gates, Tensor[] projection, "
+        "int split, Tensor? r_in, Tensor? recurrent, int[] batch_sizes, bool reset_after, float eps) -> ()",
+        &gru_backward);
+  m.def("simple_forward(Tensor(a!) pre, Tensor(b!) states, Tensor[] projection, Tensor? recurrent, Tensor? zone, "
+        "int[] batch_sizes, bool relu, float eps) -> ()",
+        &simple_forward);
+  m.def("simple_backward(Tensor(a!) grad_in, Tensor coef, Tensor(b!) grad_pre, Tensor[] projection, "
+        "Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
+        &simple_backward);
+}

@@ -1,0 +1,356 @@
+// Pointwise kernels of the fused engine. Compiled with vectorised math (-ffast-math, so that the
+// compiler calls glibc's SIMD exp/tanh); no torch headers, no reductions whose order matters beyond
+// float rounding. See pointwise.h for the contracts.
+#include "pointwise.h"
+
+#include <cmath>
+
+namespace rnnkit {
+namespace {
+
+template <typename T>
+inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+template <typename T>
+inline T tanh_(T x) { return std::tanh(x); }
+
+// mean and 1/sqrt(var + eps) of x[0..H) (biased variance, as torch's layer norm)
+template <typename T>
+inline void moments(const T* x, int64_t H, T eps, T& mean, T& rstd) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < H; ++j) sum += x[j];
+  const T m = sum / T(H);
+  T sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t j = 0; j < H; ++j) sq += (x[j] - m) * (x[j] - m);
+  mean = m;
+  rstd = T(1) / std::sqrt(sq / T(H) + eps);
+}
+
+}  // namespace
+
+template <typename T>
+void layer_norm_add(int64_t n, int64_t groups, int64_t H, const T* pre, const T* gain, T* target,
+                    int64_t target_stride, T* mean, T* rstd, T eps) {
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t k = 0; k < groups; ++k) {
+      const T* x = pre + (r * groups + k) * H;
+      const T* w = gain + k * H;
+      T* out = target + r * target_stride + k * H;
+      T m, s;
+      moments(x, H, eps, m, s);
+      mean[r * groups + k] = m;
+      rstd[r * groups + k] = s;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) out[j] += (x[j] - m) * s * w[j];
+    }
+  }
+}
+
+template <typename T>
+void layer_norm_backward(int64_t n, int64_t groups, int64_t H, const T* grad, int64_t grad_stride,
+                         const T* pre, const T* gain, const T* mean, const T* rstd, T* grad_pre) {
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t k = 0; k < groups; ++k) {
+      const T* dy = grad + r * grad_stride + k * H;
+      const T* x = pre + (r * groups + k) * H;
+      const T* w = gain + k * H;
+      T* dx = grad_pre + (r * groups + k) * H;
+      const T m = mean[r * groups + k], s = rstd[r * groups + k];
+      T a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+      for (int64_t j = 0; j < H; ++j) {
+        const T wdy = dy[j] * w[j];
+        a += wdy;
+        b += wdy * (x[j] - m) * s;
+      }
+      a /= T(H);
+      b /= T(H);
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) dx[j] = s * (dy[j] * w[j] - a - (x[j] - m) * s * b);
+    }
+  }
+}
+
+template <typename T>
+void lstm_forward_rows(int64_t n, int64_t H, T* act, const T* h_prev, const T* c_prev, T* cell_tilde,
+                       T* tanh_c, T* h_next, T* c_next, const T* peephole, const T* cell_gain,
+                       const T* cell_bias, T* cell_mean, T* cell_rstd, const T* zone_h, const T* zone_c, T eps) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* a = act + r * 4 * H;
+    const T* cp = c_prev + r * H;
+    const T* hp = h_prev + r * H;
+    T* ct = cell_tilde + r * H;
+    T* tc = tanh_c + r * H;
+    T* hn = h_next + r * H;
+    if (peephole) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T i = sigmoid(a[j] + peephole[j] * cp[j]);
+        const T f = sigmoid(a[H + j] + peephole[H + j] * cp[j]);
+        const T g = tanh_(a[2 * H + j]);
+        const T c = f * cp[j] + i * g;
+        a[j] = i;
+        a[H + j] = f;
+        a[2 * H + j] = g;
+        a[3 * H + j] = sigmoid(a[3 * H + j] + peephole[2 * H + j] * c);
+        ct[j] = c;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T i = sigmoid(a[j]);
+        const T f = sigmoid(a[H + j]);
+        const T g = tanh_(a[2 * H + j]);
+        a[j] = i;
+        a[H + j] = f;
+        a[2 * H + j] = g;
+        a[3 * H + j] = sigmoid(a[3 * H + j]);
+        ct[j] = f * cp[j] + i * g;
+      }
+    }
+    if (cell_gain) {
+      T m, s;
+      moments(ct, H, eps, m, s);
+      cell_mean[r] = m;
+      cell_rstd[r] = s;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) tc[j] = tanh_((ct[j] - m) * s * cell_gain[j] + cell_bias[j]);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) tc[j] = tanh_(ct[j]);
+    }
+    if (zone_h) {
+      const T* zh = zone_h + r * H;
+      const T* zc = zone_c + r * H;
+      T* cn = c_next + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T h = a[3 * H + j] * tc[j];
+        hn[j] = h + zh[j] * (hp[j] - h);
+        cn[j] = ct[j] + zc[j] * (cp[j] - ct[j]);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) hn[j] = a[3 * H + j] * tc[j];
+    }
+  }
+}
+
+namespace {
+
+// the elementwise part of one LSTM backward row, with the options fixed at compile time so that the
+// loop has no branches and vectorises
+template <typename T, bool Peep, bool CellNorm, bool Zone>
+inline void lstm_backward_row(int64_t H, const T* gh, T* gc, const T* tcell, const T* tout, const T* cf,
+                              const T* f, T* gg, const T* peephole, const T* shown, const T* cell_gain,
+                              const T* ct, T m, T s, T a, T b, const T* zc) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    T into_cell;
+    if constexpr (CellNorm) {
+      into_cell = s * (shown[j] * cell_gain[j] - a - (ct[j] - m) * s * b);
+    } else {
+      into_cell = gh[j] * tcell[j];
+    }
+    T gct;
+    if constexpr (Zone) {
+      gct = gc[j] * (T(1) - zc[j]) + into_cell;
+    } else {
+      gct = gc[j] + into_cell;
+    }
+    const T go = gh[j] * tout[j];
+    gg[3 * H + j] = go;
+    if constexpr (Peep) gct += go * peephole[2 * H + j];
+    const T gi = gct * cf[j], gf = gct * cf[H + j];
+    gg[j] = gi;
+    gg[H + j] = gf;
+    gg[2 * H + j] = gct * cf[2 * H + j];
+    T next;
+    if constexpr (Zone) {
+      next = gc[j] * zc[j] + gct * f[j];
+    } else {
+      next = gct * f[j];
+    }
+    if constexpr (Peep) next += gi * peephole[j] + gf * peephole[H + j];
+    gc[j] = next;
+  }
+}
+
+template <typename T, bool Peep, bool CellNorm, bool Zone>
+void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* to_cell, const T* to_output,
+                        const T* coef, const T* act, T* grad_gates, T* grad_prev, const T* peephole,
+                        const T* cell_tilde, const T* cell_gain, const T* cell_mean, const T* cell_rstd,
+                        T* grad_shown, const T* zone_h, const T* zone_c) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* gh = grad_h + r * H;
+    const T* tcell = to_cell + r * H;
+    T a = 0, b = 0, m = 0, s = 0;
+    const T* ct = nullptr;
+    T* shown = nullptr;
+    if constexpr (CellNorm) {
+      ct = cell_tilde + r * H;
+      shown = grad_shown + r * H;
+      m = cell_mean[r];
+      s = cell_rstd[r];
+#pragma omp simd reduction(+ : a, b)
+      for (int64_t j = 0; j < H; ++j) {
+        const T d = gh[j] * tcell[j];
+        shown[j] = d;
+        a += d * cell_gain[j];
+        b += d * cell_gain[j] * (ct[j] - m) * s;
+      }
+      a /= T(H);
+      b /= T(H);
+    }
+    lstm_backward_row<T, Peep, CellNorm, Zone>(H, gh, grad_c + r * H, tcell, to_output + r * H, coef + r * 3 * H,
+                                               act + r * 4 * H + H, grad_gates + r * 4 * H, peephole, shown,
+                                               cell_gain, ct, m, s, a, b, Zone ? zone_c + r * H : nullptr);
+    if constexpr (Zone) {
+      const T* zh = zone_h + r * H;
+      T* gp = grad_prev + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) gp[j] += gh[j] * zh[j];
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* to_cell, const T* to_output,
+                        const T* coef, const T* act, T* grad_gates, T* grad_prev, const T* peephole,
+                        const T* cell_tilde, const T* cell_gain, const T* cell_mean, const T* cell_rstd,
+                        T* grad_shown, const T* zone_h, const T* zone_c) {
+  const int which = (peephole ? 4 : 0) + (cell_gain ? 2 : 0) + (zone_h ? 1 : 0);
+#define RNNKIT_LSTM_BACKWARD(P, C, Z)                                                                         \
+  lstm_backward_impl<T, P, C, Z>(n, H, grad_h, grad_c, to_cell, to_output, coef, act, grad_gates, grad_prev, \
+                                 peephole, cell_tilde, cell_gain, cell_mean, cell_rstd, grad_shown, zone_h,  \
+                                 zone_c)
+  switch (which) {
+    case 0: RNNKIT_LSTM_BACKWARD(false, false, false); break;
+    case 1: RNNKIT_LSTM_BACKWARD(false, false, true); break;
+    case 2: RNNKIT_LSTM_BACKWARD(false, true, false); break;
+    case 3: RNNKIT_LSTM_BACKWARD(false, true, true); break;
+    case 4: RNNKIT_LSTM_BACKWARD(true, false, false); break;
+    case 5: RNNKIT_LSTM_BACKWARD(true, false, true); break;
+    case 6: RNNKIT_LSTM_BACKWARD(true, true, false); break;
+    default: RNNKIT_LSTM_BACKWARD(true, true, true); break;
+  }
+#undef RNNKIT_LSTM_BACKWARD
+}
+
+template <typename T>
+void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, const T* h_prev, T* candidate, T* h_next,
+                      const T* zone) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* a = act + r * 3 * H;
+    const T* hp = h_prev + r * H;
+    T* hn = h_next + r * H;
+    T* out = zone ? candidate + r * H : hn;
+    if (terms) {
+      const T* u = terms + r * 3 * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T rr = sigmoid(a[j] + u[j]);
+        const T z = sigmoid(a[H + j] + u[H + j]);
+        const T nn = tanh_(a[2 * H + j] + rr * u[2 * H + j]);
+        a[j] = rr;
+        a[H + j] = z;
+        a[2 * H + j] = nn;
+        out[j] = nn + z * (hp[j] - nn);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T nn = tanh_(a[2 * H + j]);
+        a[2 * H + j] = nn;
+        out[j] = nn + a[H + j] * (hp[j] - nn);
+      }
+    }
+    if (zone) {
+      const T* zz = zone + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) hn[j] = out[j] + zz[j] * (hp[j] - out[j]);
+    }
+  }
+}
+
+template <typename T>
+void sigmoid_rows(int64_t n, int64_t width, T* x, int64_t stride) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* row = x + r * stride;
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) row[j] = sigmoid(row[j]);
+  }
+}
+
+template <typename T>
+void simple_forward_rows(int64_t n, int64_t H, T* pre, const T* h_prev, T* h_next, bool relu, const T* zone) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* p = pre + r * H;
+    const T* hp = h_prev + r * H;
+    T* hn = h_next + r * H;
+    if (relu) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) p[j] = p[j] > T(0) ? p[j] : T(0);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) p[j] = tanh_(p[j]);
+    }
+    if (zone) {
+      const T* zz = zone + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) hn[j] = p[j] + zz[j] * (hp[j] - p[j]);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) hn[j] = p[j];
+    }
+  }
+}
+
+template <typename T>
+void scale_rows(int64_t n, int64_t groups, int64_t H, const T* a, const T* coef, int64_t coef_stride, T* out,
+                int64_t out_stride) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* x = a + r * H;
+    for (int64_t k = 0; k < groups; ++k) {
+      const T* c = coef + r * coef_stride + k * H;
+      T* o = out + r * out_stride + k * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) o[j] = x[j] * c[j];
+    }
+  }
+}
+
+template <typename T>
+void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride, const T* b) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* o = out + r * width;
+    const T* x = a + r * a_stride;
+    const T* y = b + r * width;
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) o[j] += x[j] * y[j];
+  }
+}
+
+#define RNNKIT_INSTANTIATE(T)                                                                                   \
+  template void layer_norm_add<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t, T*, T*, T);      \
+  template void layer_norm_backward<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, const T*,       \
+                                       const T*, const T*, T*);                                                 \
+  template void lstm_forward_rows<T>(int64_t, int64_t, T*, const T*, const T*, T*, T*, T*, T*, const T*,        \
+                                     const T*, const T*, T*, T*, const T*, const T*, T);                        \
+  template void lstm_backward_rows<T>(int64_t, int64_t, const T*, T*, const T*, const T*, const T*, const T*,   \
+                                      T*, T*, const T*, const T*, const T*, const T*, const T*, T*, const T*,   \
+                                      const T*);                                                                \
+  template void gru_forward_rows<T>(int64_t, int64_t, T*, const T*, const T*, T*, T*, const T*);               \
+  template void sigmoid_rows<T>(int64_t, int64_t, T*, int64_t);                                                 \
+  template void simple_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, bool, const T*);                    \
+  template void scale_rows<T>(int64_t, int64_t, int64_t, const T*, const T*, int64_t, T*, int64_t);                \
+  template void addcmul_rows<T>(int64_t, int64_t, T*, const T*, int64_t, const T*);
+
+RNNKIT_INSTANTIATE(float)
+RNNKIT_INSTANTIATE(double)
+
+}  // namespace rnnkit

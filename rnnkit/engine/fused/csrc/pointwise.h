@@ -1,0 +1,55 @@
+// Per-step pointwise work of the fused engine on raw, row-major buffers (no torch headers here:
+// pointwise.cpp is compiled with vectorised math, see compiled.py). Every function handles `n` rows of
+// `H` units; `*_stride` arguments are row strides in elements. Null pointers mean "option off".
+#pragma once
+#include <cstdint>
+
+namespace rnnkit {
+
+// target[r, k*H + j] += (pre[r, k*H + j] - mean) * rstd * gain[k*H + j], per gate group k of H units;
+// the statistics of each (row, group) are written to mean[r*groups + k], rstd[r*groups + k].
+template <typename T>
+void layer_norm_add(int64_t n, int64_t groups, int64_t H, const T* pre, const T* gain, T* target,
+                    int64_t target_stride, T* mean, T* rstd, T eps);
+
+// grad_pre[r, k*H + j] = d loss / d pre through the layer norm, given grad (d loss / d normalised*gain).
+template <typename T>
+void layer_norm_backward(int64_t n, int64_t groups, int64_t H, const T* grad, int64_t grad_stride,
+                         const T* pre, const T* gain, const T* mean, const T* rstd, T* grad_pre);
+
+template <typename T>
+void lstm_forward_rows(int64_t n, int64_t H, T* act, const T* h_prev, const T* c_prev, T* cell_tilde,
+                       T* tanh_c, T* h_next, T* c_next, const T* peephole, const T* cell_gain,
+                       const T* cell_bias, T* cell_mean, T* cell_rstd, const T* zone_h, const T* zone_c, T eps);
+
+template <typename T>
+void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* to_cell, const T* to_output,
+                        const T* coef, const T* act, T* grad_gates, T* grad_prev, const T* peephole,
+                        const T* cell_tilde, const T* cell_gain, const T* cell_mean, const T* cell_rstd,
+                        T* grad_shown, const T* zone_h, const T* zone_c);
+
+// reset after (terms = R(h~) + b_hh, stride 3H): r, z = sigmoid(act_rz + terms_rz), n = tanh(act_n + r terms_n);
+// reset before (terms null): r, z already activated and act_n complete, so n = tanh(act_n). Then
+// h = n + z (h_prev - n) into candidate (when zoneout) and h_next = h + zone (h_prev - h).
+template <typename T>
+void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, const T* h_prev, T* candidate, T* h_next,
+                      const T* zone);
+
+// x[r, j] = sigmoid(x[r, j]) for j < width (rows of `stride` elements).
+template <typename T>
+void sigmoid_rows(int64_t n, int64_t width, T* x, int64_t stride);
+
+// pre = activation(pre) (tanh or relu); h_next = pre, or with zoneout pre + zone (h_prev - pre).
+template <typename T>
+void simple_forward_rows(int64_t n, int64_t H, T* pre, const T* h_prev, T* h_next, bool relu, const T* zone);
+
+// out[r, k*H + j] = a[r, j] * coef[r, k*H + j] for k < groups (a dense; coef, out rows of their strides).
+template <typename T>
+void scale_rows(int64_t n, int64_t groups, int64_t H, const T* a, const T* coef, int64_t coef_stride, T* out,
+                int64_t out_stride);
+
+// out[r, j] += a[r, j] * b[r, j] for j < width (a rows of a_stride; b and out dense rows of width).
+template <typename T>
+void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride, const T* b);
+
+}  // namespace rnnkit

@@ -1,0 +1,81 @@
+"""The compiled per-step loops of the fused engine: built here, equal to the Python loops, and optional."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import rnnkit as rk
+from rnnkit.engine.fused import compiled
+from tests.helpers import CELL_OPTIONS, make_cell, option_id
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which(os.environ.get("CXX", "c++")) is None,
+                    reason="the compiled loops are built on Linux with a C++ compiler")
+def test_compiled_loops_are_built_where_a_compiler_exists():
+    status = compiled.status()
+    assert status["in_use"], status["why_not"]
+    assert os.path.exists(status["library"])
+
+
+def _run(cell, x, lengths, noise):
+    from rnnkit.engine import fused
+
+    x = x.clone().requires_grad_()
+    state = tuple(torch.linspace(-0.5, 0.5, x.shape[1] * cell.hidden_size, dtype=x.dtype)
+                  .view(x.shape[1], -1).requires_grad_() for _ in range(cell.state_size))
+    out, final = fused.run_direction(cell, x, state, lengths, True, noise)
+    loss = (out * out.detach().cos()).sum() + sum((f * f.detach().sin()).sum() for f in final)
+    return [out, *final, *torch.autograd.grad(loss, [x, *state, *cell.parameters()])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_compiled_loops_equal_the_python_loops(case, dtype):
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    name, options = case
+    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=24,
+                     dtype=dtype)
+    x = torch.randn(7, 6, 5, dtype=dtype)
+    lengths = torch.tensor([7, 3, 7, 1, 5, 6])
+    noise = cell.sample_noise(7, 6)
+    fast = _run(cell, x, lengths, noise)
+    with compiled.python_loops():
+        slow = _run(cell, x, lengths, noise)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # relative to each tensor's largest entry (relu grows)
+    for a, b in zip(fast, slow):
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a, b, atol=tol * scale, rtol=tol)
+
+
+def test_compiled_loops_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("RNNKIT_COMPILED", "0")
+    assert compiled.ops() is None
+    assert compiled.status() == {"in_use": False, "library": compiled.status()["library"],
+                                 "why_not": "turned off by RNNKIT_COMPILED=0"}
+    layer = rk.GRU(3, 4, backend="fused")
+    assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
+
+
+def test_a_failing_compiler_falls_back_to_the_python_loops(tmp_path):
+    """A machine whose compiler fails still trains, with the reason available from status()."""
+    script = textwrap.dedent("""
+        import torch, rnnkit as rk
+        from rnnkit.engine.fused import compiled
+        layer = rk.LSTM(3, 4, layer_norm=True, backend="fused")
+        out, _ = layer(torch.randn(2, 5, 3))
+        out.sum().backward()
+        status = compiled.status()
+        assert not status["in_use"] and "failed" in status["why_not"], status
+        print("fell back:", status["why_not"].splitlines()[0])
+    """)
+    env = {**os.environ, "CXX": shutil.which("false") or "/bin/false", "RNNKIT_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fell back: building or loading the compiled loops failed" in done.stdout
+    assert not list(tmp_path.rglob("*.so"))  # nothing half-built left under the final name
