@@ -385,6 +385,12 @@ def bench(
                                  param_hint="--cells")
     if threads:
         torch.set_num_threads(threads)
+    from rnnkit.engine.fused import compiled
+
+    loops = compiled.status()
+    loops_line = ("fused engine: compiled per-step loops" if loops["in_use"]
+                  else f"fused engine: Python per-step loops ({loops['why_not']})")
+    console.print(loops_line)
     shapes = benchmark.QUICK_SHAPES if quick else benchmark.SHAPES
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking", total=len(chosen) * len(shapes) * 2)
@@ -400,7 +406,7 @@ def bench(
             memory = benchmark.run_memory()
     if markdown is not None:
         header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
-                  f"{torch.get_num_threads()} threads, torch {torch.__version__}.")
+                  f"{torch.get_num_threads()} threads, torch {torch.__version__}; {loops_line}.")
         from rnnkit.io import atomic_write_text
 
         atomic_write_text(markdown, benchmark.markdown(rows, scaling, memory, header))
