@@ -1,7 +1,7 @@
 """The fused engine's per-step loops, compiled (C++ in ``csrc/``), with the Python loops as fallback.
 
 The first time the fused engine runs on a CPU, rnnkit compiles ``csrc/*.cpp`` against the installed
-torch with the system's C++ compiler (about 15 s, once) and caches the library in
+torch with the system's C++ compiler (10-15 s, once) and caches the library in
 ``$RNNKIT_CACHE_DIR`` (default ``~/.cache/rnnkit``), keyed by the sources, torch's version, the compiler
 and the CPU. Without a compiler, or if anything in that fails, the fused engine runs its Python loops:
 same results, more time per step. ``RNNKIT_COMPILED=0`` turns the compiled loops off;
@@ -115,7 +115,7 @@ def _load() -> None:
     try:
         target = _cache_dir() / f"rnnkit_fused_{_key(compiler)}.so"
         if not target.exists():
-            print(f"rnnkit: compiling the fused engine's loops into {target.parent} (once, ~15 s)",
+            print(f"rnnkit: compiling the fused engine's loops into {target.parent} (once, 10-15 s)",
                   file=sys.stderr, flush=True)
             _build(compiler, target)
         torch.ops.load_library(str(target))
