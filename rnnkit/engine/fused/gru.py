@@ -30,14 +30,7 @@ class FusedGRU(torch.autograd.Function):
         act = take_gates(ctx, gates, None if reset_after else bias_hh)  # [N, 3H] pre-activations -> r, z, n
         states = act.new_empty(batch + rows_total, hidden)  # [B+N, H]
         states[:batch] = h0
-        views = packing.step_views
-        state_views = views(states)
-        rz_views, r_views = views(act[:, : 2 * hidden]), views(act[:, :hidden])
-        z_views, n_views = views(act[:, hidden: 2 * hidden]), views(act[:, 2 * hidden:])
-        recurrent = masks.recurrent_views(packing)
-        zoneout = None if masks.zoneout is None else views(masks.zoneout[0])
-        candidate = act.new_empty(rows_total, hidden) if zoneout is not None else None  # h~ before zoneout
-        candidate_views = views(candidate) if candidate is not None else None
+        candidate = act.new_empty(rows_total, hidden) if masks.zoneout is not None else None  # h~ before zoneout
         if reset_after:
             projections = (Projection(weight_hh, ln_gain, packing, hidden),)
             hidden_terms = act.new_empty(rows_total, 3 * hidden)  # [N, 3H] R(h~) + b_hh
@@ -45,37 +38,18 @@ class FusedGRU(torch.autograd.Function):
                 hidden_terms.zero_()
             else:
                 hidden_terms.copy_(bias_hh.expand_as(hidden_terms))
-            term_views = views(hidden_terms)
-            term_rz_views, term_n_views = views(hidden_terms[:, : 2 * hidden]), views(hidden_terms[:, 2 * hidden:])
         else:
             split = (slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden))
             projections = tuple(Projection(weight_hh[s], None if ln_gain is None else ln_gain[s], packing, hidden)
                                 for s in split)
             hidden_terms = act.new_empty(rows_total, hidden)  # [N, H] r * h~, input of R_n
-            term_views = views(hidden_terms)
         kernels = compiled.ops() if compiled.usable_for(act) else None
         if kernels is not None:
-            buffers = [b for p in projections for b in p.compiled_buffers()]
-            kernels.gru_forward(act, states, hidden_terms, candidate, buffers, len(projections[0].compiled_buffers()),
-                                masks.recurrent, None if masks.zoneout is None else masks.zoneout[0],
-                                packing.batch_sizes, reset_after, LAYER_NORM_EPS)
-        for t, rows in enumerate(packing.batch_sizes if kernels is None else ()):
-            h_prev = step_rows(state_views, t, rows)
-            h_in = h_prev if recurrent[t] is None else h_prev * recurrent[t]
-            if reset_after:
-                projections[0].add_into(term_views[t], h_in, t)
-                rz_views[t].add_(term_rz_views[t]).sigmoid_()
-                tanh_(n_views[t].addcmul_(r_views[t], term_n_views[t]))
-            else:
-                projections[0].add_into(rz_views[t], h_in, t)
-                rz_views[t].sigmoid_()
-                projections[1].add_into(n_views[t], torch.mul(r_views[t], h_in, out=term_views[t]), t)
-                tanh_(n_views[t])
-            if zoneout is None:
-                torch.lerp(n_views[t], h_prev, z_views[t], out=state_views[t + 1])
-            else:
-                torch.lerp(n_views[t], h_prev, z_views[t], out=candidate_views[t])
-                torch.lerp(candidate_views[t], h_prev, zoneout[t], out=state_views[t + 1])
+            kernels.gru_forward(act, states, hidden_terms, candidate, *_compiled_buffers(projections), masks.recurrent,
+                                None if masks.zoneout is None else masks.zoneout[0], packing.batch_sizes,
+                                reset_after, LAYER_NORM_EPS)
+        else:
+            _forward_steps(act, states, hidden_terms, candidate, projections, reset_after, packing, masks)
         ctx.save_for_backward(states)
         ctx.buffers = (act, hidden_terms)
         ctx.setup = (packing, masks, reset_after, projections, bias_hh is not None, kernels)
@@ -90,7 +64,6 @@ class FusedGRU(torch.autograd.Function):
         for projection in projections:
             projection.begin_backward()
         batch, hidden = packing.batch, states.shape[1]
-        views = packing.step_views
         r, z, n = act.chunk(3, dim=1)
         h_prev = packing.previous_rows(states)
         h_in = h_prev if masks.recurrent is None else h_prev * masks.recurrent
@@ -107,53 +80,103 @@ class FusedGRU(torch.autograd.Function):
             c_z.addcmul_(c_z, zone, value=-1.0)
             direct.add_(zone).addcmul_(zone, z, value=-1.0)
         grad_in = or_zeros(grad_states, states).clone(memory_format=torch.contiguous_format)  # [B+N, H]
-        grad_views, direct_views = views(grad_in), views(direct)
         grad_gates = torch.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
-        recurrent = masks.recurrent_views(packing)
-        steps = range(len(packing.batch_sizes) - 1, -1, -1) if kernels is None else ()
-        if kernels is not None:
-            buffers = [b for p in projections for b in p.compiled_buffers(backward=True)]
-            split = 6 if projections[0].gain is not None else 1
         if reset_after:
             torch.mul(c_n, hidden_terms[:, 2 * hidden:], out=c_r).mul_(r).addcmul_(c_r, r, value=-1.0)
             input_n = c_n.clone()  # d h_t / d (input term of n), per unit dL/dh_t
-            c_n.mul_(r)  # coef now holds d h_t / d (R(h~) + b_hh)
-            grad_hidden = grad_gates.view(-1, 3, hidden)  # [N, 3, H] d loss / d (R(h~) + b_hh), for now
-            coef_views, grad_hidden_views = views(coef), views(grad_hidden)
+            c_n.mul_(r)  # coef now holds d h_t / d (R(h~) + b_hh); grad_gates receives d loss / d (R(h~) + b_hh)
             if kernels is not None:
-                kernels.gru_backward(grad_in, coef, direct, grad_gates, buffers, split, None, masks.recurrent,
-                                     packing.batch_sizes, True, LAYER_NORM_EPS)
-            for t in steps:
-                grad_h = grad_views[t + 1]
-                grad_step = torch.mul(grad_h.unsqueeze(1), coef_views[t], out=grad_hidden_views[t])
-                grad_prev = step_rows(grad_views, t, grad_h.shape[0])
-                projections[0].grad_into(grad_prev, grad_step.view(grad_h.shape[0], -1), t, recurrent[t])
-                grad_prev.addcmul_(grad_h, direct_views[t])
+                kernels.gru_backward(grad_in, coef, direct, grad_gates, *_compiled_buffers(projections, True), None,
+                                     masks.recurrent, packing.batch_sizes, True, LAYER_NORM_EPS)
+            else:
+                _backward_steps_reset_after(grad_in, grad_gates, coef, direct, projections[0], packing, masks)
             grad_weight, grad_gain = projections[0].parameter_grads(grad_gates, h_in)
             grad_bias = grad_gates.sum(0) if has_bias else None
             # input side: equal to the hidden side for r and z; for n it is dL/dh_t * input_n, all steps at once
             torch.mul(grad_in[batch:], input_n, out=grad_gates[:, 2 * hidden:])
         else:
-            coef_zn, coef_r = coef[:, 1:], torch.mul(h_in, r, out=c_r).addcmul_(c_r, r, value=-1.0)  # h~ r (1 - r)
+            torch.mul(h_in, r, out=c_r).addcmul_(c_r, r, value=-1.0)  # h~ r (1 - r)
             r_in = r if masks.recurrent is None else r * masks.recurrent  # d(r*h~)/dh_{t-1}
-            zn_views, cr_views, r_in_views = views(coef_zn), views(coef_r), views(r_in)
-            g_zn_views = views(grad_gates[:, hidden:].unflatten(1, (2, hidden)))
-            g_n_views, g_r_views = views(grad_gates[:, 2 * hidden:]), views(grad_gates[:, :hidden])
-            g_rz_views = views(grad_gates[:, : 2 * hidden])
             if kernels is not None:
-                kernels.gru_backward(grad_in, coef, direct, grad_gates, buffers, split, r_in, masks.recurrent,
-                                     packing.batch_sizes, False, LAYER_NORM_EPS)
-            for t in steps:
-                grad_h = grad_views[t + 1]
-                torch.mul(grad_h.unsqueeze(1), zn_views[t], out=g_zn_views[t])
-                grad_rh = projections[1].grad_inputs(g_n_views[t], t)  # d loss / d (r * h~)
-                torch.mul(grad_rh, cr_views[t], out=g_r_views[t])
-                grad_prev = step_rows(grad_views, t, grad_h.shape[0])
-                grad_prev.addcmul_(grad_rh, r_in_views[t]).addcmul_(grad_h, direct_views[t])
-                projections[0].grad_into(grad_prev, g_rz_views[t], t, recurrent[t])
+                kernels.gru_backward(grad_in, coef, direct, grad_gates, *_compiled_buffers(projections, True), r_in,
+                                     masks.recurrent, packing.batch_sizes, False, LAYER_NORM_EPS)
+            else:
+                _backward_steps_reset_before(grad_in, grad_gates, coef, direct, r_in, projections, packing, masks)
             w_rz, gain_rz = projections[0].parameter_grads(grad_gates[:, : 2 * hidden], h_in)
             w_n, gain_n = projections[1].parameter_grads(grad_gates[:, 2 * hidden:], hidden_terms)
             grad_weight = torch.cat((w_rz, w_n))
             grad_gain = None if gain_rz is None else torch.cat((gain_rz, gain_n))
             grad_bias = grad_gates.sum(0) if has_bias else None
         return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
+
+
+def _compiled_buffers(projections, backward: bool = False) -> tuple[list, int]:
+    """The compiled loops' projection tensors, all projections in one list, and where the second starts."""
+    lists = [p.compiled_buffers(backward) for p in projections]
+    return [b for buffers in lists for b in buffers], len(lists[0])
+
+
+def _forward_steps(act, states, hidden_terms, candidate, projections, reset_after, packing, masks) -> None:
+    """The forward loop in Python (what csrc/loops.cpp's gru_forward does)."""
+    hidden, views = states.shape[1], packing.step_views
+    state_views = views(states)
+    rz_views, r_views = views(act[:, : 2 * hidden]), views(act[:, :hidden])
+    z_views, n_views = views(act[:, hidden: 2 * hidden]), views(act[:, 2 * hidden:])
+    recurrent = masks.recurrent_views(packing)
+    zoneout = None if masks.zoneout is None else views(masks.zoneout[0])
+    candidate_views = views(candidate) if candidate is not None else None
+    term_views = views(hidden_terms)
+    if reset_after:
+        term_rz_views, term_n_views = views(hidden_terms[:, : 2 * hidden]), views(hidden_terms[:, 2 * hidden:])
+    for t, rows in enumerate(packing.batch_sizes):
+        h_prev = step_rows(state_views, t, rows)
+        h_in = h_prev if recurrent[t] is None else h_prev * recurrent[t]
+        if reset_after:
+            projections[0].add_into(term_views[t], h_in, t)
+            rz_views[t].add_(term_rz_views[t]).sigmoid_()
+            tanh_(n_views[t].addcmul_(r_views[t], term_n_views[t]))
+        else:
+            projections[0].add_into(rz_views[t], h_in, t)
+            rz_views[t].sigmoid_()
+            projections[1].add_into(n_views[t], torch.mul(r_views[t], h_in, out=term_views[t]), t)
+            tanh_(n_views[t])
+        if zoneout is None:
+            torch.lerp(n_views[t], h_prev, z_views[t], out=state_views[t + 1])
+        else:
+            torch.lerp(n_views[t], h_prev, z_views[t], out=candidate_views[t])
+            torch.lerp(candidate_views[t], h_prev, zoneout[t], out=state_views[t + 1])
+
+
+def _backward_steps_reset_after(grad_in, grad_hidden, coef, direct, projection, packing, masks) -> None:
+    """The reset-after backward loop in Python (csrc/loops.cpp's gru_backward): fills ``grad_in`` and
+    ``grad_hidden`` [N, 3H] = d loss / d (R(h~) + b_hh)."""
+    views = packing.step_views
+    grad_views, direct_views, coef_views = views(grad_in), views(direct), views(coef)
+    grad_hidden_views = views(grad_hidden.view(-1, 3, grad_in.shape[1]))
+    recurrent = masks.recurrent_views(packing)
+    for t in range(len(packing.batch_sizes) - 1, -1, -1):
+        grad_h = grad_views[t + 1]
+        grad_step = torch.mul(grad_h.unsqueeze(1), coef_views[t], out=grad_hidden_views[t])
+        grad_prev = step_rows(grad_views, t, grad_h.shape[0])
+        projection.grad_into(grad_prev, grad_step.view(grad_h.shape[0], -1), t, recurrent[t])
+        grad_prev.addcmul_(grad_h, direct_views[t])
+
+
+def _backward_steps_reset_before(grad_in, grad_gates, coef, direct, r_in, projections, packing, masks) -> None:
+    """The reset-before backward loop in Python (csrc/loops.cpp's gru_backward): fills ``grad_in`` and the
+    pre-activation gradients ``grad_gates`` [N, 3H]."""
+    hidden, views = grad_in.shape[1], packing.step_views
+    grad_views, direct_views, r_in_views = views(grad_in), views(direct), views(r_in)
+    zn_views, cr_views = views(coef[:, 1:]), views(coef[:, 0])
+    g_zn_views = views(grad_gates[:, hidden:].unflatten(1, (2, hidden)))
+    g_n_views, g_r_views = views(grad_gates[:, 2 * hidden:]), views(grad_gates[:, :hidden])
+    g_rz_views = views(grad_gates[:, : 2 * hidden])
+    recurrent = masks.recurrent_views(packing)
+    for t in range(len(packing.batch_sizes) - 1, -1, -1):
+        grad_h = grad_views[t + 1]
+        torch.mul(grad_h.unsqueeze(1), zn_views[t], out=g_zn_views[t])
+        grad_rh = projections[1].grad_inputs(g_n_views[t], t)  # d loss / d (r * h~)
+        torch.mul(grad_rh, cr_views[t], out=g_r_views[t])
+        grad_prev = step_rows(grad_views, t, grad_h.shape[0])
+        grad_prev.addcmul_(grad_rh, r_in_views[t]).addcmul_(grad_h, direct_views[t])
+        projections[0].grad_into(grad_prev, g_rz_views[t], t, recurrent[t])

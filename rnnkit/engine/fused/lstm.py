@@ -18,8 +18,18 @@ import torch
 
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled
-from rnnkit.engine.fused.common import (Masks, Projection, first_order_only, layer_norm_backward, layer_norm_forward,
-                                        normalised, or_zeros, step_rows, take_gates, tanh_)
+from rnnkit.engine.fused.common import (
+    Masks,
+    Projection,
+    first_order_only,
+    layer_norm_backward,
+    layer_norm_forward,
+    normalised,
+    or_zeros,
+    step_rows,
+    take_gates,
+    tanh_,
+)
 
 
 class FusedLSTM(torch.autograd.Function):
@@ -27,56 +37,22 @@ class FusedLSTM(torch.autograd.Function):
     def forward(ctx, gates, h0, c0, weight_hh, bias_hh, ln_gain, peephole, cell_gain, cell_bias,
                 packing, masks: Masks):
         batch, hidden, rows_total = packing.batch, h0.shape[1], packing.rows
-        views = packing.step_views
         act = take_gates(ctx, gates, bias_hh)  # [N, 4H] pre-activations -> i, f, g, o
         hs = act.new_empty(batch + rows_total, hidden)  # [B+N, H]
         cs = act.new_empty(batch + rows_total, hidden)
         hs[:batch], cs[:batch] = h0, c0
-        zoneout = masks.zoneout
-        cell_tilde = cs[batch:] if zoneout is None else act.new_empty(rows_total, hidden)  # c~ [N, H]
+        cell_tilde = cs[batch:] if masks.zoneout is None else act.new_empty(rows_total, hidden)  # c~ [N, H]
         tanh_c = act.new_empty(rows_total, hidden)  # tanh(LN(c~))
-        h_views, c_views, ct_views, tc_views = views(hs), views(cs), views(cell_tilde), views(tanh_c)
-        act_views, if_views = views(act), views(act[:, : 2 * hidden])
-        i_views, f_views = views(act[:, :hidden]), views(act[:, hidden: 2 * hidden])
-        g_views, o_views = views(act[:, 2 * hidden: 3 * hidden]), views(act[:, 3 * hidden:])
-        recurrent = masks.recurrent_views(packing)
         projection = Projection(weight_hh, ln_gain, packing, hidden)
-        if peephole is not None:
-            if_3d_views = views(act[:, : 2 * hidden].unflatten(1, (2, hidden)))
-            peep_if, peep_o = peephole[: 2 * hidden].view(2, hidden), peephole[2 * hidden:]
-        if zoneout is not None:
-            h_tilde_views = views(act.new_empty(rows_total, hidden))
-            zone_h, zone_c = views(zoneout[0]), views(zoneout[1])
         kernels = compiled.ops() if compiled.usable_for(act) else None
-        if kernels is not None:
+        if kernels is not None:  # cell_stats: (mean, rstd) [N] each
             cell_stats = (act.new_empty(rows_total), act.new_empty(rows_total)) if cell_gain is not None else None
             kernels.lstm_forward(act, hs, cs, cell_tilde, tanh_c, projection.compiled_buffers(), peephole, cell_gain,
                                  cell_bias, *(cell_stats or (None, None)), masks.recurrent,
-                                 *(zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
-        cell_stats = cell_stats if kernels is not None else []
-        for t, rows in enumerate(packing.batch_sizes if kernels is None else ()):
-            h_prev, c_prev = step_rows(h_views, t, rows), step_rows(c_views, t, rows)
-            projection.add_into(act_views[t], h_prev if recurrent[t] is None else h_prev * recurrent[t], t)
-            if peephole is not None:
-                if_3d_views[t].addcmul_(c_prev.unsqueeze(1), peep_if)
-            if_views[t].sigmoid_()
-            tanh_(g_views[t])
-            c_t = torch.mul(f_views[t], c_prev, out=ct_views[t]).addcmul_(i_views[t], g_views[t])
-            if peephole is not None:
-                o_views[t].addcmul_(c_t, peep_o)
-            o_views[t].sigmoid_()
-            if cell_gain is not None:
-                shown, mean, rstd = layer_norm_forward(c_t, cell_gain, cell_bias)
-                cell_stats.append((mean, rstd))
-                tanh_(shown, out=tc_views[t])
-            else:
-                tanh_(c_t, out=tc_views[t])
-            if zoneout is None:
-                torch.mul(o_views[t], tc_views[t], out=h_views[t + 1])
-            else:
-                torch.mul(o_views[t], tc_views[t], out=h_tilde_views[t])
-                torch.lerp(h_tilde_views[t], h_prev, zone_h[t], out=h_views[t + 1])
-                torch.lerp(c_t, c_prev, zone_c[t], out=c_views[t + 1])
+                                 *(masks.zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
+        else:  # cell_stats: a (mean, rstd) pair per step
+            cell_stats = _forward_steps(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias,
+                                        packing, masks)
         ctx.save_for_backward(hs, peephole, cell_gain)
         ctx.buffers = (act, cs, cell_tilde, tanh_c, cell_stats)
         ctx.setup = (packing, masks, projection, bias_hh is not None, kernels)
@@ -91,7 +67,6 @@ class FusedLSTM(torch.autograd.Function):
         packing, masks, projection, has_bias, kernels = ctx.setup
         projection.begin_backward()
         batch, hidden = packing.batch, hs.shape[1]
-        views = packing.step_views
         i, f, g, o = act.chunk(4, dim=1)
         c_prev = packing.previous_rows(cs)
         h_in = packing.previous_rows(hs)
@@ -109,59 +84,19 @@ class FusedLSTM(torch.autograd.Function):
         torch.mul(c_prev, f, out=c_f).addcmul_(c_f, f, value=-1.0)
         torch.mul(g, g, out=c_g).neg_().add_(1.0).mul_(i)
         grad_gates = torch.empty_like(act)  # [N, 4H]
-        gate_views, ifg_views = views(grad_gates), views(grad_gates[:, : 3 * hidden].unflatten(1, (3, hidden)))
-        go_views = views(grad_gates[:, 3 * hidden:])
-        tc_views, to_views, coef_views, f_views = views(to_cell), views(to_output), views(cell_coef), views(f)
         grad_in = or_zeros(grad_hs, hs).clone(memory_format=torch.contiguous_format)  # [B+N, H]
-        grad_views = views(grad_in)
         grad_c = (torch.zeros_like(h_in[:batch]) if grad_final_c is None  # [B, H] dL/dc_t
                   else grad_final_c.clone(memory_format=torch.contiguous_format))
-        recurrent = masks.recurrent_views(packing)
-        if cell_gain is not None:
-            grad_shown = torch.empty_like(tanh_c)  # [N, H] d loss / d c^
-            shown_views, ct_views = views(grad_shown), views(cell_tilde)
-        if peephole is not None:
-            peep_i, peep_f, peep_o = peephole.view(3, hidden)
-            gi_views, gf_views = views(grad_gates[:, :hidden]), views(grad_gates[:, hidden: 2 * hidden])
-        if masks.zoneout is not None:
-            zone_h, zone_c, keep_c = views(masks.zoneout[0]), views(masks.zoneout[1]), views(1 - masks.zoneout[1])
-            scratch = torch.empty_like(grad_c)
+        grad_shown = torch.empty_like(tanh_c) if cell_gain is not None else None  # [N, H] d loss / d c^
         if kernels is not None:
-            if cell_gain is not None:
-                grad_shown = torch.empty_like(tanh_c)
-            zoneout = masks.zoneout or (None, None)
             kernels.lstm_backward(grad_in, grad_c, to_cell, to_output, cell_coef, act, grad_gates,
                                   projection.compiled_buffers(backward=True), peephole,
                                   None if cell_gain is None else cell_tilde, cell_gain,
-                                  *(cell_stats or (None, None)), grad_shown if cell_gain is not None else None,
-                                  masks.recurrent, *zoneout, packing.batch_sizes, LAYER_NORM_EPS)
-        rows_now, grad_c_rows = batch, grad_c
-        for t in range(len(packing.batch_sizes) - 1 if kernels is None else -1, -1, -1):
-            grad_h = grad_views[t + 1]
-            rows = grad_h.shape[0]
-            if rows != rows_now:
-                rows_now, grad_c_rows = rows, grad_c[:rows]
-            grad_ct = grad_c_rows if masks.zoneout is None else torch.mul(grad_c_rows, keep_c[t], out=scratch[:rows])
-            if cell_gain is not None:
-                shown = torch.mul(grad_h, tc_views[t], out=shown_views[t])
-                mean, rstd = cell_stats[t]
-                grad_ct.add_(layer_norm_backward(shown, ct_views[t], mean, rstd, cell_gain))
-            else:
-                grad_ct.addcmul_(grad_h, tc_views[t])
-            grad_o = torch.mul(grad_h, to_views[t], out=go_views[t])
-            if peephole is not None:
-                grad_ct.addcmul_(grad_o, peep_o)
-            torch.mul(grad_ct.unsqueeze(1), coef_views[t], out=ifg_views[t])
-            if masks.zoneout is None:
-                grad_c_rows.mul_(f_views[t])
-            else:
-                grad_c_rows.mul_(zone_c[t]).addcmul_(grad_ct, f_views[t])
-            if peephole is not None:
-                grad_c_rows.addcmul_(gi_views[t], peep_i).addcmul_(gf_views[t], peep_f)
-            grad_prev = step_rows(grad_views, t, rows)
-            projection.grad_into(grad_prev, gate_views[t], t, recurrent[t])
-            if masks.zoneout is not None:
-                grad_prev.addcmul_(grad_h, zone_h[t])
+                                  *(cell_stats or (None, None)), grad_shown, masks.recurrent,
+                                  *(masks.zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
+        else:
+            _backward_steps(grad_in, grad_c, grad_gates, grad_shown, to_cell, to_output, cell_coef, f, cell_tilde,
+                            cell_stats, peephole, cell_gain, projection, packing, masks)
         grad_weight, grad_gain = projection.parameter_grads(grad_gates, h_in)
         grad_bias = grad_gates.sum(0) if has_bias else None
         grad_peephole = grad_cell_gain = grad_cell_bias = None
@@ -179,3 +114,93 @@ class FusedLSTM(torch.autograd.Function):
             grad_cell_bias = grad_shown.sum(0)
         return (grad_gates, grad_in[:batch], grad_c, grad_weight, grad_bias, grad_gain, grad_peephole,
                 grad_cell_gain, grad_cell_bias, None, None)
+
+
+def _forward_steps(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias, packing, masks):
+    """The forward loop in Python (what csrc/loops.cpp's lstm_forward does); returns the cell layer norm's
+    per-step (mean, rstd)."""
+    hidden, views = hs.shape[1], packing.step_views
+    h_views, c_views, ct_views, tc_views = views(hs), views(cs), views(cell_tilde), views(tanh_c)
+    act_views, if_views = views(act), views(act[:, : 2 * hidden])
+    i_views, f_views = views(act[:, :hidden]), views(act[:, hidden: 2 * hidden])
+    g_views, o_views = views(act[:, 2 * hidden: 3 * hidden]), views(act[:, 3 * hidden:])
+    recurrent = masks.recurrent_views(packing)
+    zoneout = masks.zoneout
+    if peephole is not None:
+        if_3d_views = views(act[:, : 2 * hidden].unflatten(1, (2, hidden)))
+        peep_if, peep_o = peephole[: 2 * hidden].view(2, hidden), peephole[2 * hidden:]
+    if zoneout is not None:
+        h_tilde_views = views(act.new_empty(cell_tilde.shape))
+        zone_h, zone_c = views(zoneout[0]), views(zoneout[1])
+    cell_stats = []
+    for t, rows in enumerate(packing.batch_sizes):
+        h_prev, c_prev = step_rows(h_views, t, rows), step_rows(c_views, t, rows)
+        projection.add_into(act_views[t], h_prev if recurrent[t] is None else h_prev * recurrent[t], t)
+        if peephole is not None:
+            if_3d_views[t].addcmul_(c_prev.unsqueeze(1), peep_if)
+        if_views[t].sigmoid_()
+        tanh_(g_views[t])
+        c_t = torch.mul(f_views[t], c_prev, out=ct_views[t]).addcmul_(i_views[t], g_views[t])
+        if peephole is not None:
+            o_views[t].addcmul_(c_t, peep_o)
+        o_views[t].sigmoid_()
+        if cell_gain is not None:
+            shown, mean, rstd = layer_norm_forward(c_t, cell_gain, cell_bias)
+            cell_stats.append((mean, rstd))
+            tanh_(shown, out=tc_views[t])
+        else:
+            tanh_(c_t, out=tc_views[t])
+        if zoneout is None:
+            torch.mul(o_views[t], tc_views[t], out=h_views[t + 1])
+        else:
+            torch.mul(o_views[t], tc_views[t], out=h_tilde_views[t])
+            torch.lerp(h_tilde_views[t], h_prev, zone_h[t], out=h_views[t + 1])
+            torch.lerp(c_t, c_prev, zone_c[t], out=c_views[t + 1])
+    return cell_stats
+
+
+def _backward_steps(grad_in, grad_c, grad_gates, grad_shown, to_cell, to_output, cell_coef, f, cell_tilde,
+                    cell_stats, peephole, cell_gain, projection, packing, masks):
+    """The backward loop in Python (what csrc/loops.cpp's lstm_backward does), filling grad_in, grad_c,
+    grad_gates and grad_shown in place."""
+    hidden, views = grad_in.shape[1], packing.step_views
+    gate_views, ifg_views = views(grad_gates), views(grad_gates[:, : 3 * hidden].unflatten(1, (3, hidden)))
+    go_views = views(grad_gates[:, 3 * hidden:])
+    tc_views, to_views, coef_views, f_views = views(to_cell), views(to_output), views(cell_coef), views(f)
+    grad_views = views(grad_in)
+    recurrent = masks.recurrent_views(packing)
+    if cell_gain is not None:
+        shown_views, ct_views = views(grad_shown), views(cell_tilde)
+    if peephole is not None:
+        peep_i, peep_f, peep_o = peephole.view(3, hidden)
+        gi_views, gf_views = views(grad_gates[:, :hidden]), views(grad_gates[:, hidden: 2 * hidden])
+    if masks.zoneout is not None:
+        zone_h, zone_c, keep_c = views(masks.zoneout[0]), views(masks.zoneout[1]), views(1 - masks.zoneout[1])
+        scratch = torch.empty_like(grad_c)
+    rows_now, grad_c_rows = grad_c.shape[0], grad_c
+    for t in range(len(packing.batch_sizes) - 1, -1, -1):
+        grad_h = grad_views[t + 1]
+        rows = grad_h.shape[0]
+        if rows != rows_now:
+            rows_now, grad_c_rows = rows, grad_c[:rows]
+        grad_ct = grad_c_rows if masks.zoneout is None else torch.mul(grad_c_rows, keep_c[t], out=scratch[:rows])
+        if cell_gain is not None:
+            shown = torch.mul(grad_h, tc_views[t], out=shown_views[t])
+            mean, rstd = cell_stats[t]
+            grad_ct.add_(layer_norm_backward(shown, ct_views[t], mean, rstd, cell_gain))
+        else:
+            grad_ct.addcmul_(grad_h, tc_views[t])
+        grad_o = torch.mul(grad_h, to_views[t], out=go_views[t])
+        if peephole is not None:
+            grad_ct.addcmul_(grad_o, peep_o)
+        torch.mul(grad_ct.unsqueeze(1), coef_views[t], out=ifg_views[t])
+        if masks.zoneout is None:
+            grad_c_rows.mul_(f_views[t])
+        else:
+            grad_c_rows.mul_(zone_c[t]).addcmul_(grad_ct, f_views[t])
+        if peephole is not None:
+            grad_c_rows.addcmul_(gi_views[t], peep_i).addcmul_(gf_views[t], peep_f)
+        grad_prev = step_rows(grad_views, t, rows)
+        projection.grad_into(grad_prev, gate_views[t], t, recurrent[t])
+        if masks.zoneout is not None:
+            grad_prev.addcmul_(grad_h, zone_h[t])

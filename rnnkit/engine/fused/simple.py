@@ -28,24 +28,14 @@ class FusedSimpleRNN(torch.autograd.Function):
         pre = take_gates(ctx, gates, bias_hh)  # [N, H] pre-activations, then activations
         states = pre.new_empty(batch + packing.rows, hidden)  # [B+N, H]: h_0, then h_t of every row
         states[:batch] = h0
-        state_views, pre_views = packing.step_views(states), packing.step_views(pre)
-        recurrent = masks.recurrent_views(packing)
-        zoneout = None if masks.zoneout is None else packing.step_views(masks.zoneout[0])
         projection = Projection(weight_hh, ln_gain, packing, hidden)
-        activate = _relu if relu else tanh_
+        zoneout = None if masks.zoneout is None else masks.zoneout[0]
         kernels = compiled.ops() if compiled.usable_for(pre) else None
         if kernels is not None:
-            kernels.simple_forward(pre, states, projection.compiled_buffers(), masks.recurrent,
-                                   None if zoneout is None else masks.zoneout[0], packing.batch_sizes, relu,
-                                   LAYER_NORM_EPS)
-        for t, rows in enumerate(packing.batch_sizes if kernels is None else ()):
-            h_prev = step_rows(state_views, t, rows)
-            projection.add_into(pre_views[t], h_prev if recurrent[t] is None else h_prev * recurrent[t], t)
-            if zoneout is None:
-                activate(pre_views[t], out=state_views[t + 1])
-            else:
-                activate(pre_views[t], out=pre_views[t])
-                torch.lerp(pre_views[t], h_prev, zoneout[t], out=state_views[t + 1])
+            kernels.simple_forward(pre, states, projection.compiled_buffers(), masks.recurrent, zoneout,
+                                   packing.batch_sizes, relu, LAYER_NORM_EPS)
+        else:
+            _forward_steps(pre, states, projection, relu, packing, masks)
         ctx.save_for_backward(states)
         ctx.activations = pre if zoneout is not None else None
         ctx.setup = (packing, masks, relu, projection, bias_hh is not None, kernels)
@@ -69,24 +59,46 @@ class FusedSimpleRNN(torch.autograd.Function):
         # [B+N, H]: dL/dh; h_0's gradient in the first block
         grad_in = or_zeros(grad_states, states).clone(memory_format=torch.contiguous_format)
         grad_pre = torch.empty_like(coef)  # [N, H]
-        grad_views, grad_pre_views = packing.step_views(grad_in), packing.step_views(grad_pre)
-        coef_views = packing.step_views(coef)
-        recurrent = masks.recurrent_views(packing)
-        zoneout = None if masks.zoneout is None else packing.step_views(masks.zoneout[0])
         if kernels is not None:
             kernels.simple_backward(grad_in, coef, grad_pre, projection.compiled_buffers(backward=True),
-                                    masks.recurrent, None if zoneout is None else masks.zoneout[0],
+                                    masks.recurrent, None if masks.zoneout is None else masks.zoneout[0],
                                     packing.batch_sizes, LAYER_NORM_EPS)
-        for t in range(len(packing.batch_sizes) - 1 if kernels is None else -1, -1, -1):
-            grad_h = grad_views[t + 1]
-            delta = torch.mul(grad_h, coef_views[t], out=grad_pre_views[t])
-            grad_prev = step_rows(grad_views, t, grad_h.shape[0])
-            projection.grad_into(grad_prev, delta, t, recurrent[t])
-            if zoneout is not None:
-                grad_prev.addcmul_(grad_h, zoneout[t])
+        else:
+            _backward_steps(grad_in, grad_pre, coef, projection, packing, masks)
         inputs = packing.previous_rows(states)
         if masks.recurrent is not None:
             inputs = inputs * masks.recurrent
         grad_weight, grad_gain = projection.parameter_grads(grad_pre, inputs)
         grad_bias = grad_pre.sum(0) if has_bias else None
         return grad_pre, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
+
+
+def _forward_steps(pre, states, projection, relu, packing, masks) -> None:
+    """The forward loop in Python (what csrc/loops.cpp's simple_forward does)."""
+    state_views, pre_views = packing.step_views(states), packing.step_views(pre)
+    recurrent = masks.recurrent_views(packing)
+    zoneout = None if masks.zoneout is None else packing.step_views(masks.zoneout[0])
+    activate = _relu if relu else tanh_
+    for t, rows in enumerate(packing.batch_sizes):
+        h_prev = step_rows(state_views, t, rows)
+        projection.add_into(pre_views[t], h_prev if recurrent[t] is None else h_prev * recurrent[t], t)
+        if zoneout is None:
+            activate(pre_views[t], out=state_views[t + 1])
+        else:
+            activate(pre_views[t], out=pre_views[t])
+            torch.lerp(pre_views[t], h_prev, zoneout[t], out=state_views[t + 1])
+
+
+def _backward_steps(grad_in, grad_pre, coef, projection, packing, masks) -> None:
+    """The backward loop in Python (what csrc/loops.cpp's simple_backward does)."""
+    grad_views, grad_pre_views = packing.step_views(grad_in), packing.step_views(grad_pre)
+    coef_views = packing.step_views(coef)
+    recurrent = masks.recurrent_views(packing)
+    zoneout = None if masks.zoneout is None else packing.step_views(masks.zoneout[0])
+    for t in range(len(packing.batch_sizes) - 1, -1, -1):
+        grad_h = grad_views[t + 1]
+        delta = torch.mul(grad_h, coef_views[t], out=grad_pre_views[t])
+        grad_prev = step_rows(grad_views, t, grad_h.shape[0])
+        projection.grad_into(grad_prev, delta, t, recurrent[t])
+        if zoneout is not None:
+            grad_prev.addcmul_(grad_h, zoneout[t])
