@@ -33,6 +33,11 @@ def _run(cell, x, lengths, noise):
     return [out, *final, *torch.autograd.grad(loss, [x, *state, *cell.parameters()])]
 
 
+def _gemms(route):
+    """aten: every recurrent product through ATen's mm; onednn: every float32 one through oneDNN."""
+    return compiled.onednn_gemms(None if route == "aten" else 0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
 def test_compiled_loops_equal_the_python_loops(case, dtype):
@@ -44,7 +49,8 @@ def test_compiled_loops_equal_the_python_loops(case, dtype):
     x = torch.randn(7, 6, 5, dtype=dtype)
     lengths = torch.tensor([7, 3, 7, 1, 5, 6])
     noise = cell.sample_noise(7, 6)
-    fast = _run(cell, x, lengths, noise)
+    with _gemms("aten"):  # the same GEMMs as the Python loops: only the pointwise code differs
+        fast = _run(cell, x, lengths, noise)
     with compiled.python_loops():
         slow = _run(cell, x, lengths, noise)
     tol = 1e-12 if dtype == torch.float64 else 1e-5  # relative to each tensor's largest entry (relu grows)
@@ -57,9 +63,56 @@ def test_compiled_loops_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("RNNKIT_COMPILED", "0")
     assert compiled.ops() is None
     assert compiled.status() == {"in_use": False, "library": compiled.status()["library"],
-                                 "why_not": "turned off by RNNKIT_COMPILED=0"}
+                                 "why_not": "turned off by RNNKIT_COMPILED=0", "onednn_min_macs": None}
     layer = rk.GRU(3, 4, backend="fused")
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
+
+
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
+    """oneDNN sums in another order than MKL, so the float32 results differ by rounding, which the
+    recurrence amplifies (most with relu). Both are held to the float64 Python loops, the ground truth."""
+    if compiled.ops() is None or not torch.backends.mkldnn.is_available():
+        pytest.skip("compiled loops or oneDNN unavailable")
+    name, options = case
+    options = {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}
+    cell64 = make_cell(name, options, input_size=5, hidden_size=24, dtype=torch.float64)
+    cell32 = make_cell(name, options, input_size=5, hidden_size=24, dtype=torch.float32)
+    cell32.load_state_dict({k: v.float() for k, v in cell64.state_dict().items()})
+    x = torch.randn(7, 6, 5, dtype=torch.float64)
+    lengths = torch.tensor([7, 3, 7, 1, 5, 6])
+    noise = cell64.sample_noise(7, 6)
+    noise32 = None if noise is None else type(noise)(
+        None if noise.recurrent is None else noise.recurrent.float(),
+        None if noise.zoneout is None else tuple(m.float() for m in noise.zoneout))
+    with compiled.python_loops():
+        truth = _run(cell64, x, lengths, noise)
+    errors = {}
+    for route in ("aten", "onednn"):
+        with _gemms(route):
+            result = _run(cell32, x.float(), lengths, noise32)
+        errors[route] = max(((a.double() - b).abs().max() / b.abs().max()).item() for a, b in zip(result, truth))
+    assert errors["onednn"] <= max(2 * errors["aten"], 2e-6), errors
+    assert errors["onednn"] < 1e-4, errors
+
+
+def test_onednn_products_are_on_by_default_from_the_documented_size_and_can_be_turned_off():
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    expected = None if os.environ.get("RNNKIT_ONEDNN", "1") == "0" else compiled.ONEDNN_MIN_MACS
+    assert compiled.status()["onednn_min_macs"] == expected
+    with compiled.onednn_gemms(None):
+        assert compiled.status()["onednn_min_macs"] is None
+    with compiled.onednn_gemms(0):
+        assert compiled.status()["onednn_min_macs"] == 0
+    assert compiled.status()["onednn_min_macs"] == expected  # restored
+    code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
+            "rk.GRU(3, 4, backend='fused')(torch.randn(2, 5, 3)); print(compiled.status()['onednn_min_macs'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RNNKIT_ONEDNN": "0"}, check=True)
+    assert done.stdout.strip() == "None"
 
 
 def test_a_failing_compiler_falls_back_to_the_python_loops(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells.base import LAYER_NORM_EPS, SequenceNoise
+from rnnkit.engine.fused import workspace
 from rnnkit.engine.fused.packing import Packing
 
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
@@ -91,7 +92,7 @@ class Projection:
         self.stats: tuple[Tensor, Tensor] | None = None  # compiled loops: (mean, rstd) [N, g] of all steps
         self.grad_pre_all: Tensor | None = None  # compiled loops: [N, g*H]
         if gain is not None:
-            self.pre = weight.new_empty(packing.rows, weight.shape[0])  # [N, g*H] before normalisation
+            self.pre = workspace.empty((packing.rows, weight.shape[0]), weight)  # [N, g*H] before normalisation
             self.pre_views = packing.step_views(self.pre)
             self.pre_views_3d = packing.step_views(self.pre.view(packing.rows, self.groups, hidden))
             self.means: list[Tensor] = []
@@ -112,7 +113,7 @@ class Projection:
             self.stats = (self.pre.new_empty(rows, self.groups), self.pre.new_empty(rows, self.groups))
         buffers = [self.weight, self.gain, self.pre, *self.stats]
         if backward:
-            self.grad_pre_all = torch.empty_like(self.pre)
+            self.grad_pre_all = workspace.empty_like(self.pre)
             buffers.append(self.grad_pre_all)
         return buffers
 

@@ -37,13 +37,18 @@ _FILES = ("pointwise.h", "pointwise.cpp", "loops.cpp")
 _POINTWISE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c++17"]
 _LOOPS_FLAGS = ["-O2", "-fPIC", "-std=c++17", "-w"]
 
+#: float32 recurrent products of at least this many multiply-adds go through torch's oneDNN linear instead
+#: of ATen's mm (MKL): measured ~2x faster here from about 2M (AVX-512 kernels; MKL runs AVX2 code on
+#: AMD CPUs), slower below (a fixed ~10 us). ``RNNKIT_ONEDNN=0`` keeps every product on ATen's mm.
+ONEDNN_MIN_MACS = 1 << 21
+
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "why_not": None, "path": None}
+_state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None}
 _forced_off = threading.local()
 
 
-def _env_off() -> bool:
-    return os.environ.get("RNNKIT_COMPILED", "1").strip().lower() in ("0", "false", "off", "no")
+def _env_off(name: str = "RNNKIT_COMPILED") -> bool:
+    return os.environ.get(name, "1").strip().lower() in ("0", "false", "off", "no")
 
 
 def _cache_dir() -> Path:
@@ -126,6 +131,9 @@ def _load() -> None:
         return
     _state["path"] = str(target)
     _state["loaded"] = True
+    _state["onednn"] = None if _env_off("RNNKIT_ONEDNN") else ONEDNN_MIN_MACS
+    if _state["onednn"] is not None and torch.ops.rnnkit_fused.set_onednn_min_macs(ONEDNN_MIN_MACS) == -2:
+        _state["onednn"] = None  # this torch has no oneDNN linear
 
 
 def ops():
@@ -145,12 +153,35 @@ def usable_for(*tensors) -> bool:
 
 
 def status() -> dict:
-    """``{"in_use": bool, "library": path or None, "why_not": reason or None}`` (builds on first call)."""
+    """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
+    None}`` (builds on first call). ``onednn_min_macs``: from what size float32 recurrent products go through
+    oneDNN (None: never)."""
     in_use = ops() is not None
     why = None if in_use else ("turned off by RNNKIT_COMPILED=0" if _env_off() else
                                "turned off by python_loops()" if getattr(_forced_off, "value", False)
                                else _state["why_not"])
-    return {"in_use": in_use, "library": _state["path"], "why_not": why}
+    return {"in_use": in_use, "library": _state["path"], "why_not": why,
+            "onednn_min_macs": _state["onednn"] if in_use else None}
+
+
+@contextlib.contextmanager
+def onednn_gemms(min_macs: int | None):
+    """Route float32 recurrent products of at least ``min_macs`` multiply-adds through oneDNN (0: all of
+    them; None: none) inside the block, for every thread. For tests and benchmarks."""
+    kernels = ops()
+    if kernels is None:
+        raise RuntimeError(f"the compiled loops are not in use: {status()['why_not']}")
+    wanted = -1 if min_macs is None else int(min_macs)
+    previous = kernels.set_onednn_min_macs(wanted)
+    if previous == -2:
+        raise RuntimeError("this torch has no oneDNN linear (torch.ops.mkldnn._linear_pointwise)")
+    saved = _state["onednn"]
+    _state["onednn"] = min_macs
+    try:
+        yield
+    finally:
+        kernels.set_onednn_min_macs(previous)
+        _state["onednn"] = saved
 
 
 @contextlib.contextmanager

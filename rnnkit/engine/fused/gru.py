@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit.cells.base import LAYER_NORM_EPS
-from rnnkit.engine.fused import compiled
+from rnnkit.engine.fused import compiled, workspace
 from rnnkit.engine.fused.common import Masks, Projection, first_order_only, or_zeros, step_rows, take_gates, tanh_
 
 
@@ -28,12 +28,12 @@ class FusedGRU(torch.autograd.Function):
         batch, hidden = packing.batch, h0.shape[1]
         rows_total = packing.rows
         act = take_gates(ctx, gates, None if reset_after else bias_hh)  # [N, 3H] pre-activations -> r, z, n
-        states = act.new_empty(batch + rows_total, hidden)  # [B+N, H]
+        states = workspace.empty((batch + rows_total, hidden), act)  # [B+N, H]
         states[:batch] = h0
-        candidate = act.new_empty(rows_total, hidden) if masks.zoneout is not None else None  # h~ before zoneout
+        candidate = workspace.empty((rows_total, hidden), act) if masks.zoneout is not None else None  # h~ before zoneout
         if reset_after:
             projections = (Projection(weight_hh, ln_gain, packing, hidden),)
-            hidden_terms = act.new_empty(rows_total, 3 * hidden)  # [N, 3H] R(h~) + b_hh
+            hidden_terms = workspace.empty((rows_total, 3 * hidden), act)  # [N, 3H] R(h~) + b_hh
             if bias_hh is None:
                 hidden_terms.zero_()
             else:
@@ -42,7 +42,7 @@ class FusedGRU(torch.autograd.Function):
             split = (slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden))
             projections = tuple(Projection(weight_hh[s], None if ln_gain is None else ln_gain[s], packing, hidden)
                                 for s in split)
-            hidden_terms = act.new_empty(rows_total, hidden)  # [N, H] r * h~, input of R_n
+            hidden_terms = workspace.empty((rows_total, hidden), act)  # [N, H] r * h~, input of R_n
         kernels = compiled.ops() if compiled.usable_for(act) else None
         if kernels is not None:
             kernels.gru_forward(act, states, hidden_terms, candidate, *_compiled_buffers(projections), masks.recurrent,
@@ -69,21 +69,21 @@ class FusedGRU(torch.autograd.Function):
         h_in = h_prev if masks.recurrent is None else h_prev * masks.recurrent
         # local derivatives of h_t w.r.t. each pre-activation, per unit of dL/dh_t, built in place:
         # coef[:, 0] r (reset after) or d r/d a_r (reset before), coef[:, 1] z, coef[:, 2] n   [N, 3, H]
-        coef = act.new_empty(act.shape[0], 3, hidden)
+        coef = workspace.empty((act.shape[0], 3, hidden), act)
         c_r, c_z, c_n = coef.unbind(1)
         torch.mul(n, n, out=c_n).neg_().add_(1.0).addcmul_(c_n, z, value=-1.0)  # (1 - n^2)(1 - z)
         torch.sub(h_prev, n, out=c_z).mul_(z).addcmul_(c_z, z, value=-1.0)  # (h - n) z (1 - z)
-        direct = z.clone()  # dh_t / dh_{t-1} along the direct path: z, or with zoneout m + (1 - m) z
+        direct = workspace.copy_of(z)  # dh_t / dh_{t-1} along the direct path: z, or with zoneout m + (1 - m) z
         if masks.zoneout is not None:
             zone = masks.zoneout[0]
             c_n.addcmul_(c_n, zone, value=-1.0)
             c_z.addcmul_(c_z, zone, value=-1.0)
             direct.add_(zone).addcmul_(zone, z, value=-1.0)
-        grad_in = or_zeros(grad_states, states).clone(memory_format=torch.contiguous_format)  # [B+N, H]
-        grad_gates = torch.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
+        grad_in = workspace.copy_of(or_zeros(grad_states, states))  # [B+N, H]
+        grad_gates = workspace.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
         if reset_after:
             torch.mul(c_n, hidden_terms[:, 2 * hidden:], out=c_r).mul_(r).addcmul_(c_r, r, value=-1.0)
-            input_n = c_n.clone()  # d h_t / d (input term of n), per unit dL/dh_t
+            input_n = workspace.copy_of(c_n)  # d h_t / d (input term of n), per unit dL/dh_t
             c_n.mul_(r)  # coef now holds d h_t / d (R(h~) + b_hh); grad_gates receives d loss / d (R(h~) + b_hh)
             if kernels is not None:
                 kernels.gru_backward(grad_in, coef, direct, grad_gates, *_compiled_buffers(projections, True), None,

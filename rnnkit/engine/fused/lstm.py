@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit.cells.base import LAYER_NORM_EPS
-from rnnkit.engine.fused import compiled
+from rnnkit.engine.fused import compiled, workspace
 from rnnkit.engine.fused.common import (
     Masks,
     Projection,
@@ -38,11 +38,11 @@ class FusedLSTM(torch.autograd.Function):
                 packing, masks: Masks):
         batch, hidden, rows_total = packing.batch, h0.shape[1], packing.rows
         act = take_gates(ctx, gates, bias_hh)  # [N, 4H] pre-activations -> i, f, g, o
-        hs = act.new_empty(batch + rows_total, hidden)  # [B+N, H]
-        cs = act.new_empty(batch + rows_total, hidden)
+        hs = workspace.empty((batch + rows_total, hidden), act)  # [B+N, H]
+        cs = workspace.empty((batch + rows_total, hidden), act)
         hs[:batch], cs[:batch] = h0, c0
-        cell_tilde = cs[batch:] if masks.zoneout is None else act.new_empty(rows_total, hidden)  # c~ [N, H]
-        tanh_c = act.new_empty(rows_total, hidden)  # tanh(LN(c~))
+        cell_tilde = cs[batch:] if masks.zoneout is None else workspace.empty((rows_total, hidden), act)  # c~ [N, H]
+        tanh_c = workspace.empty((rows_total, hidden), act)  # tanh(LN(c~))
         projection = Projection(weight_hh, ln_gain, packing, hidden)
         kernels = compiled.ops() if compiled.usable_for(act) else None
         if kernels is not None:  # cell_stats: (mean, rstd) [N] each
@@ -78,16 +78,16 @@ class FusedLSTM(torch.autograd.Function):
         if masks.zoneout is not None:
             to_cell.addcmul_(to_cell, masks.zoneout[0], value=-1.0)
             to_output.addcmul_(to_output, masks.zoneout[0], value=-1.0)
-        cell_coef = act.new_empty(act.shape[0], 3, hidden)  # d c~ / d a_{i,f,g}  [N, 3, H]
+        cell_coef = workspace.empty((act.shape[0], 3, hidden), act)  # d c~ / d a_{i,f,g}  [N, 3, H]
         c_i, c_f, c_g = cell_coef.unbind(1)
         torch.mul(g, i, out=c_i).addcmul_(c_i, i, value=-1.0)
         torch.mul(c_prev, f, out=c_f).addcmul_(c_f, f, value=-1.0)
         torch.mul(g, g, out=c_g).neg_().add_(1.0).mul_(i)
-        grad_gates = torch.empty_like(act)  # [N, 4H]
-        grad_in = or_zeros(grad_hs, hs).clone(memory_format=torch.contiguous_format)  # [B+N, H]
+        grad_gates = workspace.empty_like(act)  # [N, 4H]
+        grad_in = workspace.copy_of(or_zeros(grad_hs, hs))  # [B+N, H]
         grad_c = (torch.zeros_like(h_in[:batch]) if grad_final_c is None  # [B, H] dL/dc_t
                   else grad_final_c.clone(memory_format=torch.contiguous_format))
-        grad_shown = torch.empty_like(tanh_c) if cell_gain is not None else None  # [N, H] d loss / d c^
+        grad_shown = workspace.empty_like(tanh_c) if cell_gain is not None else None  # [N, H] d loss / d c^
         if kernels is not None:
             kernels.lstm_backward(grad_in, grad_c, to_cell, to_output, cell_coef, act, grad_gates,
                                   projection.compiled_buffers(backward=True), peephole,

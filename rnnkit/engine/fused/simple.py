@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit.cells.base import LAYER_NORM_EPS
-from rnnkit.engine.fused import compiled
+from rnnkit.engine.fused import compiled, workspace
 from rnnkit.engine.fused.common import Masks, Projection, first_order_only, or_zeros, step_rows, take_gates, tanh_
 
 
@@ -26,7 +26,7 @@ class FusedSimpleRNN(torch.autograd.Function):
     def forward(ctx, gates, h0, weight_hh, bias_hh, ln_gain, packing, masks: Masks, relu: bool):
         batch, hidden = packing.batch, h0.shape[1]
         pre = take_gates(ctx, gates, bias_hh)  # [N, H] pre-activations, then activations
-        states = pre.new_empty(batch + packing.rows, hidden)  # [B+N, H]: h_0, then h_t of every row
+        states = workspace.empty((batch + packing.rows, hidden), pre)  # [B+N, H]: h_0, then h_t of every row
         states[:batch] = h0
         projection = Projection(weight_hh, ln_gain, packing, hidden)
         zoneout = None if masks.zoneout is None else masks.zoneout[0]
@@ -49,7 +49,7 @@ class FusedSimpleRNN(torch.autograd.Function):
         projection.begin_backward()
         batch = packing.batch
         activations = ctx.activations if ctx.activations is not None else states[batch:]
-        coef = torch.empty_like(activations)  # [N, H] f' (1 - zoneout)
+        coef = workspace.empty_like(activations)  # [N, H] f' (1 - zoneout)
         if relu:
             torch.sign(activations, out=coef)
         else:
@@ -57,8 +57,8 @@ class FusedSimpleRNN(torch.autograd.Function):
         if masks.zoneout is not None:
             coef.addcmul_(coef, masks.zoneout[0], value=-1.0)
         # [B+N, H]: dL/dh; h_0's gradient in the first block
-        grad_in = or_zeros(grad_states, states).clone(memory_format=torch.contiguous_format)
-        grad_pre = torch.empty_like(coef)  # [N, H]
+        grad_in = workspace.copy_of(or_zeros(grad_states, states))
+        grad_pre = workspace.empty_like(coef)  # [N, H]
         if kernels is not None:
             kernels.simple_backward(grad_in, coef, grad_pre, projection.compiled_buffers(backward=True),
                                     masks.recurrent, None if masks.zoneout is None else masks.zoneout[0],

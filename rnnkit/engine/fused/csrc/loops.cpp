@@ -3,9 +3,12 @@
 // recurrent GEMMs issued through ATen and the pointwise work of a step done in one pass (pointwise.cpp).
 // Buffers are allocated and all-steps work (local derivatives, parameter gradients) is done in Python.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 #include "pointwise.h"
@@ -30,6 +33,51 @@ void check_dense(const OptTensor& t, const char* name) {
   if (t.has_value()) check_dense(*t, name);
 }
 
+// GEMM routing. ATen's mm goes to MKL, which on AMD CPUs runs its AVX2 code; torch's oneDNN linear
+// (mkldnn::_linear_pointwise) has AVX-512 kernels and measured ~2x faster for float32 products from about
+// 2M multiply-adds (e.g. 76 vs 148 us at [64,256]x[256,768]); below that its fixed cost (~10 us) loses.
+// Products of at least `onednn_min_macs` multiply-adds use it (negative: never; set from Python).
+std::atomic<int64_t> onednn_min_macs{-1};
+
+using LinearFn = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, std::string_view,
+                        c10::List<std::optional<c10::Scalar>>, std::optional<std::string_view>);
+
+// torch's oneDNN linear op, or null when this torch has none (or it has another signature)
+const c10::TypedOperatorHandle<LinearFn>* onednn_linear() {
+  static const std::optional<c10::TypedOperatorHandle<LinearFn>> handle =
+      []() -> std::optional<c10::TypedOperatorHandle<LinearFn>> {
+    try {
+      if (!at::hasMKLDNN()) return std::nullopt;
+      auto op = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+      if (!op.has_value()) return std::nullopt;
+      return op->typed<LinearFn>();
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }();
+  return handle.has_value() ? &*handle : nullptr;
+}
+
+// whether oneDNN takes any products of this dtype
+bool onednn_on(at::ScalarType dtype) {
+  return onednn_min_macs.load(std::memory_order_relaxed) >= 0 && dtype == at::kFloat && onednn_linear() != nullptr;
+}
+
+// whether a @ w^T with w [n, a.size(1)] goes through oneDNN
+bool use_onednn(const Tensor& a, int64_t n) {
+  return onednn_on(a.scalar_type()) && a.size(0) * a.size(1) * n >= onednn_min_macs.load(std::memory_order_relaxed);
+}
+
+// a @ w^T through oneDNN (a new tensor); w is [n, k] and contiguous
+Tensor onednn_product(const Tensor& a, const Tensor& w) {
+  return onednn_linear()->call(a, w, std::nullopt, "none", c10::List<std::optional<c10::Scalar>>(), std::nullopt);
+}
+
+int64_t set_onednn_min_macs(int64_t macs) {
+  if (macs >= 0 && onednn_linear() == nullptr) return -2;  // not available in this torch
+  return onednn_min_macs.exchange(macs);
+}
+
 // Row offsets of a packed layout: step t covers packed rows [offset[t], offset[t] + sizes[t]); the
 // state before step t is block t of a [B + N] state buffer, starting at state_offset(t).
 struct Steps {
@@ -52,7 +100,7 @@ struct Steps {
 // One recurrent projection, as rnnkit.engine.fused.common.Projection: inputs @ W^T, or per gate group
 // LN(inputs @ W^T) * gain. Layer-norm buffers: pre [N, gH], mean and rstd [N, g], grad_pre [N, gH].
 struct Projection {
-  Tensor weight, weight_t;
+  Tensor weight, weight_t, weight_tc;  // [gH, H], its transpose (a view) and, in backward, a contiguous copy
   OptTensor gain, pre, mean, rstd, grad_pre;
   int64_t groups, hidden;
   double eps;
@@ -62,6 +110,7 @@ struct Projection {
     weight = tensors[0];
     weight_t = weight.t();
     groups = weight.size(0) / hidden;
+    if (backward && onednn_on(weight.scalar_type())) weight_tc = weight_t.contiguous();
     if (tensors.size() > 1) {
       TORCH_CHECK(tensors.size() == (backward ? 6u : 5u), "rnnkit compiled loops: bad projection buffers");
       gain = tensors[1];
@@ -76,13 +125,22 @@ struct Projection {
   // target (rows [o, o+n) of a buffer, possibly a column slice) += projection(inputs)
   template <typename T>
   void add_into(Tensor target, const Tensor& inputs, int64_t o) {
+    const bool onednn = use_onednn(inputs, weight.size(0));
     if (!gain) {
-      target.addmm_(inputs, weight_t);
+      if (onednn) {
+        target.add_(onednn_product(inputs, weight));
+      } else {
+        target.addmm_(inputs, weight_t);
+      }
       return;
     }
     const int64_t n = inputs.size(0), width = groups * hidden;
     Tensor out = pre->narrow(0, o, n);
-    at::mm_out(out, inputs, weight_t);
+    if (onednn) {
+      out.copy_(onednn_product(inputs, weight));
+    } else {
+      at::mm_out(out, inputs, weight_t);
+    }
     rnnkit::layer_norm_add<T>(n, groups, hidden, ptr<T>(pre) + o * width, ptr<T>(gain), target.data_ptr<T>(),
                               target.stride(0), ptr<T>(mean) + o * groups, ptr<T>(rstd) + o * groups, T(eps));
   }
@@ -98,14 +156,23 @@ struct Projection {
     return grad_pre->narrow(0, o, n);
   }
 
+  // d loss / d (inputs @ W^T) -> d loss / d inputs
+  Tensor times_weight(const Tensor& g) {
+    if (weight_tc.defined() && use_onednn(g, hidden)) return onednn_product(g, weight_tc);
+    return at::mm(g, weight);
+  }
+
   // grad_inputs += d loss / d inputs (times the recurrent-dropout mask rows, if any)
   template <typename T>
   void grad_into(Tensor grad_inputs, const Tensor& grad, int64_t o, const OptTensor& mask) {
     Tensor g = grad_pre_of<T>(grad, o);
-    if (!mask) {
+    const bool onednn = weight_tc.defined() && use_onednn(g, hidden);
+    if (!mask && onednn) {
+      grad_inputs.add_(onednn_product(g, weight_tc));
+    } else if (!mask) {
       grad_inputs.addmm_(g, weight);
     } else {
-      Tensor full = at::mm(g, weight);
+      Tensor full = times_weight(g);
       rnnkit::addcmul_rows<T>(g.size(0), hidden, grad_inputs.data_ptr<T>(), full.data_ptr<T>(), hidden,
                               ptr<T>(mask) + o * hidden);
     }
@@ -113,7 +180,7 @@ struct Projection {
 
   template <typename T>
   Tensor grad_inputs(const Tensor& grad, int64_t o) {
-    return at::mm(grad_pre_of<T>(grad, o), weight);
+    return times_weight(grad_pre_of<T>(grad, o));
   }
 };
 
@@ -316,4 +383,5 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("simple_backward(Tensor(a!) grad_in, Tensor coef, Tensor(b!) grad_pre, Tensor[] projection, "
         "Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
         &simple_backward);
+  m.def("set_onednn_min_macs(int macs) -> int", &set_onednn_min_macs);
 }

@@ -1,0 +1,105 @@
+"""The fused engine's buffer pool: memory comes back only when nothing uses it, within its limit."""
+
+import pytest
+import torch
+
+import rnnkit as rk
+from rnnkit.engine.fused import workspace
+
+MB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def empty_pool():
+    workspace.release()
+    yield
+    workspace.release()
+
+
+def test_a_free_buffer_is_handed_out_again_and_one_in_use_is_not():
+    like = torch.empty(0)
+    first = workspace.empty((512, 1024), like)  # 2 MiB
+    address = first.data_ptr()
+    second = workspace.empty((512, 1024), like)
+    assert second.data_ptr() != address  # `first` still uses its memory
+    view = first[:10]
+    del first
+    assert workspace.empty((512, 1024), like).data_ptr() != address  # a view still uses it
+    del view
+    again = workspace.empty((256, 2048), like)  # same size, another shape
+    assert again.data_ptr() == address and again.shape == (256, 2048) and again.is_contiguous()
+    assert workspace.pooled_bytes() == 3 * 2 * MB  # first, second and the one made while the view lived
+
+
+def test_small_buffers_and_other_devices_are_not_pooled():
+    small = workspace.empty((10, 10), torch.empty(0))
+    assert small.shape == (10, 10) and workspace.pooled_bytes() == 0
+
+
+def test_a_buffer_is_reused_only_when_it_wastes_less_than_half():
+    like = torch.empty(0)
+    big = workspace.empty((4 * MB // 4,), like)  # 4 MiB
+    address = big.data_ptr()
+    del big
+    assert workspace.empty((MB // 4,), like).data_ptr() != address  # 1 MiB in 4: too wasteful
+    reused = workspace.empty((3 * MB // 4,), like)
+    assert reused.data_ptr() == address and reused.numel() == 3 * MB // 4
+
+
+def test_the_pool_stays_within_its_limit_and_release_frees_unused_memory(monkeypatch):
+    monkeypatch.setenv("RNNKIT_WORKSPACE_MB", "3")
+    like = torch.empty(0)
+    a = workspace.empty((MB // 4,), like)
+    b = workspace.empty((MB // 2,), like)
+    assert workspace.pooled_bytes() == 3 * MB
+    c = workspace.empty((MB // 2,), like)  # would pass the limit while a and b are in use: not kept
+    assert workspace.pooled_bytes() == 3 * MB and c.numel() == MB // 2
+    del a
+    d = workspace.empty((MB // 2,), like)  # unused a is dropped; b in use + d would still pass the limit
+    assert workspace.pooled_bytes() == 2 * MB and d.numel() == MB // 2
+    del b, c, d
+    assert workspace.release() == 2 * MB and workspace.pooled_bytes() == 0
+
+
+def test_zero_megabytes_turns_the_pool_off_and_a_bad_value_is_named(monkeypatch):
+    monkeypatch.setenv("RNNKIT_WORKSPACE_MB", "0")
+    workspace.empty((MB,), torch.empty(0))
+    assert workspace.pooled_bytes() == 0
+    monkeypatch.setenv("RNNKIT_WORKSPACE_MB", "lots")
+    with pytest.raises(ValueError, match="RNNKIT_WORKSPACE_MB must be a number of MiB.*'lots'"):
+        workspace.empty((MB,), torch.empty(0))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_outputs_a_caller_keeps_are_never_overwritten_by_later_calls(cell, monkeypatch):
+    """Big enough for every buffer to be pooled; results kept from call 1 must survive calls 2 and 3, and
+    training with the pool must equal training without it."""
+    torch.manual_seed(0)
+    layer = rk.RNN(8, 256, cell=cell, backend="fused", layer_norm=cell == "lstm")
+    xs = [torch.randn(16, 80, 8, requires_grad=True) for _ in range(3)]
+
+    def step(x):
+        out, _ = layer(x)
+        (out * out).mean().backward()
+        return out.detach(), x.grad.clone(), [p.grad.clone() for p in layer.parameters()]
+
+    kept = []
+    for x in xs:
+        layer.zero_grad()
+        kept.append(step(x))
+    assert workspace.pooled_bytes() > 0
+    snapshot = [(o.clone(), g.clone()) for o, g, _ in kept]
+    for x in xs:  # run again: the pool now hands out memory of finished calls
+        layer.zero_grad()
+        x.grad = None
+        step(x)
+    for (out, grad, _), (out0, grad0) in zip(kept, snapshot):
+        assert torch.equal(out, out0) and torch.equal(grad, grad0)
+    workspace.release()
+    monkeypatch.setenv("RNNKIT_WORKSPACE_MB", "0")
+    for x, (out, grad, params) in zip(xs, kept):
+        layer.zero_grad()
+        x.grad = None
+        out2, grad2, params2 = step(x)
+        assert torch.equal(out, out2) and torch.equal(grad, grad2)
+        assert all(torch.equal(a, b) for a, b in zip(params, params2))
