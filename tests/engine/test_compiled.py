@@ -132,3 +132,25 @@ def test_a_failing_compiler_falls_back_to_the_python_loops(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fell back: building or loading the compiled loops failed" in done.stdout
     assert not list(tmp_path.rglob("*.so"))  # nothing half-built left under the final name
+
+
+def test_layer_norm_gradients_do_not_depend_on_the_thread_count():
+    """The input-side layer norm's backward splits rows over threads; the gain's gradient is summed in a
+    fixed order, so results are bit-identical with 1 and 2 threads (seeded runs stay reproducible)."""
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    torch.manual_seed(0)
+    layer = rk.LSTM(6, 32, layer_norm=True, backend="fused")
+    x = torch.randn(16, 40, 6)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            layer.zero_grad()
+            out, _ = layer(x)
+            (out.sin()).sum().backward()
+            grads.append([p.grad.clone() for p in layer.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

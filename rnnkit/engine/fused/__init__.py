@@ -13,6 +13,7 @@ from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
 from rnnkit.cells.base import SequenceNoise, State
 from rnnkit.engine.fused.common import Masks
 from rnnkit.engine.fused.gru import FusedGRU
+from rnnkit.engine.fused.inputs import input_gates
 from rnnkit.engine.fused.lstm import FusedLSTM
 from rnnkit.engine.fused.packing import Packing
 from rnnkit.engine.fused.simple import FusedSimpleRNN
@@ -36,7 +37,7 @@ def run_direction(
     """Same contract as :func:`rnnkit.engine.reference.run_direction`: ``x [T, B, I]`` -> ``[T, B, H]``."""
     steps, batch = x.shape[0], x.shape[1]
     packing = Packing.plan(steps, batch, lengths, reverse, x.device)
-    gates = cell.input_gates(packing.pack(x))  # [N, G*H]: one GEMM for every step; the Function works in it
+    gates = input_gates(cell, packing.pack(x))  # [N, G*H]: one GEMM for every step; the Function works in it
     initial = tuple(packing.sort(s) for s in state)
     masks = Masks.pack(noise, packing)
     gain = cell.ln_hh_weight if cell.layer_norm else None

@@ -91,6 +91,7 @@ class Projection:
         self.groups = weight.shape[0] // hidden
         self.stats: tuple[Tensor, Tensor] | None = None  # compiled loops: (mean, rstd) [N, g] of all steps
         self.grad_pre_all: Tensor | None = None  # compiled loops: [N, g*H]
+        self.grad_gain: Tensor | None = None  # compiled loops: [g*H] float64, accumulated step by step
         if gain is not None:
             self.pre = workspace.empty((packing.rows, weight.shape[0]), weight)  # [N, g*H] before normalisation
             self.pre_views = packing.step_views(self.pre)
@@ -102,10 +103,11 @@ class Projection:
     def begin_backward(self) -> None:
         """Forget gradients of an earlier backward through the same graph (``retain_graph=True``)."""
         self.grad_pre = []
+        self.grad_gain = None
 
     def compiled_buffers(self, backward: bool = False) -> list[Tensor]:
         """What the compiled loops take for this projection: ``[W]``, or with layer norm
-        ``[W, gain, pre, mean, rstd]`` (+ ``grad_pre`` in backward), allocating the all-steps buffers."""
+        ``[W, gain, pre, mean, rstd]`` (+ ``grad_pre, grad_gain`` in backward), allocating the all-steps buffers."""
         if self.gain is None:
             return [self.weight]
         if self.stats is None:
@@ -114,7 +116,8 @@ class Projection:
         buffers = [self.weight, self.gain, self.pre, *self.stats]
         if backward:
             self.grad_pre_all = workspace.empty_like(self.pre)
-            buffers.append(self.grad_pre_all)
+            self.grad_gain = torch.zeros_like(self.gain, dtype=torch.float64)  # summed over all rows: in float64
+            buffers += [self.grad_pre_all, self.grad_gain]
         return buffers
 
     def _normalise(self, inputs: Tensor, t: int) -> Tensor:
@@ -157,11 +160,10 @@ class Projection:
         """``(d weight, d gain)`` from ``grad [N, g*H]`` (d loss / d projection) and ``inputs [N, H]``."""
         if self.gain is None:
             return grad.t() @ inputs, None
-        if self.stats is not None:  # the compiled loops filled the all-steps buffers
-            grad_pre, (mean, rstd) = self.grad_pre_all, (s.unsqueeze(-1) for s in self.stats)
-        else:
-            grad_pre = torch.cat(self.grad_pre[::-1])
-            mean, rstd = torch.cat(self.means), torch.cat(self.rstds)
+        if self.grad_gain is not None:  # the compiled loops filled grad_pre and summed the gain's gradient
+            return self.grad_pre_all.t() @ inputs, self.grad_gain.to(self.gain.dtype)
+        grad_pre = torch.cat(self.grad_pre[::-1])
+        mean, rstd = torch.cat(self.means), torch.cat(self.rstds)
         rows = grad.shape[0]
         normed = normalised(self.pre.view(rows, self.groups, self.hidden), mean, rstd).view(rows, -1)
         return grad_pre.t() @ inputs, (grad * normed).sum(0)

@@ -6,7 +6,10 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <ATen/Parallel.h>
+
 #include <atomic>
+#include <algorithm>
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -101,24 +104,28 @@ struct Steps {
 // LN(inputs @ W^T) * gain. Layer-norm buffers: pre [N, gH], mean and rstd [N, g], grad_pre [N, gH].
 struct Projection {
   Tensor weight, weight_t, weight_tc;  // [gH, H], its transpose (a view) and, in backward, a contiguous copy
-  OptTensor gain, pre, mean, rstd, grad_pre;
+  OptTensor gain, pre, mean, rstd, grad_pre, grad_gain;
   int64_t groups, hidden;
   double eps;
 
-  // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre)]
+  // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre, grad_gain)]; grad_gain (float64) accumulates
   Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward) : hidden(hidden), eps(eps) {
     weight = tensors[0];
     weight_t = weight.t();
     groups = weight.size(0) / hidden;
     if (backward && onednn_on(weight.scalar_type())) weight_tc = weight_t.contiguous();
     if (tensors.size() > 1) {
-      TORCH_CHECK(tensors.size() == (backward ? 6u : 5u), "rnnkit compiled loops: bad projection buffers");
+      TORCH_CHECK(tensors.size() == (backward ? 7u : 5u), "rnnkit compiled loops: bad projection buffers");
       gain = tensors[1];
       pre = tensors[2];
       mean = tensors[3];
       rstd = tensors[4];
-      if (backward) grad_pre = tensors[5];
-      for (const auto& t : {gain, pre, mean, rstd, grad_pre}) check_dense(t, "layer-norm buffer");
+      if (backward) {
+        grad_pre = tensors[5];
+        grad_gain = tensors[6];
+      }
+      for (const auto& t : {gain, pre, mean, rstd, grad_pre, grad_gain}) check_dense(t, "layer-norm buffer");
+      TORCH_CHECK(!grad_gain || grad_gain->scalar_type() == at::kDouble, "rnnkit compiled loops: grad_gain must be float64");
     }
   }
 
@@ -152,7 +159,7 @@ struct Projection {
     const int64_t n = grad.size(0), width = groups * hidden;
     rnnkit::layer_norm_backward<T>(n, groups, hidden, grad.data_ptr<T>(), grad.stride(0), ptr<T>(pre) + o * width,
                                    ptr<T>(gain), ptr<T>(mean) + o * groups, ptr<T>(rstd) + o * groups,
-                                   ptr<T>(grad_pre) + o * width);
+                                   ptr<T>(grad_pre) + o * width, ptr<double>(grad_gain));
     return grad_pre->narrow(0, o, n);
   }
 
@@ -359,6 +366,48 @@ void simple_backward(Tensor grad_in, Tensor coef, Tensor grad_pre, at::TensorLis
   });
 }
 
+// Layer norm per gate group over all rows at once (the input side of a layer-norm cell):
+// target += LN(pre) * gain, with the statistics of each (row, group) into mean and rstd [N, groups].
+void layer_norm_gates(Tensor pre, Tensor gain, Tensor target, Tensor mean, Tensor rstd, int64_t hidden, double eps) {
+  for (const Tensor& t : {pre, gain, target, mean, rstd}) check_dense(t, "layer-norm buffer");
+  const int64_t rows = pre.size(0), groups = pre.size(1) / hidden, width = pre.size(1);
+  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_layer_norm_gates", [&] {
+    using T = scalar_t;
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      rnnkit::layer_norm_add<T>(end - begin, groups, hidden, ptr<T>(pre) + begin * width, ptr<T>(gain),
+                                ptr<T>(target) + begin * width, width, ptr<T>(mean) + begin * groups,
+                                ptr<T>(rstd) + begin * groups, T(eps));
+    });
+  });
+}
+
+// grad_pre = d loss / d pre of layer_norm_gates from grad = d loss / d target; grad_gain (float64) += grad * LN(pre).
+void layer_norm_gates_backward(Tensor grad, Tensor pre, Tensor gain, Tensor mean, Tensor rstd, Tensor grad_pre,
+                               Tensor grad_gain, int64_t hidden) {
+  for (const Tensor& t : {grad, pre, gain, mean, rstd, grad_pre, grad_gain}) check_dense(t, "layer-norm buffer");
+  TORCH_CHECK(grad_gain.scalar_type() == at::kDouble, "rnnkit compiled loops: grad_gain must be float64");
+  const int64_t rows = pre.size(0), groups = pre.size(1) / hidden, width = pre.size(1);
+  // rows are split into a fixed number of chunks whatever the thread count, and the chunks' shares of
+  // grad_gain are added in chunk order: the result does not depend on scheduling
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(8, rows));
+  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_layer_norm_gates_backward", [&] {
+    using T = scalar_t;
+    std::vector<double> partial(chunks * width, 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t c = first; c < last; ++c) {
+        const int64_t begin = rows * c / chunks, end = rows * (c + 1) / chunks;
+        rnnkit::layer_norm_backward<T>(end - begin, groups, hidden, ptr<T>(grad) + begin * width, width,
+                                       ptr<T>(pre) + begin * width, ptr<T>(gain), ptr<T>(mean) + begin * groups,
+                                       ptr<T>(rstd) + begin * groups, ptr<T>(grad_pre) + begin * width,
+                                       partial.data() + c * width);
+      }
+    });
+    double* total = ptr<double>(grad_gain);
+    for (int64_t c = 0; c < chunks; ++c)
+      for (int64_t j = 0; j < width; ++j) total[j] += partial[c * width + j];
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnkit_fused, m) {
@@ -384,4 +433,10 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         "Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
         &simple_backward);
   m.def("set_onednn_min_macs(int macs) -> int", &set_onednn_min_macs);
+  m.def("layer_norm_gates(Tensor pre, Tensor gain, Tensor(a!) target, Tensor(b!) mean, Tensor(c!) rstd, "
+        "int hidden, float eps) -> ()",
+        &layer_norm_gates);
+  m.def("layer_norm_gates_backward(Tensor grad, Tensor pre, Tensor gain, Tensor mean, Tensor rstd, "
+        "Tensor(a!) grad_pre, Tensor(b!) grad_gain, int hidden) -> ()",
+        &layer_norm_gates_backward);
 }

@@ -50,7 +50,7 @@ void layer_norm_add(int64_t n, int64_t groups, int64_t H, const T* pre, const T*
 
 template <typename T>
 void layer_norm_backward(int64_t n, int64_t groups, int64_t H, const T* grad, int64_t grad_stride,
-                         const T* pre, const T* gain, const T* mean, const T* rstd, T* grad_pre) {
+                         const T* pre, const T* gain, const T* mean, const T* rstd, T* grad_pre, double* grad_gain) {
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t k = 0; k < groups; ++k) {
       const T* dy = grad + r * grad_stride + k * H;
@@ -58,15 +58,19 @@ void layer_norm_backward(int64_t n, int64_t groups, int64_t H, const T* grad, in
       const T* w = gain + k * H;
       T* dx = grad_pre + (r * groups + k) * H;
       const T m = mean[r * groups + k], s = rstd[r * groups + k];
-      T a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
+      if (grad_gain) {
+        double* dw = grad_gain + k * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) dw[j] += double(dy[j] * (x[j] - m) * s);
+      }
+      double sum_a = 0, sum_b = 0;  // in double: these means decide every dx of the row
+#pragma omp simd reduction(+ : sum_a, sum_b)
       for (int64_t j = 0; j < H; ++j) {
         const T wdy = dy[j] * w[j];
-        a += wdy;
-        b += wdy * (x[j] - m) * s;
+        sum_a += double(wdy);
+        sum_b += double(wdy * (x[j] - m) * s);
       }
-      a /= T(H);
-      b /= T(H);
+      const T a = T(sum_a / double(H)), b = T(sum_b / double(H));
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) dx[j] = s * (dy[j] * w[j] - a - (x[j] - m) * s * b);
     }
@@ -338,7 +342,7 @@ void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride
 #define RNNKIT_INSTANTIATE(T)                                                                                   \
   template void layer_norm_add<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t, T*, T*, T);      \
   template void layer_norm_backward<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, const T*,       \
-                                       const T*, const T*, T*);                                                 \
+                                       const T*, const T*, T*, double*);                                        \
   template void lstm_forward_rows<T>(int64_t, int64_t, T*, const T*, const T*, T*, T*, T*, T*, const T*,        \
                                      const T*, const T*, T*, T*, const T*, const T*, T);                        \
   template void lstm_backward_rows<T>(int64_t, int64_t, const T*, T*, const T*, const T*, const T*, const T*,   \

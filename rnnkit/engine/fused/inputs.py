@@ -1,0 +1,84 @@
+r"""The input side of a fused layer: every step's input projection at once, into a pooled buffer.
+
+.. math::
+    G = X W_{ih}^T + b_{ih}\qquad\text{or, with layer norm,}\qquad G = \mathrm{LN}_{gate}(X W_{ih}^T)\,\gamma + b_{ih}
+
+for all ``N`` packed rows ``X [N, I]``: what :meth:`rnnkit.cells.base.RecurrentCell.input_gates` computes
+with autograd, here with the ``[N, G*H]`` buffers taken from :mod:`~rnnkit.engine.fused.workspace` (no
+fresh page faults), the layer norm and its backward done by the compiled loops in one pass over the rows
+(two threads), and the gain's gradient summed in that same pass. Used when the compiled loops are; the
+tests hold it equal to the autograd version (the Python-loops path).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells.base import LAYER_NORM_EPS
+from rnnkit.engine.fused import compiled, workspace
+from rnnkit.engine.fused.common import first_order_only
+
+
+def times_weight(grad: Tensor, weight: Tensor) -> Tensor:
+    """``grad @ weight``, through oneDNN for float32 products as large as the compiled loops route there."""
+    least = compiled.status()["onednn_min_macs"]
+    if (least is not None and grad.dtype == torch.float32 and grad.device.type == "cpu"
+            and grad.shape[0] * grad.shape[1] * weight.shape[1] >= least):
+        return torch.ops.mkldnn._linear_pointwise(grad, weight.t().contiguous(), None, "none", [], "")
+    return grad @ weight
+
+
+class InputProjection(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, gain, hidden: int, kernels):
+        rows, width = x.shape[0], weight.shape[0]
+        gates = workspace.empty((rows, width), x)
+        if gain is None:
+            if bias is None:
+                torch.mm(x, weight.t(), out=gates)
+            else:
+                torch.addmm(bias, x, weight.t(), out=gates)
+            ctx.save_for_backward(x, weight)
+        else:
+            pre = workspace.empty((rows, width), x)
+            torch.mm(x, weight.t(), out=pre)
+            mean, rstd = x.new_empty(rows, width // hidden), x.new_empty(rows, width // hidden)
+            if bias is None:
+                gates.zero_()
+            else:
+                gates.copy_(bias.expand(rows, width))
+            kernels.layer_norm_gates(pre, gain, gates, mean, rstd, hidden, LAYER_NORM_EPS)
+            ctx.save_for_backward(x, weight, gain, pre, mean, rstd)
+        ctx.setup = (bias is not None, gain is not None, hidden, kernels)
+        return gates
+
+    @staticmethod
+    @first_order_only
+    def backward(ctx, grad):
+        has_bias, has_gain, hidden, kernels = ctx.setup
+        x, weight, *norm = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_gain = None
+        if has_gain:
+            gain, pre, mean, rstd = norm
+            grad_pre, grad_gain = workspace.empty_like(pre), torch.zeros_like(gain, dtype=torch.float64)
+            kernels.layer_norm_gates_backward(grad, pre, gain, mean, rstd, grad_pre, grad_gain, hidden)
+            grad_gain = grad_gain.to(gain.dtype)
+        else:
+            grad_pre = grad
+        needs = ctx.needs_input_grad
+        grad_x = times_weight(grad_pre, weight) if needs[0] else None
+        grad_weight = grad_pre.t() @ x if needs[1] else None
+        grad_bias = grad.sum(0) if has_bias and needs[2] else None
+        return grad_x, grad_weight, grad_bias, grad_gain, None, None
+
+
+def input_gates(cell, x: Tensor) -> Tensor:
+    """``cell.input_gates(x)`` for packed rows ``x [N, I]``: through :class:`InputProjection` when the
+    compiled loops run, else with autograd."""
+    kernels = compiled.ops() if compiled.usable_for(x) else None
+    if kernels is None:
+        return cell.input_gates(x)
+    gain = cell.ln_ih_weight if cell.layer_norm else None
+    return InputProjection.apply(x, cell.weight_ih, cell.bias_ih, gain, cell.hidden_size, kernels)
