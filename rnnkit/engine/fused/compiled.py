@@ -147,6 +147,11 @@ def ops():
     return torch.ops.rnnkit_fused if _state["loaded"] else None
 
 
+def onednn_min_macs() -> int | None:
+    """From how many multiply-adds float32 products go through oneDNN now (None: never)."""
+    return _state["onednn"] if ops() is not None else None
+
+
 def usable_for(*tensors) -> bool:
     """The compiled loops take float32/float64 CPU tensors."""
     return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)

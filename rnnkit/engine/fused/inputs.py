@@ -18,15 +18,7 @@ from torch import Tensor
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
 from rnnkit.engine.fused.common import first_order_only
-
-
-def times_weight(grad: Tensor, weight: Tensor) -> Tensor:
-    """``grad @ weight``, through oneDNN for float32 products as large as the compiled loops route there."""
-    least = compiled.status()["onednn_min_macs"]
-    if (least is not None and grad.dtype == torch.float32 and grad.device.type == "cpu"
-            and grad.shape[0] * grad.shape[1] * weight.shape[1] >= least):
-        return torch.ops.mkldnn._linear_pointwise(grad, weight.t().contiguous(), None, "none", [], "")
-    return grad @ weight
+from rnnkit.engine.fused.gemm import times_weight, weight_grad
 
 
 class InputProjection(torch.autograd.Function):
@@ -69,7 +61,7 @@ class InputProjection(torch.autograd.Function):
             grad_pre = grad
         needs = ctx.needs_input_grad
         grad_x = times_weight(grad_pre, weight) if needs[0] else None
-        grad_weight = grad_pre.t() @ x if needs[1] else None
+        grad_weight = weight_grad(grad_pre, x) if needs[1] else None
         grad_bias = grad.sum(0) if has_bias and needs[2] else None
         return grad_x, grad_weight, grad_bias, grad_gain, None, None
 

@@ -1,0 +1,38 @@
+"""The fused engine's all-steps products on the CPU, through oneDNN where it is measured faster.
+
+ATen's ``mm`` runs MKL, which on this AMD CPU uses its AVX2 code; torch's oneDNN linear
+(``torch.ops.mkldnn._linear_pointwise``, AVX-512) was 1.4-2x faster for every all-steps shape measured
+(``benchmarks/RESULTS.md``), e.g. the weight gradient ``G^T X`` for G ``[12800, 768]``, X ``[12800, 256]``:
+17 ms against 27 ms. It takes float32 only, so float64 (and every product while the compiled loops or
+oneDNN are off, see :func:`rnnkit.engine.fused.compiled.onednn_gemms`) stays on ATen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkit.engine.fused import compiled
+
+_linear = torch.ops.mkldnn._linear_pointwise if hasattr(torch.ops.mkldnn, "_linear_pointwise") else None
+
+
+def _onednn(a: Tensor, macs: int) -> bool:
+    least = compiled.onednn_min_macs()
+    return least is not None and _linear is not None and a.dtype == torch.float32 and a.device.type == "cpu" \
+        and macs >= least
+
+
+def times_weight(grad: Tensor, weight: Tensor) -> Tensor:
+    """``grad [N, K] @ weight [K, M]``."""
+    if _onednn(grad, grad.shape[0] * grad.shape[1] * weight.shape[1]):
+        return _linear(grad, weight.t().contiguous(), None, "none", [], "")
+    return grad @ weight
+
+
+def weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
+    """``grad^T @ inputs`` for ``grad [N, M]``, ``inputs [N, K]``: a sum over all N rows, ``[M, K]``."""
+    if _onednn(grad, grad.shape[0] * grad.shape[1] * inputs.shape[1]):
+        # (inputs^T grad)^T: oneDNN reads both transposed views without copies, and this order is its fast one
+        return _linear(inputs.t(), grad.t(), None, "none", [], "").t()
+    return grad.t() @ inputs
