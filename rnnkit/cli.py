@@ -387,9 +387,16 @@ def bench(
         torch.set_num_threads(threads)
     from rnnkit.engine.fused import compiled
 
+    from rnnkit.engine.fused import workspace
+
     loops = compiled.status()
+    onednn = loops["onednn_min_macs"]
     loops_line = ("fused engine: compiled per-step loops" if loops["in_use"]
                   else f"fused engine: Python per-step loops ({loops['why_not']})")
+    loops_line += (", float32 products through oneDNN" + (f" from {onednn:,} multiply-adds" if onednn else "")
+                   if onednn is not None else ", products through ATen (MKL)")
+    limit = workspace.limit_bytes()
+    loops_line += f", buffer pool up to {limit >> 20} MiB" if limit else ", no buffer pool"
     console.print(loops_line)
     shapes = benchmark.QUICK_SHAPES if quick else benchmark.SHAPES
     with Progress(console=console, transient=True) as progress:

@@ -26,3 +26,21 @@ def test_markdown_report_lists_every_ratio():
     rows = [benchmark.Row("gru", (1, 2, 3, 4), "train", 10.0, {"control": 1.0, "fused": 0.5})]
     text = benchmark.markdown(rows, [], [], "header")
     assert "| gru | 1,2,3,4 | train | 10.00 | 1.00x | 0.50x |" in text
+
+
+def test_bench_command_says_which_loops_products_and_pool_it_measured(tmp_path):
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+    from rnnkit.engine.fused import compiled
+
+    report = tmp_path / "bench.md"
+    result = CliRunner().invoke(app, ["bench", "--quick", "--cells", "rnn", "--markdown", str(report)],
+                                env={"COLUMNS": "400", "RNNKIT_WORKSPACE_MB": "256"})
+    assert result.exit_code == 0, result.output
+    header = report.read_text().splitlines()[0]
+    status = compiled.status()
+    assert ("compiled per-step loops" if status["in_use"] else "Python per-step loops") in header
+    assert ("through oneDNN" if status["onednn_min_macs"] is not None else "through ATen") in header
+    assert "buffer pool up to 256 MiB" in header
+    assert "| rnn |" in report.read_text()
