@@ -103,3 +103,19 @@ def test_outputs_a_caller_keeps_are_never_overwritten_by_later_calls(cell, monke
         out2, grad2, params2 = step(x)
         assert torch.equal(out, out2) and torch.equal(grad, grad2)
         assert all(torch.equal(a, b) for a, b in zip(params, params2))
+
+
+def test_pooled_buffers_work_under_inference_mode_and_no_grad_and_stay_correct():
+    torch.manual_seed(0)
+    layer = rk.GRU(8, 256, backend="fused")
+    x = torch.randn(16, 80, 8)
+    with torch.no_grad():
+        expected = layer(x)[0].clone()
+    with torch.inference_mode():
+        first = layer(x)[0]
+        again = layer(x)[0]
+    assert torch.equal(first, expected) and torch.equal(again, expected)
+    out, _ = layer(x)  # a normal call after inference-mode calls released their buffers
+    out.sum().backward()
+    assert torch.equal(out.detach(), expected)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())

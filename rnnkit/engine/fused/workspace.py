@@ -39,8 +39,12 @@ def limit_bytes() -> int:
     return max(0, int(megabytes * (1 << 20)))
 
 
+#: how many references a storage has; a private torch function, so the pool turns itself off without it
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
 def _unused(storage: torch.UntypedStorage) -> bool:
-    return torch._C._storage_Use_Count(storage._cdata) == 1  # only the pool's own reference
+    return _use_count(storage._cdata) == 1  # only the pool's own reference
 
 
 def empty(shape: tuple[int, ...] | list[int], like: Tensor) -> Tensor:
@@ -49,7 +53,7 @@ def empty(shape: tuple[int, ...] | list[int], like: Tensor) -> Tensor:
     shape = tuple(int(s) for s in shape)
     nbytes = math.prod(shape) * like.element_size()
     limit = limit_bytes()
-    if like.device.type != "cpu" or nbytes < MIN_BYTES or nbytes > limit:
+    if like.device.type != "cpu" or nbytes < MIN_BYTES or nbytes > limit or _use_count is None:
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     with _lock:
         best = None
