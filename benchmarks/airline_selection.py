@@ -36,20 +36,28 @@ def mape(values, end, options):
     return scores
 
 
-def main(part: int = 0, parts: int = 1) -> None:
+def quiet() -> None:
+    """One thread per process (run two halves side by side), no Lightning chatter."""
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     torch.set_num_threads(1)
+
+
+def report(values, options: dict, shown: dict | None = None) -> None:
+    """Print the validation MAPE (mean over origins, and each) and the test MAPE (mean over seeds, and each)."""
+    validation = [float(np.mean(mape(values, end, options))) for end in ORIGINS]
+    test = mape(values, 120, options)
+    print(json.dumps(shown or options), f"validation {np.mean(validation):.2f}",
+          f"({' / '.join(f'{v:.1f}' for v in validation)})", f"test {np.mean(test):.2f}",
+          f"({' / '.join(f'{v:.1f}' for v in test)})", flush=True)
+
+
+def main(part: int = 0, parts: int = 1) -> None:
+    quiet()
     values = load_airline()[1].astype(float)
     for index, combo in enumerate(itertools.product(*GRID.values())):
-        if index % parts != part:
-            continue
-        options = dict(zip(GRID, combo))
-        validation = [float(np.mean(mape(values, end, options))) for end in ORIGINS]
-        test = mape(values, 120, options)
-        print(json.dumps(options), f"validation {np.mean(validation):.2f}",
-              f"({' / '.join(f'{v:.1f}' for v in validation)})", f"test {np.mean(test):.2f}",
-              f"({' / '.join(f'{v:.1f}' for v in test)})", flush=True)
+        if index % parts == part:
+            report(values, dict(zip(GRID, combo)))
 
 
 if __name__ == "__main__":
