@@ -13,8 +13,8 @@ import sys
 from airline_selection import quiet, report  # this script's folder is on sys.path when run as above
 from torch import nn
 
-from rnnkit.tasks import forecaster
 from rnnkit.data.series import load_airline
+from rnnkit.tasks import forecaster
 
 
 class HighwayNetwork(forecaster.ForecastNetwork):
