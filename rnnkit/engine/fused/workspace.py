@@ -3,7 +3,7 @@
 torch's CPU allocator does not cache, and glibc hands blocks above its mmap threshold (at most 32 MB)
 back to the operating system when they are freed, so every fresh multi-megabyte tensor is page-faulted
 in again on first write: about 0.2-0.7 ms per MB on the development machine, a sixth to a third of a
-GRU training step at (B, T, H) = (64, 200, 256) (../shared/PERF_NOTES.md, item 3).
+GRU training step at (B, T, H) = (64, 200, 256) (measurements in benchmarks/RESULTS.md).
 
 The fused Functions take their big buffers (states, gate activations, local derivatives, gradients) from
 this pool instead. A buffer's memory is handed out again only when no tensor uses it any more (its
@@ -77,10 +77,6 @@ def empty_like(tensor: Tensor) -> Tensor:
 def copy_of(tensor: Tensor) -> Tensor:
     """A contiguous copy of ``tensor`` (what ``clone`` gives) in a pooled buffer."""
     return empty(tensor.shape, tensor).copy_(tensor)
-
-
-def zeros(shape: tuple[int, ...] | list[int], like: Tensor) -> Tensor:
-    return empty(shape, like).zero_()
 
 
 def _trim(keep: int) -> None:
