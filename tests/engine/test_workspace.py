@@ -34,6 +34,8 @@ def test_a_free_buffer_is_handed_out_again_and_one_in_use_is_not():
 def test_small_buffers_and_other_devices_are_not_pooled():
     small = workspace.empty((10, 10), torch.empty(0))
     assert small.shape == (10, 10) and workspace.pooled_bytes() == 0
+    elsewhere = workspace.empty((1024, 1024), torch.empty(0, device="meta"))  # 4 MiB, but not on the CPU
+    assert elsewhere.device.type == "meta" and elsewhere.shape == (1024, 1024) and workspace.pooled_bytes() == 0
 
 
 def test_a_buffer_is_reused_only_when_it_wastes_less_than_half():

@@ -173,15 +173,14 @@ struct Projection {
   template <typename T>
   void grad_into(Tensor grad_inputs, const Tensor& grad, int64_t o, const OptTensor& mask) {
     Tensor g = grad_pre_of<T>(grad, o);
-    const bool onednn = weight_tc.defined() && use_onednn(g, hidden);
-    if (!mask && onednn) {
-      grad_inputs.add_(onednn_product(g, weight_tc));
-    } else if (!mask) {
-      grad_inputs.addmm_(g, weight);
-    } else {
+    if (mask) {
       Tensor full = times_weight(g);
       rnnkit::addcmul_rows<T>(g.size(0), hidden, grad_inputs.data_ptr<T>(), full.data_ptr<T>(), hidden,
                               ptr<T>(mask) + o * hidden);
+    } else if (weight_tc.defined() && use_onednn(g, hidden)) {
+      grad_inputs.add_(onednn_product(g, weight_tc));
+    } else {
+      grad_inputs.addmm_(g, weight);
     }
   }
 
