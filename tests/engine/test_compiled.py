@@ -63,7 +63,8 @@ def test_compiled_loops_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("RNNKIT_COMPILED", "0")
     assert compiled.ops() is None
     assert compiled.status() == {"in_use": False, "library": compiled.status()["library"],
-                                 "why_not": "turned off by RNNKIT_COMPILED=0", "onednn_min_macs": None}
+                                 "why_not": "turned off by RNNKIT_COMPILED=0", "onednn_min_macs": None,
+                                 "threaded": False}
     layer = rk.GRU(3, 4, backend="fused")
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
 
@@ -154,3 +155,48 @@ def test_layer_norm_gradients_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_steps_split_over_threads_give_the_same_results(case, dtype):
+    """Every step's pointwise work split over threads (down to single rows) gives bit-identical results with
+    1 and 2 threads, and the same results as unsplit steps up to the order of the layer-norm gain sums.
+    (float32 products go through oneDNN here: MKL's float32 GEMMs themselves differ by thread count.)"""
+    if not compiled.status()["threaded"]:
+        pytest.skip("the compiled loops were built without OpenMP")
+    if dtype == torch.float32 and not torch.backends.mkldnn.is_available():
+        pytest.skip("needs oneDNN for thread-count independent float32 products")
+    name, options = case
+    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=24,
+                     dtype=dtype)
+    x = torch.randn(7, 6, 5, dtype=dtype)
+    lengths = torch.tensor([7, 3, 7, 1, 5, 6])
+    noise = cell.sample_noise(7, 6)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count, split in ((1, 1), (2, 1), (2, None)):
+            torch.set_num_threads(count)
+            with compiled.step_threads(split), _gemms("onednn"):
+                runs.append(_run(cell, x, lengths, noise))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    if not options.get("layer_norm"):
+        assert all(torch.equal(a, b) for a, b in zip(runs[1], runs[2]))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for a, b in zip(runs[1], runs[2]):
+        torch.testing.assert_close(a, b, atol=tol * b.abs().max().item(), rtol=tol)
+
+
+def test_step_threads_restores_the_setting_and_needs_the_compiled_loops():
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    kernels = compiled.ops()
+    with compiled.step_threads(None):
+        assert kernels.set_parallel_min(-1) == -1
+    assert kernels.set_parallel_min(compiled.PARALLEL_MIN) == compiled.PARALLEL_MIN  # back to the default
+    with compiled.python_loops(), pytest.raises(RuntimeError, match="not in use"):
+        with compiled.step_threads(1):
+            pass

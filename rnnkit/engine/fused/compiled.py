@@ -36,6 +36,13 @@ _FILES = ("pointwise.h", "pointwise.cpp", "loops.cpp")
 #: linked without -ffast-math so that no flush-to-zero start-up code reaches the process (GCC < 13 links it).
 _POINTWISE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c++17"]
 _LOOPS_FLAGS = ["-O2", "-fPIC", "-std=c++17", "-w"]
+#: loops.cpp is compiled with OpenMP so that ATen's parallel_for splits a step's pointwise work over torch's
+#: threads (without it, parallel_for is serial); the OpenMP runtime is the libgomp.so.1 torch has loaded.
+#: Where that does not build, the loops are built without it and run each step on one thread.
+_OPENMP_FLAGS = ["-fopenmp"]
+
+#: a step's pointwise work is split over threads in chunks of at least this many elements (see loops.cpp)
+PARALLEL_MIN = 8192
 
 #: float32 recurrent products of at least this many multiply-adds go through torch's oneDNN linear instead
 #: of ATen's mm (MKL): measured ~2x faster here from about 2M (AVX-512 kernels; MKL runs AVX2 code on
@@ -43,7 +50,7 @@ _LOOPS_FLAGS = ["-O2", "-fPIC", "-std=c++17", "-w"]
 ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None}
+_state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False}
 _forced_off = threading.local()
 
 
@@ -78,13 +85,22 @@ def _key(compiler: str) -> str:
         digest.update((SOURCES / name).read_bytes())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=False).stdout
     for part in (torch.__version__, version, _cpu_signature(), platform.machine(), sys.version,
-                 " ".join(_POINTWISE_FLAGS + _LOOPS_FLAGS)):
+                 " ".join(_POINTWISE_FLAGS + _LOOPS_FLAGS + _OPENMP_FLAGS)):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
 
 
 def _build(compiler: str, target: Path) -> None:
-    """Compile and link into ``target`` atomically (a half-built library never has the final name)."""
+    """Compile and link into ``target`` atomically (a half-built library never has the final name), with
+    OpenMP if that builds."""
+    try:
+        _build_with(compiler, target, _OPENMP_FLAGS)
+    except RuntimeError as error:
+        log.info("rnnkit: building the loops with OpenMP failed, building them single-threaded: %s", error)
+        _build_with(compiler, target, [])
+
+
+def _build_with(compiler: str, target: Path, extra: list[str]) -> None:
     from torch.utils.cpp_extension import include_paths
 
     includes = [f"-I{p}" for p in include_paths()]
@@ -95,8 +111,8 @@ def _build(compiler: str, target: Path) -> None:
         pointwise, loops, library = Path(tmp, "pointwise.o"), Path(tmp, "loops.o"), Path(tmp, target.name)
         commands = [
             [compiler, "-c", *_POINTWISE_FLAGS, abi, str(SOURCES / "pointwise.cpp"), "-o", str(pointwise)],
-            [compiler, "-c", *_LOOPS_FLAGS, abi, *includes, str(SOURCES / "loops.cpp"), "-o", str(loops)],
-            [compiler, "-shared", str(pointwise), str(loops), "-o", str(library), f"-L{torch_lib}",
+            [compiler, "-c", *_LOOPS_FLAGS, *extra, abi, *includes, str(SOURCES / "loops.cpp"), "-o", str(loops)],
+            [compiler, "-shared", *extra, str(pointwise), str(loops), "-o", str(library), f"-L{torch_lib}",
              f"-Wl,-rpath,{torch_lib}", "-ltorch_cpu", "-lc10", "-lmvec", "-lm"],
         ]
         for command in commands:
@@ -134,6 +150,8 @@ def _load() -> None:
     _state["onednn"] = None if _env_off("RNNKIT_ONEDNN") else ONEDNN_MIN_MACS
     if _state["onednn"] is not None and torch.ops.rnnkit_fused.set_onednn_min_macs(ONEDNN_MIN_MACS) == -2:
         _state["onednn"] = None  # this torch has no oneDNN linear
+    _state["threaded"] = bool(torch.ops.rnnkit_fused.threaded())
+    torch.ops.rnnkit_fused.set_parallel_min(PARALLEL_MIN)
 
 
 def ops():
@@ -159,14 +177,15 @@ def usable_for(*tensors) -> bool:
 
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
-    None}`` (builds on first call). ``onednn_min_macs``: from what size float32 recurrent products go through
-    oneDNN (None: never)."""
+    None, "threaded": bool}`` (builds on first call). ``onednn_min_macs``: from what size float32 recurrent
+    products go through oneDNN (None: never). ``threaded``: whether a step's pointwise work can be split
+    over torch's threads (the library was built with OpenMP)."""
     in_use = ops() is not None
     why = None if in_use else ("turned off by RNNKIT_COMPILED=0" if _env_off() else
                                "turned off by python_loops()" if getattr(_forced_off, "value", False)
                                else _state["why_not"])
     return {"in_use": in_use, "library": _state["path"], "why_not": why,
-            "onednn_min_macs": _state["onednn"] if in_use else None}
+            "onednn_min_macs": _state["onednn"] if in_use else None, "threaded": in_use and _state["threaded"]}
 
 
 @contextlib.contextmanager
@@ -187,6 +206,21 @@ def onednn_gemms(min_macs: int | None):
     finally:
         kernels.set_onednn_min_macs(previous)
         _state["onednn"] = saved
+
+
+@contextlib.contextmanager
+def step_threads(min_elements: int | None):
+    """Split a step's pointwise work over torch's threads in chunks of at least ``min_elements`` (1: every
+    step with two rows or more; None: never) inside the block, for every thread. For tests and benchmarks;
+    results do not depend on it."""
+    kernels = ops()
+    if kernels is None:
+        raise RuntimeError(f"the compiled loops are not in use: {status()['why_not']}")
+    previous = kernels.set_parallel_min(-1 if min_elements is None else max(1, int(min_elements)))
+    try:
+        yield
+    finally:
+        kernels.set_parallel_min(previous)
 
 
 @contextlib.contextmanager

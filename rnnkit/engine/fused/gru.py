@@ -9,8 +9,11 @@ Gate order r, z, n as in torch.nn. With :math:`\tilde h = m \odot h_{t-1}` and :
   (biases inside :math:`g`);
 
 then :math:`h_t = (1 - z) n + z h_{t-1}`, and zoneout mixes :math:`h_t` with :math:`h_{t-1}`.
-Backward precomputes every local derivative for all steps at once; each step then costs a few
-pointwise ops and one recurrent GEMM (two for reset-before).
+Forward keeps the activations, the states and (reset after) only the n part of :math:`a`. Backward, reset
+after, in the compiled loops: each step recomputes its local derivatives from those in one pass, then one
+recurrent GEMM, so no all-steps derivative buffers exist (training memory below torch.nn's). Reset before,
+and the Python loops: every local derivative is precomputed for all steps at once; each step then costs a
+few pointwise ops and one recurrent GEMM (two for reset before).
 """
 
 from __future__ import annotations
@@ -33,11 +36,7 @@ class FusedGRU(torch.autograd.Function):
         candidate = workspace.empty((rows_total, hidden), act) if masks.zoneout is not None else None  # h~ before zoneout
         if reset_after:
             projections = (Projection(weight_hh, ln_gain, packing, hidden),)
-            hidden_terms = workspace.empty((rows_total, 3 * hidden), act)  # [N, 3H] R(h~) + b_hh
-            if bias_hh is None:
-                hidden_terms.zero_()
-            else:
-                hidden_terms.copy_(bias_hh.expand_as(hidden_terms))
+            hidden_terms = workspace.empty((rows_total, hidden), act)  # [N, H] the n part of R(h~) + b_hh
         else:
             split = (slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden))
             projections = tuple(Projection(weight_hh[s], None if ln_gain is None else ln_gain[s], packing, hidden)
@@ -45,11 +44,13 @@ class FusedGRU(torch.autograd.Function):
             hidden_terms = workspace.empty((rows_total, hidden), act)  # [N, H] r * h~, input of R_n
         kernels = compiled.ops() if compiled.usable_for(act) else None
         if kernels is not None:
-            kernels.gru_forward(act, states, hidden_terms, candidate, *_compiled_buffers(projections), masks.recurrent,
+            kernels.gru_forward(act, states, hidden_terms, candidate, *_compiled_buffers(projections),
+                                bias_hh if reset_after else None, masks.recurrent,
                                 None if masks.zoneout is None else masks.zoneout[0], packing.batch_sizes,
                                 reset_after, LAYER_NORM_EPS)
         else:
-            _forward_steps(act, states, hidden_terms, candidate, projections, reset_after, packing, masks)
+            _forward_steps(act, states, hidden_terms, candidate, projections, bias_hh if reset_after else None,
+                           reset_after, packing, masks)
         ctx.save_for_backward(states)
         ctx.buffers = (act, hidden_terms)
         ctx.setup = (packing, masks, reset_after, projections, bias_hh is not None, kernels)
@@ -67,6 +68,19 @@ class FusedGRU(torch.autograd.Function):
         r, z, n = act.chunk(3, dim=1)
         h_prev = packing.previous_rows(states)
         h_in = h_prev if masks.recurrent is None else h_prev * masks.recurrent
+        grad_in = workspace.copy_of(or_zeros(grad_states, states))  # [B+N, H]
+        grad_gates = workspace.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
+        if reset_after and kernels is not None:
+            # the compiled step recomputes its local derivatives: no all-steps derivative buffers
+            grad_n = workspace.empty_like(hidden_terms)
+            kernels.gru_backward_after(grad_in, act, states, hidden_terms, grad_gates, grad_n,
+                                       projections[0].compiled_buffers(backward=True), masks.recurrent,
+                                       None if masks.zoneout is None else masks.zoneout[0], packing.batch_sizes,
+                                       LAYER_NORM_EPS)
+            grad_weight, grad_gain = projections[0].parameter_grads(grad_gates, h_in)
+            grad_bias = grad_gates.sum(0) if has_bias else None
+            grad_gates[:, 2 * hidden:] = grad_n  # input side: r and z as the hidden side, n without the r factor
+            return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
         # local derivatives of h_t w.r.t. each pre-activation, per unit of dL/dh_t, built in place:
         # coef[:, 0] r (reset after) or d r/d a_r (reset before), coef[:, 1] z, coef[:, 2] n   [N, 3, H]
         coef = workspace.empty((act.shape[0], 3, hidden), act)
@@ -79,17 +93,11 @@ class FusedGRU(torch.autograd.Function):
             c_n.addcmul_(c_n, zone, value=-1.0)
             c_z.addcmul_(c_z, zone, value=-1.0)
             direct.add_(zone).addcmul_(zone, z, value=-1.0)
-        grad_in = workspace.copy_of(or_zeros(grad_states, states))  # [B+N, H]
-        grad_gates = workspace.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
-        if reset_after:
-            torch.mul(c_n, hidden_terms[:, 2 * hidden:], out=c_r).mul_(r).addcmul_(c_r, r, value=-1.0)
+        if reset_after:  # the Python loops
+            torch.mul(c_n, hidden_terms, out=c_r).mul_(r).addcmul_(c_r, r, value=-1.0)
             input_n = workspace.copy_of(c_n)  # d h_t / d (input term of n), per unit dL/dh_t
             c_n.mul_(r)  # coef now holds d h_t / d (R(h~) + b_hh); grad_gates receives d loss / d (R(h~) + b_hh)
-            if kernels is not None:
-                kernels.gru_backward(grad_in, coef, direct, grad_gates, *_compiled_buffers(projections, True), None,
-                                     masks.recurrent, packing.batch_sizes, True, LAYER_NORM_EPS)
-            else:
-                _backward_steps_reset_after(grad_in, grad_gates, coef, direct, projections[0], packing, masks)
+            _backward_steps_reset_after(grad_in, grad_gates, coef, direct, projections[0], packing, masks)
             grad_weight, grad_gain = projections[0].parameter_grads(grad_gates, h_in)
             grad_bias = grad_gates.sum(0) if has_bias else None
             # input side: equal to the hidden side for r and z; for n it is dL/dh_t * input_n, all steps at once
@@ -98,8 +106,8 @@ class FusedGRU(torch.autograd.Function):
             torch.mul(h_in, r, out=c_r).addcmul_(c_r, r, value=-1.0)  # h~ r (1 - r)
             r_in = r if masks.recurrent is None else r * masks.recurrent  # d(r*h~)/dh_{t-1}
             if kernels is not None:
-                kernels.gru_backward(grad_in, coef, direct, grad_gates, *_compiled_buffers(projections, True), r_in,
-                                     masks.recurrent, packing.batch_sizes, False, LAYER_NORM_EPS)
+                kernels.gru_backward_before(grad_in, coef, direct, grad_gates, *_compiled_buffers(projections, True),
+                                            r_in, masks.recurrent, packing.batch_sizes, LAYER_NORM_EPS)
             else:
                 _backward_steps_reset_before(grad_in, grad_gates, coef, direct, r_in, projections, packing, masks)
             w_rz, gain_rz = projections[0].parameter_grads(grad_gates[:, : 2 * hidden], h_in)
@@ -116,7 +124,7 @@ def _compiled_buffers(projections, backward: bool = False) -> tuple[list, int]:
     return [b for buffers in lists for b in buffers], len(lists[0])
 
 
-def _forward_steps(act, states, hidden_terms, candidate, projections, reset_after, packing, masks) -> None:
+def _forward_steps(act, states, hidden_terms, candidate, projections, bias, reset_after, packing, masks) -> None:
     """The forward loop in Python (what csrc/loops.cpp's gru_forward does)."""
     hidden, views = states.shape[1], packing.step_views
     state_views = views(states)
@@ -126,15 +134,21 @@ def _forward_steps(act, states, hidden_terms, candidate, projections, reset_afte
     zoneout = None if masks.zoneout is None else views(masks.zoneout[0])
     candidate_views = views(candidate) if candidate is not None else None
     term_views = views(hidden_terms)
-    if reset_after:
-        term_rz_views, term_n_views = views(hidden_terms[:, : 2 * hidden]), views(hidden_terms[:, 2 * hidden:])
+    if reset_after:  # each step's R(h~) + b_hh in a scratch buffer; its n part is kept in hidden_terms
+        scratch = act.new_empty(packing.batch, 3 * hidden)
     for t, rows in enumerate(packing.batch_sizes):
         h_prev = step_rows(state_views, t, rows)
         h_in = h_prev if recurrent[t] is None else h_prev * recurrent[t]
         if reset_after:
-            projections[0].add_into(term_views[t], h_in, t)
-            rz_views[t].add_(term_rz_views[t]).sigmoid_()
-            tanh_(n_views[t].addcmul_(r_views[t], term_n_views[t]))
+            step = scratch[:rows]
+            if bias is None:
+                step.zero_()
+            else:
+                step.copy_(bias.expand_as(step))
+            projections[0].add_into(step, h_in, t)
+            rz_views[t].add_(step[:, : 2 * hidden]).sigmoid_()
+            term_views[t].copy_(step[:, 2 * hidden:])
+            tanh_(n_views[t].addcmul_(r_views[t], term_views[t]))
         else:
             projections[0].add_into(rz_views[t], h_in, t)
             rz_views[t].sigmoid_()

@@ -81,6 +81,40 @@ int64_t set_onednn_min_macs(int64_t macs) {
   return onednn_min_macs.exchange(macs);
 }
 
+// Per-step pointwise work is split over torch's intra-op threads (at::parallel_for; this file is compiled
+// with OpenMP, as torch is) in chunks of at least this many elements; below that, or when negative, a step
+// runs on one thread. Each row of a step is independent of the others, so the split never changes a result;
+// the one sum across rows (layer-norm gains' gradients) goes by chunks fixed by this setting alone.
+std::atomic<int64_t> parallel_min{8192};
+
+int64_t set_parallel_min(int64_t elements) { return parallel_min.exchange(elements); }
+
+bool threaded() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+// f(begin, end) over the rows [0, n) of a step, each `width` elements of work
+template <typename F>
+void over_rows(int64_t n, int64_t width, const F& f) {
+  const int64_t min = parallel_min.load(std::memory_order_relaxed);
+  if (min < 0 || n < 2 || n * width < 2 * min) {
+    f(int64_t(0), n);
+    return;
+  }
+  at::parallel_for(0, n, std::max<int64_t>(1, (min + width - 1) / width), f);
+}
+
+// how many fixed chunks a sum over n rows of `width` elements is split into (independent of the thread count)
+int64_t sum_chunks(int64_t n, int64_t width) {
+  const int64_t min = parallel_min.load(std::memory_order_relaxed);
+  if (min < 0 || n < 2) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>({int64_t(8), n, n * width / std::max<int64_t>(1, min)}));
+}
+
 // Row offsets of a packed layout: step t covers packed rows [offset[t], offset[t] + sizes[t]); the
 // state before step t is block t of a [B + N] state buffer, starting at state_offset(t).
 struct Steps {
@@ -107,6 +141,7 @@ struct Projection {
   OptTensor gain, pre, mean, rstd, grad_pre, grad_gain;
   int64_t groups, hidden;
   double eps;
+  std::vector<double> partial;  // per-chunk sums of grad_gain within a step
 
   // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre, grad_gain)]; grad_gain (float64) accumulates
   Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward) : hidden(hidden), eps(eps) {
@@ -148,18 +183,39 @@ struct Projection {
     } else {
       at::mm_out(out, inputs, weight_t);
     }
-    rnnkit::layer_norm_add<T>(n, groups, hidden, ptr<T>(pre) + o * width, ptr<T>(gain), target.data_ptr<T>(),
-                              target.stride(0), ptr<T>(mean) + o * groups, ptr<T>(rstd) + o * groups, T(eps));
+    T* into = target.data_ptr<T>();
+    const int64_t stride = target.stride(0);
+    over_rows(n, width, [&](int64_t b, int64_t e) {
+      rnnkit::layer_norm_add<T>(e - b, groups, hidden, ptr<T>(pre) + (o + b) * width, ptr<T>(gain), into + b * stride,
+                                stride, ptr<T>(mean) + (o + b) * groups, ptr<T>(rstd) + (o + b) * groups, T(eps));
+    });
   }
 
   // d loss / d (inputs @ W^T) for rows [o, o+n), from grad = d loss / d projection
   template <typename T>
   Tensor grad_pre_of(const Tensor& grad, int64_t o) {
     if (!gain) return grad;
-    const int64_t n = grad.size(0), width = groups * hidden;
-    rnnkit::layer_norm_backward<T>(n, groups, hidden, grad.data_ptr<T>(), grad.stride(0), ptr<T>(pre) + o * width,
-                                   ptr<T>(gain), ptr<T>(mean) + o * groups, ptr<T>(rstd) + o * groups,
-                                   ptr<T>(grad_pre) + o * width, ptr<double>(grad_gain));
+    const int64_t n = grad.size(0), width = groups * hidden, stride = grad.stride(0);
+    const T* g = grad.data_ptr<T>();
+    auto rows = [&](int64_t b, int64_t e, double* into) {
+      rnnkit::layer_norm_backward<T>(e - b, groups, hidden, g + b * stride, stride, ptr<T>(pre) + (o + b) * width,
+                                     ptr<T>(gain), ptr<T>(mean) + (o + b) * groups, ptr<T>(rstd) + (o + b) * groups,
+                                     ptr<T>(grad_pre) + (o + b) * width, into);
+    };
+    const int64_t chunks = grad_gain ? sum_chunks(n, width) : 1;
+    if (!grad_gain) {
+      over_rows(n, width, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
+    } else if (chunks == 1) {
+      rows(0, n, ptr<double>(grad_gain));
+    } else {  // each fixed chunk sums into its own row of `partial`; the rows are added in chunk order
+      partial.assign(chunks * width, 0.0);
+      at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+        for (int64_t c = first; c < last; ++c) rows(n * c / chunks, n * (c + 1) / chunks, partial.data() + c * width);
+      });
+      double* total = ptr<double>(grad_gain);
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int64_t j = 0; j < width; ++j) total[j] += partial[c * width + j];
+    }
     return grad_pre->narrow(0, o, n);
   }
 
@@ -175,8 +231,11 @@ struct Projection {
     Tensor g = grad_pre_of<T>(grad, o);
     if (mask) {
       Tensor full = times_weight(g);
-      rnnkit::addcmul_rows<T>(g.size(0), hidden, grad_inputs.data_ptr<T>(), full.data_ptr<T>(), hidden,
-                              ptr<T>(mask) + o * hidden);
+      T *into = grad_inputs.data_ptr<T>(), *from = full.data_ptr<T>();
+      over_rows(g.size(0), hidden, [&](int64_t b, int64_t e) {
+        rnnkit::addcmul_rows<T>(e - b, hidden, into + b * hidden, from + b * hidden, hidden,
+                                ptr<T>(mask) + (o + b) * hidden);
+      });
     } else if (weight_tc.defined() && use_onednn(g, hidden)) {
       grad_inputs.add_(onednn_product(g, weight_tc));
     } else {
@@ -215,11 +274,15 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
     for (int64_t t = 0; t < steps.count(); ++t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
       proj.add_into<T>(act.narrow(0, o, n), recurrent_input(hs.narrow(0, p, n), recurrent, scratch, o), o);
-      rnnkit::lstm_forward_rows<T>(
-          n, H, ptr<T>(act) + o * 4 * H, ptr<T>(hs) + p * H, ptr<T>(cs) + p * H, ptr<T>(cell_tilde) + o * H,
-          ptr<T>(tanh_c) + o * H, ptr<T>(hs) + q * H, ptr<T>(cs) + q * H, ptr<T>(peephole), ptr<T>(cell_gain),
-          ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + o : nullptr, cell_gain ? ptr<T>(cell_rstd) + o : nullptr,
-          zone_h ? ptr<T>(zone_h) + o * H : nullptr, zone_c ? ptr<T>(zone_c) + o * H : nullptr, T(eps));
+      over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
+        const int64_t ob = o + b, pb = p + b, qb = q + b;
+        rnnkit::lstm_forward_rows<T>(
+            e - b, H, ptr<T>(act) + ob * 4 * H, ptr<T>(hs) + pb * H, ptr<T>(cs) + pb * H, ptr<T>(cell_tilde) + ob * H,
+            ptr<T>(tanh_c) + ob * H, ptr<T>(hs) + qb * H, ptr<T>(cs) + qb * H, ptr<T>(peephole), ptr<T>(cell_gain),
+            ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + ob : nullptr,
+            cell_gain ? ptr<T>(cell_rstd) + ob : nullptr, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
+            zone_c ? ptr<T>(zone_c) + ob * H : nullptr, T(eps));
+      });
     }
   });
 }
@@ -238,31 +301,37 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor to_cell, Tensor to_outp
     using T = scalar_t;
     for (int64_t t = steps.count() - 1; t >= 0; --t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      rnnkit::lstm_backward_rows<T>(
-          n, H, ptr<T>(grad_in) + q * H, ptr<T>(grad_c), ptr<T>(to_cell) + o * H, ptr<T>(to_output) + o * H,
-          ptr<T>(coef) + o * 3 * H, ptr<T>(act) + o * 4 * H, ptr<T>(grad_gates) + o * 4 * H, ptr<T>(grad_in) + p * H,
-          ptr<T>(peephole), cell_gain ? ptr<T>(cell_tilde) + o * H : nullptr, ptr<T>(cell_gain),
-          cell_gain ? ptr<T>(cell_mean) + o : nullptr, cell_gain ? ptr<T>(cell_rstd) + o : nullptr,
-          cell_gain ? ptr<T>(grad_shown) + o * H : nullptr, zone_h ? ptr<T>(zone_h) + o * H : nullptr,
-          zone_c ? ptr<T>(zone_c) + o * H : nullptr);
+      over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
+        const int64_t ob = o + b;
+        rnnkit::lstm_backward_rows<T>(
+            e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(grad_c) + b * H, ptr<T>(to_cell) + ob * H,
+            ptr<T>(to_output) + ob * H, ptr<T>(coef) + ob * 3 * H, ptr<T>(act) + ob * 4 * H,
+            ptr<T>(grad_gates) + ob * 4 * H, ptr<T>(grad_in) + (p + b) * H, ptr<T>(peephole),
+            cell_gain ? ptr<T>(cell_tilde) + ob * H : nullptr, ptr<T>(cell_gain),
+            cell_gain ? ptr<T>(cell_mean) + ob : nullptr, cell_gain ? ptr<T>(cell_rstd) + ob : nullptr,
+            cell_gain ? ptr<T>(grad_shown) + ob * H : nullptr, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
+            zone_c ? ptr<T>(zone_c) + ob * H : nullptr);
+      });
       proj.grad_into<T>(grad_in.narrow(0, p, n), grad_gates.narrow(0, o, n), o, recurrent);
     }
   });
 }
 
-// reset after: projection = [R]; terms [N, 3H] holds b_hh and receives R(h~).
+// reset after: projection = [R]; each step's R(h~) + b_hh (bias: b_hh or none) is formed in a [B, 3H] scratch
+// and terms [N, H] keeps its n part (all backward needs).
 // reset before: projection = [R_rz..., R_n...] (split by `split` tensors), terms [N, H] receives r * h~.
 void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, at::TensorList projection,
-                 int64_t split, OptTensor recurrent, OptTensor zone, at::IntArrayRef batch_sizes, bool reset_after,
-                 double eps) {
+                 int64_t split, OptTensor bias, OptTensor recurrent, OptTensor zone, at::IntArrayRef batch_sizes,
+                 bool reset_after, double eps) {
   for (const Tensor& t : {act, states, terms}) check_dense(t, "GRU buffer");
-  for (const auto& t : {candidate, recurrent, zone}) check_dense(t, "GRU option");
+  for (const auto& t : {candidate, bias, recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
   Projection first(projection.slice(0, split), H, eps, false);
   std::optional<Projection> second;
   if (!reset_after) second.emplace(projection.slice(split), H, eps, false);
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
+  Tensor hidden = reset_after ? at::empty({steps.batch, 3 * H}, states.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_gru_forward", [&] {
     using T = scalar_t;
     for (int64_t t = 0; t < steps.count(); ++t) {
@@ -271,40 +340,77 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
       T* cand = zone ? ptr<T>(candidate) + o * H : nullptr;
       const T* zz = zone ? ptr<T>(zone) + o * H : nullptr;
       if (reset_after) {
-        first.add_into<T>(terms.narrow(0, o, n), h_in, o);
-        rnnkit::gru_forward_rows<T>(n, H, ptr<T>(act) + o * 3 * H, ptr<T>(terms) + o * 3 * H, ptr<T>(states) + p * H,
-                                    cand, ptr<T>(states) + q * H, zz);
+        Tensor step = hidden.narrow(0, 0, n);
+        if (bias) {
+          step.copy_(bias->expand({n, 3 * H}));
+        } else {
+          step.zero_();
+        }
+        first.add_into<T>(step, h_in, o);
+        over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
+          rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, ptr<T>(hidden) + b * 3 * H,
+                                      ptr<T>(terms) + (o + b) * H, ptr<T>(states) + (p + b) * H,
+                                      cand ? cand + b * H : nullptr, ptr<T>(states) + (q + b) * H,
+                                      zz ? zz + b * H : nullptr);
+        });
       } else {
         Tensor block = act.narrow(0, o, n);
         first.add_into<T>(block.narrow(1, 0, 2 * H), h_in, o);
-        rnnkit::sigmoid_rows<T>(n, 2 * H, ptr<T>(act) + o * 3 * H, 3 * H);
+        over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
+          rnnkit::sigmoid_rows<T>(e - b, 2 * H, ptr<T>(act) + (o + b) * 3 * H, 3 * H);
+        });
         Tensor term = terms.narrow(0, o, n);
         at::mul_out(term, block.narrow(1, 0, H), h_in);
         second->add_into<T>(block.narrow(1, 2 * H, H), term, o);
-        rnnkit::gru_forward_rows<T>(n, H, ptr<T>(act) + o * 3 * H, nullptr, ptr<T>(states) + p * H, cand,
-                                    ptr<T>(states) + q * H, zz);
+        over_rows(n, H, [&](int64_t b, int64_t e) {
+          rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, nullptr, nullptr,
+                                      ptr<T>(states) + (p + b) * H,
+                                      cand ? cand + b * H : nullptr, ptr<T>(states) + (q + b) * H,
+                                      zz ? zz + b * H : nullptr);
+        });
       }
     }
   });
 }
 
-// reset after: coef [N, 3, H] (d h / d (R(h~) + b_hh)), grad_gates [N, 3H] receives d loss / d (R(h~) + b_hh).
-// reset before: coef [N, 3, H] with coef[:, 0] = h~ r (1 - r), coef[:, 1:] the z, n derivatives; r_in is
+// Reset after, local derivatives recomputed each step from act (r, z, n), states and n_term [N, H] (what
+// gru_forward kept): grad_hidden [N, 3H] receives d loss / d (R(h~) + b_hh), grad_n [N, H] d loss / d (input
+// term of n), grad_in [B+N, H] the state gradients (d loss / d h_t in; h_0's in the first block out).
+void gru_backward_after(Tensor grad_in, Tensor act, Tensor states, Tensor n_term, Tensor grad_hidden, Tensor grad_n,
+                        at::TensorList projection, OptTensor recurrent, OptTensor zone, at::IntArrayRef batch_sizes,
+                        double eps) {
+  for (const Tensor& t : {grad_in, act, states, n_term, grad_hidden, grad_n}) check_dense(t, "GRU buffer");
+  for (const auto& t : {recurrent, zone}) check_dense(t, "GRU option");
+  const Steps steps(batch_sizes);
+  const int64_t H = grad_in.size(1);
+  Projection proj(projection, H, eps, true);
+  AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward_after", [&] {
+    using T = scalar_t;
+    for (int64_t t = steps.count() - 1; t >= 0; --t) {
+      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
+      over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
+        const int64_t ob = o + b;
+        rnnkit::gru_backward_after_rows<T>(e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(act) + ob * 3 * H,
+                                           ptr<T>(states) + (p + b) * H, ptr<T>(n_term) + ob * H,
+                                           zone ? ptr<T>(zone) + ob * H : nullptr, ptr<T>(grad_hidden) + ob * 3 * H,
+                                           ptr<T>(grad_n) + ob * H, ptr<T>(grad_in) + (p + b) * H);
+      });
+      proj.grad_into<T>(grad_in.narrow(0, p, n), grad_hidden.narrow(0, o, n), o, recurrent);
+    }
+  });
+}
+
+// Reset before: coef [N, 3, H] with coef[:, 0] = h~ r (1 - r), coef[:, 1:] the z, n derivatives; r_in is
 // d (r h~) / d h_{t-1} (rows of its own stride); grad_gates [N, 3H] receives the pre-activation gradients.
-void gru_backward(Tensor grad_in, Tensor coef, Tensor direct, Tensor grad_gates, at::TensorList projection,
-                  int64_t split, OptTensor r_in, OptTensor recurrent, at::IntArrayRef batch_sizes, bool reset_after,
-                  double eps) {
+void gru_backward_before(Tensor grad_in, Tensor coef, Tensor direct, Tensor grad_gates, at::TensorList projection,
+                         int64_t split, Tensor r_in, OptTensor recurrent, at::IntArrayRef batch_sizes, double eps) {
   for (const Tensor& t : {grad_in, coef, direct, grad_gates}) check_dense(t, "GRU buffer");
   check_dense(recurrent, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  Projection first(projection.slice(0, split), H, eps, true);
-  std::optional<Projection> second;
-  if (!reset_after) {
-    second.emplace(projection.slice(split), H, eps, true);
-    TORCH_CHECK(r_in.has_value() && r_in->stride(1) == 1, "rnnkit compiled loops: r_in needs unit column stride");
-  }
-  AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward", [&] {
+  Projection first(projection.slice(0, split), H, eps, true), second(projection.slice(split), H, eps, true);
+  TORCH_CHECK(r_in.stride(1) == 1, "rnnkit compiled loops: r_in needs unit column stride");
+  AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward_before", [&] {
     using T = scalar_t;
     for (int64_t t = steps.count() - 1; t >= 0; --t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
@@ -312,17 +418,21 @@ void gru_backward(Tensor grad_in, Tensor coef, Tensor direct, Tensor grad_gates,
       Tensor grad_prev = grad_in.narrow(0, p, n);
       T* gp = ptr<T>(grad_in) + p * H;
       T* gg = ptr<T>(grad_gates) + o * 3 * H;
-      if (reset_after) {
-        rnnkit::scale_rows<T>(n, 3, H, gh, ptr<T>(coef) + o * 3 * H, 3 * H, gg, 3 * H);
-        first.grad_into<T>(grad_prev, grad_gates.narrow(0, o, n), o, recurrent);
-      } else {
-        rnnkit::scale_rows<T>(n, 2, H, gh, ptr<T>(coef) + o * 3 * H + H, 3 * H, gg + H, 3 * H);
-        Tensor grad_rh = second->grad_inputs<T>(grad_gates.narrow(0, o, n).narrow(1, 2 * H, H), o).contiguous();
-        rnnkit::scale_rows<T>(n, 1, H, grad_rh.data_ptr<T>(), ptr<T>(coef) + o * 3 * H, 3 * H, gg, 3 * H);
-        rnnkit::addcmul_rows<T>(n, H, gp, ptr<T>(r_in) + o * r_in->stride(0), r_in->stride(0), grad_rh.data_ptr<T>());
-        first.grad_into<T>(grad_prev, grad_gates.narrow(0, o, n).narrow(1, 0, 2 * H), o, recurrent);
-      }
-      rnnkit::addcmul_rows<T>(n, H, gp, gh, H, ptr<T>(direct) + o * H);
+      over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
+        rnnkit::scale_rows<T>(e - b, 2, H, gh + b * H, ptr<T>(coef) + (o + b) * 3 * H + H, 3 * H, gg + b * 3 * H + H,
+                              3 * H);
+      });
+      Tensor grad_rh = second.grad_inputs<T>(grad_gates.narrow(0, o, n).narrow(1, 2 * H, H), o).contiguous();
+      const T* grh = grad_rh.data_ptr<T>();
+      const int64_t rs = r_in.stride(0);
+      over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
+        rnnkit::scale_rows<T>(e - b, 1, H, grh + b * H, ptr<T>(coef) + (o + b) * 3 * H, 3 * H, gg + b * 3 * H, 3 * H);
+        rnnkit::addcmul_rows<T>(e - b, H, gp + b * H, ptr<T>(r_in) + (o + b) * rs, rs, grh + b * H);
+      });
+      first.grad_into<T>(grad_prev, grad_gates.narrow(0, o, n).narrow(1, 0, 2 * H), o, recurrent);
+      over_rows(n, H, [&](int64_t b, int64_t e) {
+        rnnkit::addcmul_rows<T>(e - b, H, gp + b * H, gh + b * H, H, ptr<T>(direct) + (o + b) * H);
+      });
     }
   });
 }
@@ -340,8 +450,10 @@ void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTen
     for (int64_t t = 0; t < steps.count(); ++t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
       proj.add_into<T>(pre.narrow(0, o, n), recurrent_input(states.narrow(0, p, n), recurrent, scratch, o), o);
-      rnnkit::simple_forward_rows<T>(n, H, ptr<T>(pre) + o * H, ptr<T>(states) + p * H, ptr<T>(states) + q * H, relu,
-                                     zone ? ptr<T>(zone) + o * H : nullptr);
+      over_rows(n, H, [&](int64_t b, int64_t e) {
+        rnnkit::simple_forward_rows<T>(e - b, H, ptr<T>(pre) + (o + b) * H, ptr<T>(states) + (p + b) * H,
+                                       ptr<T>(states) + (q + b) * H, relu, zone ? ptr<T>(zone) + (o + b) * H : nullptr);
+      });
     }
   });
 }
@@ -358,9 +470,15 @@ void simple_backward(Tensor grad_in, Tensor coef, Tensor grad_pre, at::TensorLis
     for (int64_t t = steps.count() - 1; t >= 0; --t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
       const T* gh = ptr<T>(grad_in) + q * H;
-      rnnkit::scale_rows<T>(n, 1, H, gh, ptr<T>(coef) + o * H, H, ptr<T>(grad_pre) + o * H, H);
+      over_rows(n, H, [&](int64_t b, int64_t e) {
+        rnnkit::scale_rows<T>(e - b, 1, H, gh + b * H, ptr<T>(coef) + (o + b) * H, H, ptr<T>(grad_pre) + (o + b) * H, H);
+      });
       proj.grad_into<T>(grad_in.narrow(0, p, n), grad_pre.narrow(0, o, n), o, recurrent);
-      if (zone) rnnkit::addcmul_rows<T>(n, H, ptr<T>(grad_in) + p * H, gh, H, ptr<T>(zone) + o * H);
+      if (zone) {
+        over_rows(n, H, [&](int64_t b, int64_t e) {
+          rnnkit::addcmul_rows<T>(e - b, H, ptr<T>(grad_in) + (p + b) * H, gh + b * H, H, ptr<T>(zone) + (o + b) * H);
+        });
+      }
     }
   });
 }
@@ -420,11 +538,14 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         "Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
         &lstm_backward);
   m.def("gru_forward(Tensor(a!) act, Tensor(b!) states, Tensor(c!) terms, Tensor? candidate, Tensor[] projection, "
-        "int split, Tensor? recurrent, Tensor? zone, int[] batch_sizes, bool reset_after, float eps) -> ()",
+        "int split, Tensor? bias, Tensor? recurrent, Tensor? zone, int[] batch_sizes, bool reset_after, float eps) -> ()",
         &gru_forward);
-  m.def("gru_backward(Tensor(a!) grad_in, Tensor coef, Tensor direct, Tensor(b!) grad_gates, Tensor[] projection, "
-        "int split, Tensor? r_in, Tensor? recurrent, int[] batch_sizes, bool reset_after, float eps) -> ()",
-        &gru_backward);
+  m.def("gru_backward_after(Tensor(a!) grad_in, Tensor act, Tensor states, Tensor n_term, Tensor(b!) grad_hidden, "
+        "Tensor(c!) grad_n, Tensor[] projection, Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
+        &gru_backward_after);
+  m.def("gru_backward_before(Tensor(a!) grad_in, Tensor coef, Tensor direct, Tensor(b!) grad_gates, "
+        "Tensor[] projection, int split, Tensor r_in, Tensor? recurrent, int[] batch_sizes, float eps) -> ()",
+        &gru_backward_before);
   m.def("simple_forward(Tensor(a!) pre, Tensor(b!) states, Tensor[] projection, Tensor? recurrent, Tensor? zone, "
         "int[] batch_sizes, bool relu, float eps) -> ()",
         &simple_forward);
@@ -432,6 +553,8 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         "Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
         &simple_backward);
   m.def("set_onednn_min_macs(int macs) -> int", &set_onednn_min_macs);
+  m.def("set_parallel_min(int elements) -> int", &set_parallel_min);
+  m.def("threaded() -> bool", &threaded);
   m.def("layer_norm_gates(Tensor pre, Tensor gain, Tensor(a!) target, Tensor(b!) mean, Tensor(c!) rstd, "
         "int hidden, float eps) -> ()",
         &layer_norm_gates);

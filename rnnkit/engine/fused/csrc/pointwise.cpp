@@ -246,8 +246,8 @@ void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, const 
 }
 
 template <typename T>
-void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, const T* h_prev, T* candidate, T* h_next,
-                      const T* zone) {
+void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, T* n_term, const T* h_prev, T* candidate,
+                      T* h_next, const T* zone) {
   for (int64_t r = 0; r < n; ++r) {
     T* a = act + r * 3 * H;
     const T* hp = h_prev + r * H;
@@ -255,6 +255,7 @@ void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, const T* h_p
     T* out = zone ? candidate + r * H : hn;
     if (terms) {
       const T* u = terms + r * 3 * H;
+      T* kept = n_term + r * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T rr = sigmoid(a[j] + u[j]);
@@ -263,6 +264,7 @@ void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, const T* h_p
         a[j] = rr;
         a[H + j] = z;
         a[2 * H + j] = nn;
+        kept[j] = u[2 * H + j];
         out[j] = nn + z * (hp[j] - nn);
       }
     } else {
@@ -277,6 +279,33 @@ void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, const T* h_p
       const T* zz = zone + r * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) hn[j] = out[j] + zz[j] * (hp[j] - out[j]);
+    }
+  }
+}
+
+template <typename T>
+void gru_backward_after_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* h_prev, const T* n_term,
+                             const T* zone, T* grad_hidden, T* grad_n, T* grad_prev) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* gh = grad_h + r * H;
+    const T* a = act + r * 3 * H;
+    const T* hp = h_prev + r * H;
+    const T* u = n_term + r * H;
+    T* g = grad_hidden + r * 3 * H;
+    T* gn = grad_n + r * H;
+    T* gp = grad_prev + r * H;
+    const T* zz = zone ? zone + r * H : nullptr;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T rr = a[j], z = a[H + j], nn = a[2 * H + j];
+      const T zo = zz ? zz[j] : T(0);
+      const T d = gh[j] * (T(1) - zo);  // d loss / d (h before zoneout)
+      const T dn = d * (T(1) - z) * (T(1) - nn * nn);
+      g[j] = dn * u[j] * rr * (T(1) - rr);
+      g[H + j] = d * (hp[j] - nn) * z * (T(1) - z);
+      g[2 * H + j] = dn * rr;
+      gn[j] = dn;
+      gp[j] += d * z + gh[j] * zo;
     }
   }
 }
@@ -348,7 +377,9 @@ void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride
   template void lstm_backward_rows<T>(int64_t, int64_t, const T*, T*, const T*, const T*, const T*, const T*,   \
                                       T*, T*, const T*, const T*, const T*, const T*, const T*, T*, const T*,   \
                                       const T*);                                                                \
-  template void gru_forward_rows<T>(int64_t, int64_t, T*, const T*, const T*, T*, T*, const T*);               \
+  template void gru_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, const T*, T*, T*, const T*);              \
+  template void gru_backward_after_rows<T>(int64_t, int64_t, const T*, const T*, const T*, const T*, const T*, T*, \
+                                           T*, T*);               \
   template void sigmoid_rows<T>(int64_t, int64_t, T*, int64_t);                                                 \
   template void simple_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, bool, const T*);                    \
   template void scale_rows<T>(int64_t, int64_t, int64_t, const T*, const T*, int64_t, T*, int64_t);                \

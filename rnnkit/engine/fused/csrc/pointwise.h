@@ -30,12 +30,20 @@ void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, const 
                         const T* cell_tilde, const T* cell_gain, const T* cell_mean, const T* cell_rstd,
                         T* grad_shown, const T* zone_h, const T* zone_c);
 
-// reset after (terms = R(h~) + b_hh, stride 3H): r, z = sigmoid(act_rz + terms_rz), n = tanh(act_n + r terms_n);
-// reset before (terms null): r, z already activated and act_n complete, so n = tanh(act_n). Then
-// h = n + z (h_prev - n) into candidate (when zoneout) and h_next = h + zone (h_prev - h).
+// reset after (terms = R(h~) + b_hh, stride 3H): r, z = sigmoid(act_rz + terms_rz), n = tanh(act_n + r terms_n),
+// and terms_n is kept in n_term (dense rows of H); reset before (terms null): r, z already activated and act_n
+// complete, so n = tanh(act_n). Then h = n + z (h_prev - n) into candidate (when zoneout) and
+// h_next = h + zone (h_prev - h).
 template <typename T>
-void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, const T* h_prev, T* candidate, T* h_next,
-                      const T* zone);
+void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, T* n_term, const T* h_prev, T* candidate,
+                      T* h_next, const T* zone);
+
+// One reset-after GRU step backward from grad_h = d loss / d h_t, the local derivatives recomputed from
+// act (r, z, n), h_prev, n_term and zone (null: none): grad_hidden [3H rows] receives d loss / d (R(h~) + b_hh),
+// grad_n [H rows] d loss / d (input term of n), and grad_prev += grad_h * d h_t / d h_{t-1} (direct path).
+template <typename T>
+void gru_backward_after_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* h_prev, const T* n_term,
+                             const T* zone, T* grad_hidden, T* grad_n, T* grad_prev);
 
 // x[r, j] = sigmoid(x[r, j]) for j < width (rows of `stride` elements).
 template <typename T>
