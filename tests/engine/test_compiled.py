@@ -197,6 +197,5 @@ def test_step_threads_restores_the_setting_and_needs_the_compiled_loops():
     with compiled.step_threads(None):
         assert kernels.set_parallel_min(-1) == -1
     assert kernels.set_parallel_min(compiled.PARALLEL_MIN) == compiled.PARALLEL_MIN  # back to the default
-    with compiled.python_loops(), pytest.raises(RuntimeError, match="not in use"):
-        with compiled.step_threads(1):
-            pass
+    with compiled.python_loops(), pytest.raises(RuntimeError, match="not in use"), compiled.step_threads(1):
+        pass

@@ -8,8 +8,10 @@ Gate order i, f, g, o as in torch.nn; with :math:`R` the (layer-normalised) recu
     \tilde c = f c_{t-1} + i g,\quad o = \sigma(a_o + p_o \tilde c),\quad \tilde h = o \tanh \hat c
 
 and zoneout mixes :math:`(\tilde h, \tilde c)` with :math:`(h_{t-1}, c_{t-1})`.
-Backward precomputes every local derivative for all steps at once, so a step of plain LSTM costs
-four pointwise ops and one recurrent GEMM.
+Backward, in the compiled loops: each step recomputes its local derivatives from the activations,
+:math:`\tanh \hat c` and :math:`c_{t-1}` in one pass, then one recurrent GEMM, so no all-steps derivative
+buffers exist. The Python loops precompute every local derivative for all steps at once instead, so
+that a step there costs four pointwise ops and one recurrent GEMM.
 """
 
 from __future__ import annotations
@@ -72,29 +74,28 @@ class FusedLSTM(torch.autograd.Function):
         h_in = packing.previous_rows(hs)
         if masks.recurrent is not None:
             h_in = h_in * masks.recurrent
-        # local derivatives for all steps at once, built in place  [N, H] each
-        to_cell = torch.mul(tanh_c, tanh_c).neg_().add_(1.0).mul_(o)  # d h~ / d c^ = o (1 - tanh^2)
-        to_output = torch.mul(tanh_c, o).addcmul_(tanh_c, o * o, value=-1.0)  # d h~ / d a_o = tanh o (1 - o)
-        if masks.zoneout is not None:
-            to_cell.addcmul_(to_cell, masks.zoneout[0], value=-1.0)
-            to_output.addcmul_(to_output, masks.zoneout[0], value=-1.0)
-        cell_coef = workspace.empty((act.shape[0], 3, hidden), act)  # d c~ / d a_{i,f,g}  [N, 3, H]
-        c_i, c_f, c_g = cell_coef.unbind(1)
-        torch.mul(g, i, out=c_i).addcmul_(c_i, i, value=-1.0)
-        torch.mul(c_prev, f, out=c_f).addcmul_(c_f, f, value=-1.0)
-        torch.mul(g, g, out=c_g).neg_().add_(1.0).mul_(i)
         grad_gates = workspace.empty_like(act)  # [N, 4H]
         grad_in = workspace.copy_of(or_zeros(grad_hs, hs))  # [B+N, H]
         grad_c = (torch.zeros_like(h_in[:batch]) if grad_final_c is None  # [B, H] dL/dc_t
                   else grad_final_c.clone(memory_format=torch.contiguous_format))
         grad_shown = workspace.empty_like(tanh_c) if cell_gain is not None else None  # [N, H] d loss / d c^
-        if kernels is not None:
-            kernels.lstm_backward(grad_in, grad_c, to_cell, to_output, cell_coef, act, grad_gates,
+        if kernels is not None:  # each compiled step recomputes its local derivatives
+            kernels.lstm_backward(grad_in, grad_c, tanh_c, cs, act, grad_gates,
                                   projection.compiled_buffers(backward=True), peephole,
                                   None if cell_gain is None else cell_tilde, cell_gain,
                                   *(cell_stats or (None, None)), grad_shown, masks.recurrent,
                                   *(masks.zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
-        else:
+        else:  # the Python loops: local derivatives for all steps at once, built in place  [N, H] each
+            to_cell = torch.mul(tanh_c, tanh_c).neg_().add_(1.0).mul_(o)  # d h~ / d c^ = o (1 - tanh^2)
+            to_output = torch.mul(tanh_c, o).addcmul_(tanh_c, o * o, value=-1.0)  # d h~ / d a_o = tanh o (1 - o)
+            if masks.zoneout is not None:
+                to_cell.addcmul_(to_cell, masks.zoneout[0], value=-1.0)
+                to_output.addcmul_(to_output, masks.zoneout[0], value=-1.0)
+            cell_coef = workspace.empty((act.shape[0], 3, hidden), act)  # d c~ / d a_{i,f,g}  [N, 3, H]
+            c_i, c_f, c_g = cell_coef.unbind(1)
+            torch.mul(g, i, out=c_i).addcmul_(c_i, i, value=-1.0)
+            torch.mul(c_prev, f, out=c_f).addcmul_(c_f, f, value=-1.0)
+            torch.mul(g, g, out=c_g).neg_().add_(1.0).mul_(i)
             _backward_steps(grad_in, grad_c, grad_gates, grad_shown, to_cell, to_output, cell_coef, f, cell_tilde,
                             cell_stats, peephole, cell_gain, projection, packing, masks)
         grad_weight, grad_gain = projection.parameter_grads(grad_gates, h_in)

@@ -287,11 +287,12 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
   });
 }
 
-void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor to_cell, Tensor to_output, Tensor coef, Tensor act,
-                   Tensor grad_gates, at::TensorList projection, OptTensor peephole, OptTensor cell_tilde,
-                   OptTensor cell_gain, OptTensor cell_mean, OptTensor cell_rstd, OptTensor grad_shown,
-                   OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, at::IntArrayRef batch_sizes, double eps) {
-  for (const Tensor& t : {grad_in, grad_c, to_cell, to_output, coef, act, grad_gates}) check_dense(t, "LSTM buffer");
+// Local derivatives recomputed each step from act (i, f, g, o), tanh_c [N, H] and cs [B+N, H] (c_{t-1} rows).
+void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tensor act, Tensor grad_gates,
+                   at::TensorList projection, OptTensor peephole, OptTensor cell_tilde, OptTensor cell_gain,
+                   OptTensor cell_mean, OptTensor cell_rstd, OptTensor grad_shown, OptTensor recurrent,
+                   OptTensor zone_h, OptTensor zone_c, at::IntArrayRef batch_sizes, double eps) {
+  for (const Tensor& t : {grad_in, grad_c, tanh_c, cs, act, grad_gates}) check_dense(t, "LSTM buffer");
   for (const auto& t : {peephole, cell_tilde, cell_gain, cell_mean, cell_rstd, grad_shown, recurrent, zone_h, zone_c})
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
@@ -304,9 +305,8 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor to_cell, Tensor to_outp
       over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
         const int64_t ob = o + b;
         rnnkit::lstm_backward_rows<T>(
-            e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(grad_c) + b * H, ptr<T>(to_cell) + ob * H,
-            ptr<T>(to_output) + ob * H, ptr<T>(coef) + ob * 3 * H, ptr<T>(act) + ob * 4 * H,
-            ptr<T>(grad_gates) + ob * 4 * H, ptr<T>(grad_in) + (p + b) * H, ptr<T>(peephole),
+            e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(grad_c) + b * H, ptr<T>(tanh_c) + ob * H,
+            ptr<T>(cs) + (p + b) * H, ptr<T>(act) + ob * 4 * H, ptr<T>(grad_gates) + ob * 4 * H, ptr<T>(grad_in) + (p + b) * H, ptr<T>(peephole),
             cell_gain ? ptr<T>(cell_tilde) + ob * H : nullptr, ptr<T>(cell_gain),
             cell_gain ? ptr<T>(cell_mean) + ob : nullptr, cell_gain ? ptr<T>(cell_rstd) + ob : nullptr,
             cell_gain ? ptr<T>(grad_shown) + ob * H : nullptr, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
@@ -532,7 +532,7 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         "Tensor[] projection, Tensor? peephole, Tensor? cell_gain, Tensor? cell_bias, Tensor? cell_mean, "
         "Tensor? cell_rstd, Tensor? recurrent, Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
         &lstm_forward);
-  m.def("lstm_backward(Tensor(a!) grad_in, Tensor(b!) grad_c, Tensor to_cell, Tensor to_output, Tensor coef, "
+  m.def("lstm_backward(Tensor(a!) grad_in, Tensor(b!) grad_c, Tensor tanh_c, Tensor cs, "
         "Tensor act, Tensor(c!) grad_gates, Tensor[] projection, Tensor? peephole, Tensor? cell_tilde, "
         "Tensor? cell_gain, Tensor? cell_mean, Tensor? cell_rstd, Tensor? grad_shown, Tensor? recurrent, "
         "Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",

@@ -146,17 +146,30 @@ namespace {
 
 // the elementwise part of one LSTM backward row, with the options fixed at compile time so that the
 // loop has no branches and vectorises
+// d loss / d h~_t (before zoneout) from d loss / d h_t
+template <typename T, bool Zone>
+inline T unzoned(T gh, const T* zh, int64_t j) {
+  if constexpr (Zone) {
+    return gh * (T(1) - zh[j]);
+  } else {
+    return gh;
+  }
+}
+
+// the local derivatives are recomputed from the activations act = (i, f, g, o), tanh_c and c_prev
 template <typename T, bool Peep, bool CellNorm, bool Zone>
-inline void lstm_backward_row(int64_t H, const T* gh, T* gc, const T* tcell, const T* tout, const T* cf,
-                              const T* f, T* gg, const T* peephole, const T* shown, const T* cell_gain,
-                              const T* ct, T m, T s, T a, T b, const T* zc) {
+inline void lstm_backward_row(int64_t H, const T* gh, T* gc, const T* act, const T* tc, const T* cp, T* gg,
+                              const T* peephole, const T* shown, const T* cell_gain, const T* ct, T m, T s, T a, T b,
+                              const T* zh, const T* zc) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
+    const T i = act[j], f = act[H + j], g = act[2 * H + j], o = act[3 * H + j], t = tc[j];
+    const T d = unzoned<T, Zone>(gh[j], zh, j);
     T into_cell;
     if constexpr (CellNorm) {
       into_cell = s * (shown[j] * cell_gain[j] - a - (ct[j] - m) * s * b);
     } else {
-      into_cell = gh[j] * tcell[j];
+      into_cell = d * o * (T(1) - t * t);
     }
     T gct;
     if constexpr (Zone) {
@@ -164,18 +177,18 @@ inline void lstm_backward_row(int64_t H, const T* gh, T* gc, const T* tcell, con
     } else {
       gct = gc[j] + into_cell;
     }
-    const T go = gh[j] * tout[j];
+    const T go = d * t * o * (T(1) - o);
     gg[3 * H + j] = go;
     if constexpr (Peep) gct += go * peephole[2 * H + j];
-    const T gi = gct * cf[j], gf = gct * cf[H + j];
+    const T gi = gct * g * i * (T(1) - i), gf = gct * cp[j] * f * (T(1) - f);
     gg[j] = gi;
     gg[H + j] = gf;
-    gg[2 * H + j] = gct * cf[2 * H + j];
+    gg[2 * H + j] = gct * (T(1) - g * g) * i;
     T next;
     if constexpr (Zone) {
-      next = gc[j] * zc[j] + gct * f[j];
+      next = gc[j] * zc[j] + gct * f;
     } else {
-      next = gct * f[j];
+      next = gct * f;
     }
     if constexpr (Peep) next += gi * peephole[j] + gf * peephole[H + j];
     gc[j] = next;
@@ -183,13 +196,15 @@ inline void lstm_backward_row(int64_t H, const T* gh, T* gc, const T* tcell, con
 }
 
 template <typename T, bool Peep, bool CellNorm, bool Zone>
-void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* to_cell, const T* to_output,
-                        const T* coef, const T* act, T* grad_gates, T* grad_prev, const T* peephole,
-                        const T* cell_tilde, const T* cell_gain, const T* cell_mean, const T* cell_rstd,
-                        T* grad_shown, const T* zone_h, const T* zone_c) {
+void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* tanh_c, const T* c_prev,
+                        const T* act, T* grad_gates, T* grad_prev, const T* peephole, const T* cell_tilde,
+                        const T* cell_gain, const T* cell_mean, const T* cell_rstd, T* grad_shown, const T* zone_h,
+                        const T* zone_c) {
   for (int64_t r = 0; r < n; ++r) {
     const T* gh = grad_h + r * H;
-    const T* tcell = to_cell + r * H;
+    const T* tc = tanh_c + r * H;
+    const T* ar = act + r * 4 * H;
+    const T* zh = Zone ? zone_h + r * H : nullptr;
     T a = 0, b = 0, m = 0, s = 0;
     const T* ct = nullptr;
     T* shown = nullptr;
@@ -200,7 +215,7 @@ void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, const 
       s = cell_rstd[r];
 #pragma omp simd reduction(+ : a, b)
       for (int64_t j = 0; j < H; ++j) {
-        const T d = gh[j] * tcell[j];
+        const T d = unzoned<T, Zone>(gh[j], zh, j) * ar[3 * H + j] * (T(1) - tc[j] * tc[j]);  // d loss / d c^
         shown[j] = d;
         a += d * cell_gain[j];
         b += d * cell_gain[j] * (ct[j] - m) * s;
@@ -208,11 +223,10 @@ void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, const 
       a /= T(H);
       b /= T(H);
     }
-    lstm_backward_row<T, Peep, CellNorm, Zone>(H, gh, grad_c + r * H, tcell, to_output + r * H, coef + r * 3 * H,
-                                               act + r * 4 * H + H, grad_gates + r * 4 * H, peephole, shown,
-                                               cell_gain, ct, m, s, a, b, Zone ? zone_c + r * H : nullptr);
+    lstm_backward_row<T, Peep, CellNorm, Zone>(H, gh, grad_c + r * H, ar, tc, c_prev + r * H, grad_gates + r * 4 * H,
+                                               peephole, shown, cell_gain, ct, m, s, a, b, zh,
+                                               Zone ? zone_c + r * H : nullptr);
     if constexpr (Zone) {
-      const T* zh = zone_h + r * H;
       T* gp = grad_prev + r * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) gp[j] += gh[j] * zh[j];
@@ -223,15 +237,14 @@ void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, const 
 }  // namespace
 
 template <typename T>
-void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* to_cell, const T* to_output,
-                        const T* coef, const T* act, T* grad_gates, T* grad_prev, const T* peephole,
-                        const T* cell_tilde, const T* cell_gain, const T* cell_mean, const T* cell_rstd,
-                        T* grad_shown, const T* zone_h, const T* zone_c) {
+void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* tanh_c, const T* c_prev,
+                        const T* act, T* grad_gates, T* grad_prev, const T* peephole, const T* cell_tilde,
+                        const T* cell_gain, const T* cell_mean, const T* cell_rstd, T* grad_shown, const T* zone_h,
+                        const T* zone_c) {
   const int which = (peephole ? 4 : 0) + (cell_gain ? 2 : 0) + (zone_h ? 1 : 0);
 #define RNNKIT_LSTM_BACKWARD(P, C, Z)                                                                         \
-  lstm_backward_impl<T, P, C, Z>(n, H, grad_h, grad_c, to_cell, to_output, coef, act, grad_gates, grad_prev, \
-                                 peephole, cell_tilde, cell_gain, cell_mean, cell_rstd, grad_shown, zone_h,  \
-                                 zone_c)
+  lstm_backward_impl<T, P, C, Z>(n, H, grad_h, grad_c, tanh_c, c_prev, act, grad_gates, grad_prev, peephole, \
+                                 cell_tilde, cell_gain, cell_mean, cell_rstd, grad_shown, zone_h, zone_c)
   switch (which) {
     case 0: RNNKIT_LSTM_BACKWARD(false, false, false); break;
     case 1: RNNKIT_LSTM_BACKWARD(false, false, true); break;
@@ -374,9 +387,8 @@ void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride
                                        const T*, const T*, T*, double*);                                        \
   template void lstm_forward_rows<T>(int64_t, int64_t, T*, const T*, const T*, T*, T*, T*, T*, const T*,        \
                                      const T*, const T*, T*, T*, const T*, const T*, T);                        \
-  template void lstm_backward_rows<T>(int64_t, int64_t, const T*, T*, const T*, const T*, const T*, const T*,   \
-                                      T*, T*, const T*, const T*, const T*, const T*, const T*, T*, const T*,   \
-                                      const T*);                                                                \
+  template void lstm_backward_rows<T>(int64_t, int64_t, const T*, T*, const T*, const T*, const T*, T*, T*,   \
+                                      const T*, const T*, const T*, const T*, const T*, T*, const T*, const T*);                                                                \
   template void gru_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, const T*, T*, T*, const T*);              \
   template void gru_backward_after_rows<T>(int64_t, int64_t, const T*, const T*, const T*, const T*, const T*, T*, \
                                            T*, T*);               \
