@@ -16,24 +16,34 @@ from torch import Tensor
 
 from rnnkit.cells.base import RecurrentCell, SequenceNoise, State
 from rnnkit.engine import fused, native, reference
+from rnnkit.engine.fused import compiled as fused_compiled
 
 BACKENDS = ("auto", "reference", "native", "fused")
+
+#: from this batch on, ``auto`` trains an LSTM on CPU with the fused engine's compiled loops rather than
+#: oneDNN's LSTM: measured 0.72-0.88x torch.nn's time at B = 64-256 (H 128-256), against 0.93-1.8x at B <= 32
+#: (where the per-step products are too small to run efficiently op by op; benchmarks/RESULTS.md)
+LSTM_FUSED_MIN_BATCH = 64
 
 
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
     """The backend ``auto`` runs for these cells, noise and input (measurements: benchmarks/RESULTS.md).
 
     - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN *training* on
-      CPU: on GPU cuDNN runs a whole sequence in one kernel; on CPU oneDNN's LSTM (forward and backward)
-      and torch.nn's inference loops are at least as fast as anything issued op by op from Python;
-    - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there) and
-      for every option torch.nn lacks;
+      CPU and LSTM training on CPU from a batch of :data:`LSTM_FUSED_MIN_BATCH` in float32 with the compiled
+      loops: on GPU cuDNN runs a whole sequence in one kernel; on CPU oneDNN's LSTM is the faster one for
+      small batches, and torch.nn's inference loops are at least as fast as anything issued op by op;
+    - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), LSTM
+      training on CPU from that batch, and every option torch.nn lacks;
     - the reference loop for cells the fused engine does not know.
     """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
         training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for c in cells
                                                                           for p in c.parameters()))
-        if x.device.type != "cpu" or cells[0].kind == "lstm" or not training:
+        if x.device.type != "cpu" or not training:
+            return "native"
+        if cells[0].kind == "lstm" and not (x.shape[1] >= LSTM_FUSED_MIN_BATCH and x.dtype == torch.float32
+                                            and fused_compiled.ops() is not None):
             return "native"
     if all(fused.unsupported(cell) is None for cell in cells):
         return "fused"

@@ -36,7 +36,18 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     x = torch.randn(2, 3, 3)
     assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "fused"  # training GRU: fused
     assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x) == "fused"
-    assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "native"  # oneDNN's LSTM
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "native"  # oneDNN's LSTM for small batches
+    from rnnkit.engine.dispatch import LSTM_FUSED_MIN_BATCH
+    from rnnkit.engine.fused import compiled
+
+    big = torch.randn(2, LSTM_FUSED_MIN_BATCH, 3)
+    expected = "fused" if compiled.ops() is not None else "native"  # the compiled loops' LSTM for large ones
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == expected
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], big.double()) == "native"
+    with compiled.python_loops():
+        assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"
+    with torch.no_grad():
+        assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"  # inference
     with torch.no_grad():
         assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "native"  # inference
     assert choose_backend(rk.GRU(3, 4, layer_norm=True).cells, [None], x) == "fused"
