@@ -3,8 +3,8 @@ r"""Fused Elman RNN: the whole sequence forward, BPTT by hand.
 Forward, step ``t`` (rows ``[0, n_t)``): :math:`\tilde h_t = f(g_t + R(m \odot h_{t-1}))` with
 :math:`g_t` the input term plus both biases and :math:`R` the (layer-normalised) recurrent projection;
 zoneout: :math:`h_t = z_t h_{t-1} + (1 - z_t)\tilde h_t`.
-Backward: :math:`\delta_t = \partial L/\partial h_t \odot f'(\cdot) (1 - z_t)`, precomputed for all steps
-but the incoming gradient; :math:`\partial L/\partial h_{t-1} \mathrel{+}= m \odot R^\top\delta_t + z_t \odot
+Backward: :math:`\delta_t = \partial L/\partial h_t \odot f'(\cdot) (1 - z_t)`, with :math:`f'` recomputed from
+the activations in each compiled step (precomputed for all steps in the Python loops); :math:`\partial L/\partial h_{t-1} \mathrel{+}= m \odot R^\top\delta_t + z_t \odot
 \partial L/\partial h_t`; weight gradients as one GEMM over all steps.
 """
 
@@ -49,21 +49,21 @@ class FusedSimpleRNN(torch.autograd.Function):
         projection.begin_backward()
         batch = packing.batch
         activations = ctx.activations if ctx.activations is not None else states[batch:]
-        coef = workspace.empty_like(activations)  # [N, H] f' (1 - zoneout)
-        if relu:
-            torch.sign(activations, out=coef)
-        else:
-            torch.mul(activations, activations, out=coef).neg_().add_(1.0)
-        if masks.zoneout is not None:
-            coef.addcmul_(coef, masks.zoneout[0], value=-1.0)
         # [B+N, H]: dL/dh; h_0's gradient in the first block
         grad_in = workspace.copy_of(or_zeros(grad_states, states))
-        grad_pre = workspace.empty_like(coef)  # [N, H]
-        if kernels is not None:
-            kernels.simple_backward(grad_in, coef, grad_pre, projection.compiled_buffers(backward=True),
+        grad_pre = workspace.empty_like(activations)  # [N, H]
+        if kernels is not None:  # each compiled step recomputes f' from the activations
+            kernels.simple_backward(grad_in, activations, grad_pre, projection.compiled_buffers(backward=True),
                                     masks.recurrent, None if masks.zoneout is None else masks.zoneout[0],
-                                    packing.batch_sizes, LAYER_NORM_EPS)
-        else:
+                                    packing.batch_sizes, relu, LAYER_NORM_EPS)
+        else:  # the Python loops: f' (1 - zoneout) for all steps at once  [N, H]
+            coef = workspace.empty_like(activations)
+            if relu:
+                torch.sign(activations, out=coef)
+            else:
+                torch.mul(activations, activations, out=coef).neg_().add_(1.0)
+            if masks.zoneout is not None:
+                coef.addcmul_(coef, masks.zoneout[0], value=-1.0)
             _backward_steps(grad_in, grad_pre, coef, projection, packing, masks)
         inputs = packing.previous_rows(states)
         if masks.recurrent is not None:

@@ -458,9 +458,10 @@ void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTen
   });
 }
 
-void simple_backward(Tensor grad_in, Tensor coef, Tensor grad_pre, at::TensorList projection, OptTensor recurrent,
-                     OptTensor zone, at::IntArrayRef batch_sizes, double eps) {
-  for (const Tensor& t : {grad_in, coef, grad_pre}) check_dense(t, "RNN buffer");
+// act [N, H]: the activations f(pre) of every row (before zoneout); f' is recomputed from them each step
+void simple_backward(Tensor grad_in, Tensor act, Tensor grad_pre, at::TensorList projection, OptTensor recurrent,
+                     OptTensor zone, at::IntArrayRef batch_sizes, bool relu, double eps) {
+  for (const Tensor& t : {grad_in, act, grad_pre}) check_dense(t, "RNN buffer");
   for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
@@ -471,7 +472,9 @@ void simple_backward(Tensor grad_in, Tensor coef, Tensor grad_pre, at::TensorLis
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
       const T* gh = ptr<T>(grad_in) + q * H;
       over_rows(n, H, [&](int64_t b, int64_t e) {
-        rnnkit::scale_rows<T>(e - b, 1, H, gh + b * H, ptr<T>(coef) + (o + b) * H, H, ptr<T>(grad_pre) + (o + b) * H, H);
+        rnnkit::simple_backward_rows<T>(e - b, H, gh + b * H, ptr<T>(act) + (o + b) * H,
+                                        zone ? ptr<T>(zone) + (o + b) * H : nullptr, relu,
+                                        ptr<T>(grad_pre) + (o + b) * H);
       });
       proj.grad_into<T>(grad_in.narrow(0, p, n), grad_pre.narrow(0, o, n), o, recurrent);
       if (zone) {
@@ -549,8 +552,8 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("simple_forward(Tensor(a!) pre, Tensor(b!) states, Tensor[] projection, Tensor? recurrent, Tensor? zone, "
         "int[] batch_sizes, bool relu, float eps) -> ()",
         &simple_forward);
-  m.def("simple_backward(Tensor(a!) grad_in, Tensor coef, Tensor(b!) grad_pre, Tensor[] projection, "
-        "Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
+  m.def("simple_backward(Tensor(a!) grad_in, Tensor act, Tensor(b!) grad_pre, Tensor[] projection, "
+        "Tensor? recurrent, Tensor? zone, int[] batch_sizes, bool relu, float eps) -> ()",
         &simple_backward);
   m.def("set_onednn_min_macs(int macs) -> int", &set_onednn_min_macs);
   m.def("set_parallel_min(int elements) -> int", &set_parallel_min);

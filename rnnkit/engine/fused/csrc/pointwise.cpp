@@ -357,6 +357,23 @@ void simple_forward_rows(int64_t n, int64_t H, T* pre, const T* h_prev, T* h_nex
 }
 
 template <typename T>
+void simple_backward_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* zone, bool relu, T* grad_pre) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* gh = grad_h + r * H;
+    const T* a = act + r * H;
+    const T* zz = zone ? zone + r * H : nullptr;
+    T* out = grad_pre + r * H;
+    if (relu) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) out[j] = a[j] > T(0) ? gh[j] * (zz ? T(1) - zz[j] : T(1)) : T(0);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) out[j] = gh[j] * (T(1) - a[j] * a[j]) * (zz ? T(1) - zz[j] : T(1));
+    }
+  }
+}
+
+template <typename T>
 void scale_rows(int64_t n, int64_t groups, int64_t H, const T* a, const T* coef, int64_t coef_stride, T* out,
                 int64_t out_stride) {
   for (int64_t r = 0; r < n; ++r) {
@@ -394,6 +411,7 @@ void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride
                                            T*, T*);               \
   template void sigmoid_rows<T>(int64_t, int64_t, T*, int64_t);                                                 \
   template void simple_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, bool, const T*);                    \
+  template void simple_backward_rows<T>(int64_t, int64_t, const T*, const T*, const T*, bool, T*);               \
   template void scale_rows<T>(int64_t, int64_t, int64_t, const T*, const T*, int64_t, T*, int64_t);                \
   template void addcmul_rows<T>(int64_t, int64_t, T*, const T*, int64_t, const T*);
 

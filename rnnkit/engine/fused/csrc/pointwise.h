@@ -56,6 +56,10 @@ void sigmoid_rows(int64_t n, int64_t width, T* x, int64_t stride);
 template <typename T>
 void simple_forward_rows(int64_t n, int64_t H, T* pre, const T* h_prev, T* h_next, bool relu, const T* zone);
 
+// grad_pre = grad_h * f'(pre) (1 - zone) from the activations act = f(pre) (tanh or relu; zone null: none)
+template <typename T>
+void simple_backward_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* zone, bool relu, T* grad_pre);
+
 // out[r, k*H + j] = a[r, j] * coef[r, k*H + j] for k < groups (a dense; coef, out rows of their strides).
 template <typename T>
 void scale_rows(int64_t n, int64_t groups, int64_t H, const T* a, const T* coef, int64_t coef_stride, T* out,
