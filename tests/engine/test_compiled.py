@@ -199,3 +199,26 @@ def test_step_threads_restores_the_setting_and_needs_the_compiled_loops():
     assert kernels.set_parallel_min(compiled.PARALLEL_MIN) == compiled.PARALLEL_MIN  # back to the default
     with compiled.python_loops(), pytest.raises(RuntimeError, match="not in use"), compiled.step_threads(1):
         pass
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which(os.environ.get("CXX", "c++")) is None,
+                    reason="the compiled loops are built on Linux with a C++ compiler")
+def test_loops_are_built_single_threaded_where_openmp_does_not_build(tmp_path):
+    """If the OpenMP build fails, the loops are built without it: in use, each step on one thread."""
+    script = textwrap.dedent("""
+        import torch, rnnkit as rk
+        from rnnkit.engine.fused import compiled
+        compiled._OPENMP_FLAGS = ["-fopenmp", "--no-such-option-for-rnnkit"]  # this build fails
+        layer = rk.GRU(3, 4, backend="fused")
+        out, _ = layer(torch.randn(2, 5, 3))
+        out.sum().backward()
+        status = compiled.status()
+        assert status["in_use"] and not status["threaded"], status
+        with compiled.step_threads(1):  # asking for split steps is harmless: there is no OpenMP
+            layer(torch.randn(2, 5, 3))
+        print("single-threaded loops in use")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "RNNKIT_CACHE_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "single-threaded loops in use" in done.stdout
