@@ -33,6 +33,14 @@ def _run(cell, x, lengths, noise):
     return [out, *final, *torch.autograd.grad(loss, [x, *state, *cell.parameters()])]
 
 
+def _noisy_case(case, dtype):
+    """A cell with every option of ``case`` plus recurrent dropout and zoneout, its input, lengths and noise."""
+    name, options = case
+    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=24,
+                     dtype=dtype)
+    return cell, torch.randn(7, 6, 5, dtype=dtype), torch.tensor([7, 3, 7, 1, 5, 6]), cell.sample_noise(7, 6)
+
+
 def _gemms(route):
     """aten: every recurrent product through ATen's mm; onednn: every float32 one through oneDNN."""
     return compiled.onednn_gemms(None if route == "aten" else 0)
@@ -43,12 +51,7 @@ def _gemms(route):
 def test_compiled_loops_equal_the_python_loops(case, dtype):
     if compiled.ops() is None:
         pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
-    name, options = case
-    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=24,
-                     dtype=dtype)
-    x = torch.randn(7, 6, 5, dtype=dtype)
-    lengths = torch.tensor([7, 3, 7, 1, 5, 6])
-    noise = cell.sample_noise(7, 6)
+    cell, x, lengths, noise = _noisy_case(case, dtype)
     with _gemms("aten"):  # the same GEMMs as the Python loops: only the pointwise code differs
         fast = _run(cell, x, lengths, noise)
     with compiled.python_loops():
@@ -167,12 +170,7 @@ def test_steps_split_over_threads_give_the_same_results(case, dtype):
         pytest.skip("the compiled loops were built without OpenMP")
     if dtype == torch.float32 and not torch.backends.mkldnn.is_available():
         pytest.skip("needs oneDNN for thread-count independent float32 products")
-    name, options = case
-    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=24,
-                     dtype=dtype)
-    x = torch.randn(7, 6, 5, dtype=dtype)
-    lengths = torch.tensor([7, 3, 7, 1, 5, 6])
-    noise = cell.sample_noise(7, 6)
+    cell, x, lengths, noise = _noisy_case(case, dtype)
     threads = torch.get_num_threads()
     runs = []
     try:
@@ -183,7 +181,7 @@ def test_steps_split_over_threads_give_the_same_results(case, dtype):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
-    if not options.get("layer_norm"):
+    if not case[1].get("layer_norm"):
         assert all(torch.equal(a, b) for a, b in zip(runs[1], runs[2]))
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for a, b in zip(runs[1], runs[2]):
