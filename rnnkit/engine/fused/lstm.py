@@ -8,9 +8,9 @@ Gate order i, f, g, o as in torch.nn; with :math:`R` the (layer-normalised) recu
     \tilde c = f c_{t-1} + i g,\quad o = \sigma(a_o + p_o \tilde c),\quad \tilde h = o \tanh \hat c
 
 and zoneout mixes :math:`(\tilde h, \tilde c)` with :math:`(h_{t-1}, c_{t-1})`.
-Backward, in the compiled loops: each step recomputes its local derivatives from the activations,
-:math:`\tanh \hat c` and :math:`c_{t-1}` in one pass, then one recurrent GEMM, so no all-steps derivative
-buffers exist. The Python loops precompute every local derivative for all steps at once instead, so
+Backward, in the compiled loops: each step recomputes :math:`\tanh \hat c` from :math:`\tilde c` (and the
+cell norm's statistics) and its local derivatives from the activations and :math:`c_{t-1}` in one pass,
+then one recurrent GEMM, so neither :math:`\tanh \hat c` nor any derivative is kept for all steps. The Python loops precompute every local derivative for all steps at once instead, so
 that a step there costs four pointwise ops and one recurrent GEMM.
 """
 
@@ -44,18 +44,19 @@ class FusedLSTM(torch.autograd.Function):
         cs = workspace.empty((batch + rows_total, hidden), act)
         hs[:batch], cs[:batch] = h0, c0
         cell_tilde = cs[batch:] if masks.zoneout is None else workspace.empty((rows_total, hidden), act)  # c~ [N, H]
-        tanh_c = workspace.empty((rows_total, hidden), act)  # tanh(LN(c~))
         projection = Projection(weight_hh, ln_gain, packing, hidden)
         kernels = compiled.ops() if compiled.usable_for(act) else None
-        if kernels is not None:  # cell_stats: (mean, rstd) [N] each
+        if kernels is not None:  # cell_stats: (mean, rstd) [N] each; tanh(c^) only per step (backward recomputes it)
             cell_stats = (act.new_empty(rows_total), act.new_empty(rows_total)) if cell_gain is not None else None
-            kernels.lstm_forward(act, hs, cs, cell_tilde, tanh_c, projection.compiled_buffers(), peephole, cell_gain,
-                                 cell_bias, *(cell_stats or (None, None)), masks.recurrent,
+            tanh_c = None
+            kernels.lstm_forward(act, hs, cs, cell_tilde, act.new_empty(batch, hidden), projection.compiled_buffers(),
+                                 peephole, cell_gain, cell_bias, *(cell_stats or (None, None)), masks.recurrent,
                                  *(masks.zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
-        else:  # cell_stats: a (mean, rstd) pair per step
+        else:  # cell_stats: a (mean, rstd) pair per step; tanh_c: tanh(LN(c~)) of every row
+            tanh_c = workspace.empty((rows_total, hidden), act)
             cell_stats = _forward_steps(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias,
                                         packing, masks)
-        ctx.save_for_backward(hs, peephole, cell_gain)
+        ctx.save_for_backward(hs, peephole, cell_gain, cell_bias)
         ctx.buffers = (act, cs, cell_tilde, tanh_c, cell_stats)
         ctx.setup = (packing, masks, projection, bias_hh is not None, kernels)
         final_c = packing.final_rows(cs)
@@ -64,7 +65,7 @@ class FusedLSTM(torch.autograd.Function):
     @staticmethod
     @first_order_only
     def backward(ctx, grad_hs, grad_final_c, _):
-        hs, peephole, cell_gain = ctx.saved_tensors
+        hs, peephole, cell_gain, cell_bias = ctx.saved_tensors
         act, cs, cell_tilde, tanh_c, cell_stats = ctx.buffers
         packing, masks, projection, has_bias, kernels = ctx.setup
         projection.begin_backward()
@@ -78,12 +79,11 @@ class FusedLSTM(torch.autograd.Function):
         grad_in = workspace.copy_of(or_zeros(grad_hs, hs))  # [B+N, H]
         grad_c = (torch.zeros_like(h_in[:batch]) if grad_final_c is None  # [B, H] dL/dc_t
                   else grad_final_c.clone(memory_format=torch.contiguous_format))
-        grad_shown = workspace.empty_like(tanh_c) if cell_gain is not None else None  # [N, H] d loss / d c^
-        if kernels is not None:  # each compiled step recomputes its local derivatives
-            kernels.lstm_backward(grad_in, grad_c, tanh_c, cs, act, grad_gates,
-                                  projection.compiled_buffers(backward=True), peephole,
-                                  None if cell_gain is None else cell_tilde, cell_gain,
-                                  *(cell_stats or (None, None)), grad_shown, masks.recurrent,
+        grad_shown = workspace.empty_like(cell_tilde) if cell_gain is not None else None  # [N, H] d loss / d c^
+        if kernels is not None:  # each compiled step recomputes its local derivatives and tanh(c^)
+            kernels.lstm_backward(grad_in, grad_c, act.new_empty(batch, hidden), cs, act, grad_gates,
+                                  projection.compiled_buffers(backward=True), peephole, cell_tilde, cell_gain,
+                                  cell_bias, *(cell_stats or (None, None)), grad_shown, masks.recurrent,
                                   *(masks.zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
         else:  # the Python loops: local derivatives for all steps at once, built in place  [N, H] each
             to_cell = torch.mul(tanh_c, tanh_c).neg_().add_(1.0).mul_(o)  # d h~ / d c^ = o (1 - tanh^2)

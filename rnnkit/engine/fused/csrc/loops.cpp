@@ -258,6 +258,7 @@ Tensor recurrent_input(const Tensor& h_prev, const OptTensor& mask, Tensor& scra
   return out;
 }
 
+// tanh_c: a [B, H] scratch for each step's tanh(c^) (backward recomputes it from cell_tilde)
 void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
                   OptTensor peephole, OptTensor cell_gain, OptTensor cell_bias, OptTensor cell_mean,
                   OptTensor cell_rstd, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c,
@@ -278,7 +279,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
         const int64_t ob = o + b, pb = p + b, qb = q + b;
         rnnkit::lstm_forward_rows<T>(
             e - b, H, ptr<T>(act) + ob * 4 * H, ptr<T>(hs) + pb * H, ptr<T>(cs) + pb * H, ptr<T>(cell_tilde) + ob * H,
-            ptr<T>(tanh_c) + ob * H, ptr<T>(hs) + qb * H, ptr<T>(cs) + qb * H, ptr<T>(peephole), ptr<T>(cell_gain),
+            ptr<T>(tanh_c) + b * H, ptr<T>(hs) + qb * H, ptr<T>(cs) + qb * H, ptr<T>(peephole), ptr<T>(cell_gain),
             ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + ob : nullptr,
             cell_gain ? ptr<T>(cell_rstd) + ob : nullptr, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
             zone_c ? ptr<T>(zone_c) + ob * H : nullptr, T(eps));
@@ -287,13 +288,14 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
   });
 }
 
-// Local derivatives recomputed each step from act (i, f, g, o), tanh_c [N, H] and cs [B+N, H] (c_{t-1} rows).
+// Local derivatives recomputed each step from act (i, f, g, o), cell_tilde [N, H] (c~ before zoneout) and
+// cs [B+N, H] (c_{t-1} rows); tanh_c is a [B, H] scratch for each step's recomputed tanh(c^).
 void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tensor act, Tensor grad_gates,
-                   at::TensorList projection, OptTensor peephole, OptTensor cell_tilde, OptTensor cell_gain,
-                   OptTensor cell_mean, OptTensor cell_rstd, OptTensor grad_shown, OptTensor recurrent,
-                   OptTensor zone_h, OptTensor zone_c, at::IntArrayRef batch_sizes, double eps) {
-  for (const Tensor& t : {grad_in, grad_c, tanh_c, cs, act, grad_gates}) check_dense(t, "LSTM buffer");
-  for (const auto& t : {peephole, cell_tilde, cell_gain, cell_mean, cell_rstd, grad_shown, recurrent, zone_h, zone_c})
+                   at::TensorList projection, OptTensor peephole, Tensor cell_tilde, OptTensor cell_gain,
+                   OptTensor cell_bias, OptTensor cell_mean, OptTensor cell_rstd, OptTensor grad_shown,
+                   OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, at::IntArrayRef batch_sizes, double eps) {
+  for (const Tensor& t : {grad_in, grad_c, tanh_c, cs, act, grad_gates, cell_tilde}) check_dense(t, "LSTM buffer");
+  for (const auto& t : {peephole, cell_gain, cell_bias, cell_mean, cell_rstd, grad_shown, recurrent, zone_h, zone_c})
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
@@ -305,10 +307,10 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
       over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
         const int64_t ob = o + b;
         rnnkit::lstm_backward_rows<T>(
-            e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(grad_c) + b * H, ptr<T>(tanh_c) + ob * H,
-            ptr<T>(cs) + (p + b) * H, ptr<T>(act) + ob * 4 * H, ptr<T>(grad_gates) + ob * 4 * H, ptr<T>(grad_in) + (p + b) * H, ptr<T>(peephole),
-            cell_gain ? ptr<T>(cell_tilde) + ob * H : nullptr, ptr<T>(cell_gain),
-            cell_gain ? ptr<T>(cell_mean) + ob : nullptr, cell_gain ? ptr<T>(cell_rstd) + ob : nullptr,
+            e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(grad_c) + b * H, ptr<T>(tanh_c) + b * H,
+            ptr<T>(cs) + (p + b) * H, ptr<T>(act) + ob * 4 * H, ptr<T>(grad_gates) + ob * 4 * H,
+            ptr<T>(grad_in) + (p + b) * H, ptr<T>(peephole), ptr<T>(cell_tilde) + ob * H, ptr<T>(cell_gain),
+            ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + ob : nullptr, cell_gain ? ptr<T>(cell_rstd) + ob : nullptr,
             cell_gain ? ptr<T>(grad_shown) + ob * H : nullptr, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
             zone_c ? ptr<T>(zone_c) + ob * H : nullptr);
       });
@@ -535,9 +537,9 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         "Tensor[] projection, Tensor? peephole, Tensor? cell_gain, Tensor? cell_bias, Tensor? cell_mean, "
         "Tensor? cell_rstd, Tensor? recurrent, Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
         &lstm_forward);
-  m.def("lstm_backward(Tensor(a!) grad_in, Tensor(b!) grad_c, Tensor tanh_c, Tensor cs, "
-        "Tensor act, Tensor(c!) grad_gates, Tensor[] projection, Tensor? peephole, Tensor? cell_tilde, "
-        "Tensor? cell_gain, Tensor? cell_mean, Tensor? cell_rstd, Tensor? grad_shown, Tensor? recurrent, "
+  m.def("lstm_backward(Tensor(a!) grad_in, Tensor(b!) grad_c, Tensor(d!) tanh_c, Tensor cs, "
+        "Tensor act, Tensor(c!) grad_gates, Tensor[] projection, Tensor? peephole, Tensor cell_tilde, "
+        "Tensor? cell_gain, Tensor? cell_bias, Tensor? cell_mean, Tensor? cell_rstd, Tensor? grad_shown, Tensor? recurrent, "
         "Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
         &lstm_backward);
   m.def("gru_forward(Tensor(a!) act, Tensor(b!) states, Tensor(c!) terms, Tensor? candidate, Tensor[] projection, "

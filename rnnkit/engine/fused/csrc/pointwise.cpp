@@ -196,23 +196,29 @@ inline void lstm_backward_row(int64_t H, const T* gh, T* gc, const T* act, const
 }
 
 template <typename T, bool Peep, bool CellNorm, bool Zone>
-void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* tanh_c, const T* c_prev,
+void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, T* tanh_c, const T* c_prev,
                         const T* act, T* grad_gates, T* grad_prev, const T* peephole, const T* cell_tilde,
-                        const T* cell_gain, const T* cell_mean, const T* cell_rstd, T* grad_shown, const T* zone_h,
-                        const T* zone_c) {
+                        const T* cell_gain, const T* cell_bias, const T* cell_mean, const T* cell_rstd, T* grad_shown,
+                        const T* zone_h, const T* zone_c) {
   for (int64_t r = 0; r < n; ++r) {
     const T* gh = grad_h + r * H;
-    const T* tc = tanh_c + r * H;
+    T* tc = tanh_c + r * H;
     const T* ar = act + r * 4 * H;
     const T* zh = Zone ? zone_h + r * H : nullptr;
+    const T* ct = cell_tilde + r * H;
     T a = 0, b = 0, m = 0, s = 0;
-    const T* ct = nullptr;
     T* shown = nullptr;
-    if constexpr (CellNorm) {
-      ct = cell_tilde + r * H;
-      shown = grad_shown + r * H;
+    if constexpr (CellNorm) {  // tanh(c^) recomputed as the forward computed it
       m = cell_mean[r];
       s = cell_rstd[r];
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) tc[j] = tanh_((ct[j] - m) * s * cell_gain[j] + cell_bias[j]);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) tc[j] = tanh_(ct[j]);
+    }
+    if constexpr (CellNorm) {
+      shown = grad_shown + r * H;
 #pragma omp simd reduction(+ : a, b)
       for (int64_t j = 0; j < H; ++j) {
         const T d = unzoned<T, Zone>(gh[j], zh, j) * ar[3 * H + j] * (T(1) - tc[j] * tc[j]);  // d loss / d c^
@@ -237,14 +243,15 @@ void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, const 
 }  // namespace
 
 template <typename T>
-void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* tanh_c, const T* c_prev,
+void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, T* tanh_c, const T* c_prev,
                         const T* act, T* grad_gates, T* grad_prev, const T* peephole, const T* cell_tilde,
-                        const T* cell_gain, const T* cell_mean, const T* cell_rstd, T* grad_shown, const T* zone_h,
-                        const T* zone_c) {
+                        const T* cell_gain, const T* cell_bias, const T* cell_mean, const T* cell_rstd,
+                        T* grad_shown, const T* zone_h, const T* zone_c) {
   const int which = (peephole ? 4 : 0) + (cell_gain ? 2 : 0) + (zone_h ? 1 : 0);
 #define RNNKIT_LSTM_BACKWARD(P, C, Z)                                                                         \
   lstm_backward_impl<T, P, C, Z>(n, H, grad_h, grad_c, tanh_c, c_prev, act, grad_gates, grad_prev, peephole, \
-                                 cell_tilde, cell_gain, cell_mean, cell_rstd, grad_shown, zone_h, zone_c)
+                                 cell_tilde, cell_gain, cell_bias, cell_mean, cell_rstd, grad_shown, zone_h,  \
+                                 zone_c)
   switch (which) {
     case 0: RNNKIT_LSTM_BACKWARD(false, false, false); break;
     case 1: RNNKIT_LSTM_BACKWARD(false, false, true); break;
@@ -404,8 +411,9 @@ void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride
                                        const T*, const T*, T*, double*);                                        \
   template void lstm_forward_rows<T>(int64_t, int64_t, T*, const T*, const T*, T*, T*, T*, T*, const T*,        \
                                      const T*, const T*, T*, T*, const T*, const T*, T);                        \
-  template void lstm_backward_rows<T>(int64_t, int64_t, const T*, T*, const T*, const T*, const T*, T*, T*,   \
-                                      const T*, const T*, const T*, const T*, const T*, T*, const T*, const T*);                                                                \
+  template void lstm_backward_rows<T>(int64_t, int64_t, const T*, T*, T*, const T*, const T*, T*, T*,         \
+                                      const T*, const T*, const T*, const T*, const T*, const T*, T*, const T*, \
+                                      const T*);                                                                \
   template void gru_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, const T*, T*, T*, const T*);              \
   template void gru_backward_after_rows<T>(int64_t, int64_t, const T*, const T*, const T*, const T*, const T*, T*, \
                                            T*, T*);               \

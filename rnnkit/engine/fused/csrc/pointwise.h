@@ -19,19 +19,21 @@ template <typename T>
 void layer_norm_backward(int64_t n, int64_t groups, int64_t H, const T* grad, int64_t grad_stride,
                          const T* pre, const T* gain, const T* mean, const T* rstd, T* grad_pre, double* grad_gain);
 
+// tanh_c: rows receiving tanh(c^) (the caller's scratch or all-steps buffer)
 template <typename T>
 void lstm_forward_rows(int64_t n, int64_t H, T* act, const T* h_prev, const T* c_prev, T* cell_tilde,
                        T* tanh_c, T* h_next, T* c_next, const T* peephole, const T* cell_gain,
                        const T* cell_bias, T* cell_mean, T* cell_rstd, const T* zone_h, const T* zone_c, T eps);
 
-// One LSTM step backward, the local derivatives recomputed from act (i, f, g, o activated), tanh_c (of the
-// possibly normalised c~) and c_prev: grad_gates [4H rows] receives d loss / d pre-activations, grad_c is
-// d loss / d c_t in and d loss / d c_{t-1} out, grad_prev += the direct zoneout path of d loss / d h_t.
+// One LSTM step backward, the local derivatives recomputed from act (i, f, g, o activated), c~ (cell_tilde,
+// before zoneout) and c_prev; tanh(c^) is recomputed into the scratch rows tanh_c (c^ = LN(c~) with the cell
+// norm's gain, bias and statistics, else c~): grad_gates [4H rows] receives d loss / d pre-activations,
+// grad_c is d loss / d c_t in and d loss / d c_{t-1} out, grad_prev += the direct zoneout path of d loss / d h_t.
 template <typename T>
-void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, const T* tanh_c, const T* c_prev,
+void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, T* tanh_c, const T* c_prev,
                         const T* act, T* grad_gates, T* grad_prev, const T* peephole, const T* cell_tilde,
-                        const T* cell_gain, const T* cell_mean, const T* cell_rstd, T* grad_shown, const T* zone_h,
-                        const T* zone_c);
+                        const T* cell_gain, const T* cell_bias, const T* cell_mean, const T* cell_rstd,
+                        T* grad_shown, const T* zone_h, const T* zone_c);
 
 // reset after (terms = R(h~) + b_hh, stride 3H): r, z = sigmoid(act_rz + terms_rz), n = tanh(act_n + r terms_n),
 // and terms_n is kept in n_term (dense rows of H); reset before (terms null): r, z already activated and act_n
