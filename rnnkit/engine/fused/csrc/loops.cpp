@@ -269,6 +269,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
   const Steps steps(batch_sizes);
   const int64_t H = hs.size(1);
   Projection proj(projection, H, eps, false);
+  TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, hs.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_forward", [&] {
     using T = scalar_t;
@@ -300,6 +301,7 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
   Projection proj(projection, H, eps, true);
+  TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_backward", [&] {
     using T = scalar_t;
     for (int64_t t = steps.count() - 1; t >= 0; --t) {
