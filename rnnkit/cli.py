@@ -393,6 +393,9 @@ def bench(
     onednn = loops["onednn_min_macs"]
     loops_line = ("fused engine: compiled per-step loops" if loops["in_use"]
                   else f"fused engine: Python per-step loops ({loops['why_not']})")
+    if loops["in_use"]:
+        loops_line += (f" (steps split over {torch.get_num_threads()} threads from {2 * compiled.PARALLEL_MIN:,}"
+                       " elements)" if loops["threaded"] else " (single-threaded steps: built without OpenMP)")
     loops_line += (", float32 products through oneDNN" + (f" from {onednn:,} multiply-adds" if onednn else "")
                    if onednn is not None else ", products through ATen (MKL)")
     limit = workspace.limit_bytes()
