@@ -32,7 +32,9 @@ def times_weight(grad: Tensor, weight: Tensor) -> Tensor:
 
 def weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
     """``grad^T @ inputs`` for ``grad [N, M]``, ``inputs [N, K]``: a sum over all N rows, ``[M, K]``."""
-    if _onednn(grad, grad.shape[0] * grad.shape[1] * inputs.shape[1]):
+    # grad's transposed view must be dense for oneDNN: a column slice (the GRU reset-before's [N, 2H] of
+    # [N, 3H]) sends it down a generic reorder path, measured at 565 ms for a product MKL does in ~2 ms
+    if grad.is_contiguous() and _onednn(grad, grad.shape[0] * grad.shape[1] * inputs.shape[1]):
         # (inputs^T grad)^T, this order being oneDNN's fast one. oneDNN reads the second operand's transposed
         # view as it is, but makes the first contiguous in a fresh buffer, whose page faults cost more than
         # the product here (4 ms of 6 for [12800, 128] operands in a training step): it gets a pooled copy.
