@@ -9,11 +9,11 @@ Gate order r, z, n as in torch.nn. With :math:`\tilde h = m \odot h_{t-1}` and :
   (biases inside :math:`g`);
 
 then :math:`h_t = (1 - z) n + z h_{t-1}`, and zoneout mixes :math:`h_t` with :math:`h_{t-1}`.
-Forward keeps the activations, the states and (reset after) only the n part of :math:`a`. Backward, reset
-after, in the compiled loops: each step recomputes its local derivatives from those in one pass, then one
-recurrent GEMM, so no all-steps derivative buffers exist (training memory below torch.nn's). Reset before,
-and the Python loops: every local derivative is precomputed for all steps at once; each step then costs a
-few pointwise ops and one recurrent GEMM (two for reset before).
+Forward keeps the activations, the states and (reset after) only the n part of :math:`a` or (reset before)
+:math:`r \odot \tilde h`. Backward in the compiled loops: each step recomputes its local derivatives from
+those, then one recurrent GEMM (two for reset before), so no all-steps derivative buffers exist (training
+memory below torch.nn's). The Python loops precompute every local derivative for all steps at once; each
+step then costs a few pointwise ops and the same GEMMs.
 """
 
 from __future__ import annotations
@@ -70,13 +70,16 @@ class FusedGRU(torch.autograd.Function):
         h_in = h_prev if masks.recurrent is None else h_prev * masks.recurrent
         grad_in = workspace.copy_of(or_zeros(grad_states, states))  # [B+N, H]
         grad_gates = workspace.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
-        if reset_after and kernels is not None:
-            # the compiled step recomputes its local derivatives: no all-steps derivative buffers
+        zone = None if masks.zoneout is None else masks.zoneout[0]
+        if kernels is not None and not reset_after:  # the compiled steps recompute their local derivatives
+            kernels.gru_backward_before(grad_in, act, states, grad_gates, *_compiled_buffers(projections, True),
+                                        masks.recurrent, zone, packing.batch_sizes, LAYER_NORM_EPS)
+            return _reset_before_grads(grad_gates, grad_in, h_in, hidden_terms, projections, has_bias, batch, hidden)
+        if kernels is not None:  # reset after, likewise
             grad_n = workspace.empty_like(hidden_terms)
             kernels.gru_backward_after(grad_in, act, states, hidden_terms, grad_gates, grad_n,
-                                       projections[0].compiled_buffers(backward=True), masks.recurrent,
-                                       None if masks.zoneout is None else masks.zoneout[0], packing.batch_sizes,
-                                       LAYER_NORM_EPS)
+                                       projections[0].compiled_buffers(backward=True), masks.recurrent, zone,
+                                       packing.batch_sizes, LAYER_NORM_EPS)
             grad_weight, grad_gain = projections[0].parameter_grads(grad_gates, h_in)
             grad_bias = grad_gates.sum(0) if has_bias else None
             grad_gates[:, 2 * hidden:] = grad_n  # input side: r and z as the hidden side, n without the r factor
@@ -88,34 +91,35 @@ class FusedGRU(torch.autograd.Function):
         torch.mul(n, n, out=c_n).neg_().add_(1.0).addcmul_(c_n, z, value=-1.0)  # (1 - n^2)(1 - z)
         torch.sub(h_prev, n, out=c_z).mul_(z).addcmul_(c_z, z, value=-1.0)  # (h - n) z (1 - z)
         direct = workspace.copy_of(z)  # dh_t / dh_{t-1} along the direct path: z, or with zoneout m + (1 - m) z
-        if masks.zoneout is not None:
-            zone = masks.zoneout[0]
+        if zone is not None:
             c_n.addcmul_(c_n, zone, value=-1.0)
             c_z.addcmul_(c_z, zone, value=-1.0)
             direct.add_(zone).addcmul_(zone, z, value=-1.0)
-        if reset_after:  # the Python loops
-            torch.mul(c_n, hidden_terms, out=c_r).mul_(r).addcmul_(c_r, r, value=-1.0)
-            input_n = workspace.copy_of(c_n)  # d h_t / d (input term of n), per unit dL/dh_t
-            c_n.mul_(r)  # coef now holds d h_t / d (R(h~) + b_hh); grad_gates receives d loss / d (R(h~) + b_hh)
-            _backward_steps_reset_after(grad_in, grad_gates, coef, direct, projections[0], packing, masks)
-            grad_weight, grad_gain = projections[0].parameter_grads(grad_gates, h_in)
-            grad_bias = grad_gates.sum(0) if has_bias else None
-            # input side: equal to the hidden side for r and z; for n it is dL/dh_t * input_n, all steps at once
-            torch.mul(grad_in[batch:], input_n, out=grad_gates[:, 2 * hidden:])
-        else:
+        if not reset_after:  # the Python loops, reset before
             torch.mul(h_in, r, out=c_r).addcmul_(c_r, r, value=-1.0)  # h~ r (1 - r)
             r_in = r if masks.recurrent is None else r * masks.recurrent  # d(r*h~)/dh_{t-1}
-            if kernels is not None:
-                kernels.gru_backward_before(grad_in, coef, direct, grad_gates, *_compiled_buffers(projections, True),
-                                            r_in, masks.recurrent, packing.batch_sizes, LAYER_NORM_EPS)
-            else:
-                _backward_steps_reset_before(grad_in, grad_gates, coef, direct, r_in, projections, packing, masks)
-            w_rz, gain_rz = projections[0].parameter_grads(grad_gates[:, : 2 * hidden], h_in)
-            w_n, gain_n = projections[1].parameter_grads(grad_gates[:, 2 * hidden:], hidden_terms)
-            grad_weight = torch.cat((w_rz, w_n))
-            grad_gain = None if gain_rz is None else torch.cat((gain_rz, gain_n))
-            grad_bias = grad_gates.sum(0) if has_bias else None
+            _backward_steps_reset_before(grad_in, grad_gates, coef, direct, r_in, projections, packing, masks)
+            return _reset_before_grads(grad_gates, grad_in, h_in, hidden_terms, projections, has_bias, batch, hidden)
+        # the Python loops, reset after
+        torch.mul(c_n, hidden_terms, out=c_r).mul_(r).addcmul_(c_r, r, value=-1.0)
+        input_n = workspace.copy_of(c_n)  # d h_t / d (input term of n), per unit dL/dh_t
+        c_n.mul_(r)  # coef now holds d h_t / d (R(h~) + b_hh); grad_gates receives d loss / d (R(h~) + b_hh)
+        _backward_steps_reset_after(grad_in, grad_gates, coef, direct, projections[0], packing, masks)
+        grad_weight, grad_gain = projections[0].parameter_grads(grad_gates, h_in)
+        grad_bias = grad_gates.sum(0) if has_bias else None
+        # input side: equal to the hidden side for r and z; for n it is dL/dh_t * input_n, all steps at once
+        torch.mul(grad_in[batch:], input_n, out=grad_gates[:, 2 * hidden:])
         return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
+
+
+def _reset_before_grads(grad_gates, grad_in, h_in, hidden_terms, projections, has_bias, batch, hidden):
+    """The reset-before backward's return value once its loop filled ``grad_gates`` and ``grad_in``."""
+    w_rz, gain_rz = projections[0].parameter_grads(grad_gates[:, : 2 * hidden], h_in)
+    w_n, gain_n = projections[1].parameter_grads(grad_gates[:, 2 * hidden:], hidden_terms)
+    grad_weight = torch.cat((w_rz, w_n))
+    grad_gain = None if gain_rz is None else torch.cat((gain_rz, gain_n))
+    grad_bias = grad_gates.sum(0) if has_bias else None
+    return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
 
 
 def _compiled_buffers(projections, backward: bool = False) -> tuple[list, int]:

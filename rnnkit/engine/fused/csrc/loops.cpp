@@ -404,39 +404,36 @@ void gru_backward_after(Tensor grad_in, Tensor act, Tensor states, Tensor n_term
   });
 }
 
-// Reset before: coef [N, 3, H] with coef[:, 0] = h~ r (1 - r), coef[:, 1:] the z, n derivatives; r_in is
-// d (r h~) / d h_{t-1} (rows of its own stride); grad_gates [N, 3H] receives the pre-activation gradients.
-void gru_backward_before(Tensor grad_in, Tensor coef, Tensor direct, Tensor grad_gates, at::TensorList projection,
-                         int64_t split, Tensor r_in, OptTensor recurrent, at::IntArrayRef batch_sizes, double eps) {
-  for (const Tensor& t : {grad_in, coef, direct, grad_gates}) check_dense(t, "GRU buffer");
-  check_dense(recurrent, "GRU option");
+// Reset before, local derivatives recomputed each step from act (r, z, n), states (h_{t-1} rows), the
+// recurrent-dropout mask and zoneout: grad_gates [N, 3H] receives the pre-activation gradients, grad_in
+// [B+N, H] the state gradients.
+void gru_backward_before(Tensor grad_in, Tensor act, Tensor states, Tensor grad_gates, at::TensorList projection,
+                         int64_t split, OptTensor recurrent, OptTensor zone, at::IntArrayRef batch_sizes, double eps) {
+  for (const Tensor& t : {grad_in, act, states, grad_gates}) check_dense(t, "GRU buffer");
+  for (const auto& t : {recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
   Projection first(projection.slice(0, split), H, eps, true), second(projection.slice(split), H, eps, true);
-  TORCH_CHECK(r_in.stride(1) == 1, "rnnkit compiled loops: r_in needs unit column stride");
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward_before", [&] {
     using T = scalar_t;
     for (int64_t t = steps.count() - 1; t >= 0; --t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      const T* gh = ptr<T>(grad_in) + q * H;
-      Tensor grad_prev = grad_in.narrow(0, p, n);
       T* gp = ptr<T>(grad_in) + p * H;
       T* gg = ptr<T>(grad_gates) + o * 3 * H;
-      over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
-        rnnkit::scale_rows<T>(e - b, 2, H, gh + b * H, ptr<T>(coef) + (o + b) * 3 * H + H, 3 * H, gg + b * 3 * H + H,
-                              3 * H);
+      over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
+        rnnkit::gru_backward_before_zn_rows<T>(e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(act) + (o + b) * 3 * H,
+                                               ptr<T>(states) + (p + b) * H, zone ? ptr<T>(zone) + (o + b) * H : nullptr,
+                                               gg + b * 3 * H, gp + b * H);
       });
       Tensor grad_rh = second.grad_inputs<T>(grad_gates.narrow(0, o, n).narrow(1, 2 * H, H), o).contiguous();
       const T* grh = grad_rh.data_ptr<T>();
-      const int64_t rs = r_in.stride(0);
       over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
-        rnnkit::scale_rows<T>(e - b, 1, H, grh + b * H, ptr<T>(coef) + (o + b) * 3 * H, 3 * H, gg + b * 3 * H, 3 * H);
-        rnnkit::addcmul_rows<T>(e - b, H, gp + b * H, ptr<T>(r_in) + (o + b) * rs, rs, grh + b * H);
+        rnnkit::gru_backward_before_r_rows<T>(e - b, H, grh + b * H, ptr<T>(act) + (o + b) * 3 * H,
+                                              ptr<T>(states) + (p + b) * H,
+                                              recurrent ? ptr<T>(recurrent) + (o + b) * H : nullptr, gg + b * 3 * H,
+                                              gp + b * H);
       });
-      first.grad_into<T>(grad_prev, grad_gates.narrow(0, o, n).narrow(1, 0, 2 * H), o, recurrent);
-      over_rows(n, H, [&](int64_t b, int64_t e) {
-        rnnkit::addcmul_rows<T>(e - b, H, gp + b * H, gh + b * H, H, ptr<T>(direct) + (o + b) * H);
-      });
+      first.grad_into<T>(grad_in.narrow(0, p, n), grad_gates.narrow(0, o, n).narrow(1, 0, 2 * H), o, recurrent);
     }
   });
 }
@@ -550,8 +547,8 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("gru_backward_after(Tensor(a!) grad_in, Tensor act, Tensor states, Tensor n_term, Tensor(b!) grad_hidden, "
         "Tensor(c!) grad_n, Tensor[] projection, Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
         &gru_backward_after);
-  m.def("gru_backward_before(Tensor(a!) grad_in, Tensor coef, Tensor direct, Tensor(b!) grad_gates, "
-        "Tensor[] projection, int split, Tensor r_in, Tensor? recurrent, int[] batch_sizes, float eps) -> ()",
+  m.def("gru_backward_before(Tensor(a!) grad_in, Tensor act, Tensor states, Tensor(b!) grad_gates, "
+        "Tensor[] projection, int split, Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
         &gru_backward_before);
   m.def("simple_forward(Tensor(a!) pre, Tensor(b!) states, Tensor[] projection, Tensor? recurrent, Tensor? zone, "
         "int[] batch_sizes, bool relu, float eps) -> ()",

@@ -331,6 +331,47 @@ void gru_backward_after_rows(int64_t n, int64_t H, const T* grad_h, const T* act
 }
 
 template <typename T>
+void gru_backward_before_zn_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* h_prev,
+                                 const T* zone, T* grad_gates, T* grad_prev) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* gh = grad_h + r * H;
+    const T* a = act + r * 3 * H;
+    const T* hp = h_prev + r * H;
+    T* g = grad_gates + r * 3 * H;
+    T* gp = grad_prev + r * H;
+    const T* zz = zone ? zone + r * H : nullptr;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T z = a[H + j], nn = a[2 * H + j];
+      const T zo = zz ? zz[j] : T(0);
+      const T d = gh[j] * (T(1) - zo);  // d loss / d (h before zoneout)
+      g[H + j] = d * (hp[j] - nn) * z * (T(1) - z);
+      g[2 * H + j] = d * (T(1) - z) * (T(1) - nn * nn);
+      gp[j] += d * z + gh[j] * zo;
+    }
+  }
+}
+
+template <typename T>
+void gru_backward_before_r_rows(int64_t n, int64_t H, const T* grad_rh, const T* act, const T* h_prev,
+                                const T* mask, T* grad_gates, T* grad_prev) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* grh = grad_rh + r * H;
+    const T* a = act + r * 3 * H;
+    const T* hp = h_prev + r * H;
+    const T* m = mask ? mask + r * H : nullptr;
+    T* g = grad_gates + r * 3 * H;
+    T* gp = grad_prev + r * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T rr = a[j], keep = m ? m[j] : T(1);
+      g[j] = grh[j] * hp[j] * keep * rr * (T(1) - rr);
+      gp[j] += grh[j] * rr * keep;
+    }
+  }
+}
+
+template <typename T>
 void sigmoid_rows(int64_t n, int64_t width, T* x, int64_t stride) {
   for (int64_t r = 0; r < n; ++r) {
     T* row = x + r * stride;
@@ -381,20 +422,6 @@ void simple_backward_rows(int64_t n, int64_t H, const T* grad_h, const T* act, c
 }
 
 template <typename T>
-void scale_rows(int64_t n, int64_t groups, int64_t H, const T* a, const T* coef, int64_t coef_stride, T* out,
-                int64_t out_stride) {
-  for (int64_t r = 0; r < n; ++r) {
-    const T* x = a + r * H;
-    for (int64_t k = 0; k < groups; ++k) {
-      const T* c = coef + r * coef_stride + k * H;
-      T* o = out + r * out_stride + k * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) o[j] = x[j] * c[j];
-    }
-  }
-}
-
-template <typename T>
 void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride, const T* b) {
   for (int64_t r = 0; r < n; ++r) {
     T* o = out + r * width;
@@ -417,10 +444,11 @@ void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride
   template void gru_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, const T*, T*, T*, const T*);              \
   template void gru_backward_after_rows<T>(int64_t, int64_t, const T*, const T*, const T*, const T*, const T*, T*, \
                                            T*, T*);               \
+  template void gru_backward_before_zn_rows<T>(int64_t, int64_t, const T*, const T*, const T*, const T*, T*, T*); \
+  template void gru_backward_before_r_rows<T>(int64_t, int64_t, const T*, const T*, const T*, const T*, T*, T*);  \
   template void sigmoid_rows<T>(int64_t, int64_t, T*, int64_t);                                                 \
   template void simple_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, bool, const T*);                    \
   template void simple_backward_rows<T>(int64_t, int64_t, const T*, const T*, const T*, bool, T*);               \
-  template void scale_rows<T>(int64_t, int64_t, int64_t, const T*, const T*, int64_t, T*, int64_t);                \
   template void addcmul_rows<T>(int64_t, int64_t, T*, const T*, int64_t, const T*);
 
 RNNKIT_INSTANTIATE(float)

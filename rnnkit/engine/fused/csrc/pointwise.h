@@ -50,6 +50,18 @@ template <typename T>
 void gru_backward_after_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* h_prev, const T* n_term,
                              const T* zone, T* grad_hidden, T* grad_n, T* grad_prev);
 
+// Reset-before GRU step backward, first part, from act (r, z, n) and h_prev: grad_gates [3H rows] receives the
+// z and n pre-activation gradients, grad_prev += grad_h * d h_t / d h_{t-1} along the direct path.
+template <typename T>
+void gru_backward_before_zn_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* h_prev,
+                                 const T* zone, T* grad_gates, T* grad_prev);
+
+// Second part, from grad_rh = d loss / d (r * h~) with h~ = h_prev * mask (mask null: none): grad_gates'
+// r part = grad_rh * h~ * r (1 - r), grad_prev += grad_rh * r * mask.
+template <typename T>
+void gru_backward_before_r_rows(int64_t n, int64_t H, const T* grad_rh, const T* act, const T* h_prev,
+                                const T* mask, T* grad_gates, T* grad_prev);
+
 // x[r, j] = sigmoid(x[r, j]) for j < width (rows of `stride` elements).
 template <typename T>
 void sigmoid_rows(int64_t n, int64_t width, T* x, int64_t stride);
@@ -61,11 +73,6 @@ void simple_forward_rows(int64_t n, int64_t H, T* pre, const T* h_prev, T* h_nex
 // grad_pre = grad_h * f'(pre) (1 - zone) from the activations act = f(pre) (tanh or relu; zone null: none)
 template <typename T>
 void simple_backward_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* zone, bool relu, T* grad_pre);
-
-// out[r, k*H + j] = a[r, j] * coef[r, k*H + j] for k < groups (a dense; coef, out rows of their strides).
-template <typename T>
-void scale_rows(int64_t n, int64_t groups, int64_t H, const T* a, const T* coef, int64_t coef_stride, T* out,
-                int64_t out_stride);
 
 // out[r, j] += a[r, j] * b[r, j] for j < width (a rows of a_stride; b and out dense rows of width).
 template <typename T>
