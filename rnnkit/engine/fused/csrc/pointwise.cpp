@@ -303,6 +303,20 @@ void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, T* n_term, c
   }
 }
 
+namespace {
+
+// the part both GRU forms share, per unit: from d loss / d h_t (gh), z, n, h_{t-1} and the zoneout mask zo,
+// the z and n pre-activation gradients and d loss / d h_{t-1} along the direct path
+template <typename T>
+inline void gru_zn_backward(T gh, T z, T nn, T hp, T zo, T& dz, T& dn, T& direct) {
+  const T d = gh * (T(1) - zo);  // d loss / d (h before zoneout)
+  dz = d * (hp - nn) * z * (T(1) - z);
+  dn = d * (T(1) - z) * (T(1) - nn * nn);
+  direct = d * z + gh * zo;
+}
+
+}  // namespace
+
 template <typename T>
 void gru_backward_after_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* h_prev, const T* n_term,
                              const T* zone, T* grad_hidden, T* grad_n, T* grad_prev) {
@@ -317,15 +331,14 @@ void gru_backward_after_rows(int64_t n, int64_t H, const T* grad_h, const T* act
     const T* zz = zone ? zone + r * H : nullptr;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T rr = a[j], z = a[H + j], nn = a[2 * H + j];
-      const T zo = zz ? zz[j] : T(0);
-      const T d = gh[j] * (T(1) - zo);  // d loss / d (h before zoneout)
-      const T dn = d * (T(1) - z) * (T(1) - nn * nn);
+      const T rr = a[j];
+      T dz, dn, direct;
+      gru_zn_backward(gh[j], a[H + j], a[2 * H + j], hp[j], zz ? zz[j] : T(0), dz, dn, direct);
       g[j] = dn * u[j] * rr * (T(1) - rr);
-      g[H + j] = d * (hp[j] - nn) * z * (T(1) - z);
+      g[H + j] = dz;
       g[2 * H + j] = dn * rr;
       gn[j] = dn;
-      gp[j] += d * z + gh[j] * zo;
+      gp[j] += direct;
     }
   }
 }
@@ -342,12 +355,11 @@ void gru_backward_before_zn_rows(int64_t n, int64_t H, const T* grad_h, const T*
     const T* zz = zone ? zone + r * H : nullptr;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T z = a[H + j], nn = a[2 * H + j];
-      const T zo = zz ? zz[j] : T(0);
-      const T d = gh[j] * (T(1) - zo);  // d loss / d (h before zoneout)
-      g[H + j] = d * (hp[j] - nn) * z * (T(1) - z);
-      g[2 * H + j] = d * (T(1) - z) * (T(1) - nn * nn);
-      gp[j] += d * z + gh[j] * zo;
+      T dz, dn, direct;
+      gru_zn_backward(gh[j], a[H + j], a[2 * H + j], hp[j], zz ? zz[j] : T(0), dz, dn, direct);
+      g[H + j] = dz;
+      g[2 * H + j] = dn;
+      gp[j] += direct;
     }
   }
 }
