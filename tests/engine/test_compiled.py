@@ -201,12 +201,16 @@ def test_step_threads_restores_the_setting_and_needs_the_compiled_loops():
 
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which(os.environ.get("CXX", "c++")) is None,
                     reason="the compiled loops are built on Linux with a C++ compiler")
-def test_loops_are_built_single_threaded_where_openmp_does_not_build(tmp_path):
-    """If the OpenMP build fails, the loops are built without it: in use, each step on one thread."""
-    script = textwrap.dedent("""
+@pytest.mark.parametrize("why", ["the OpenMP build fails", "torch runs another OpenMP runtime"])
+def test_loops_are_built_single_threaded_where_openmp_cannot_be_used(tmp_path, why):
+    """If the OpenMP build fails, or torch's OpenMP is not libgomp, the loops are built without OpenMP:
+    in use, each step on one thread."""
+    breaks = ('compiled._OPENMP_FLAGS = ["-fopenmp", "--no-such-option-for-rnnkit"]' if why.startswith("the")
+              else "compiled._torch_runs_libgomp = lambda: False")
+    script = textwrap.dedent(f"""
         import torch, rnnkit as rk
         from rnnkit.engine.fused import compiled
-        compiled._OPENMP_FLAGS = ["-fopenmp", "--no-such-option-for-rnnkit"]  # this build fails
+        {breaks}
         layer = rk.GRU(3, 4, backend="fused")
         out, _ = layer(torch.randn(2, 5, 3))
         out.sum().backward()

@@ -38,7 +38,8 @@ _POINTWISE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fP
 _LOOPS_FLAGS = ["-O2", "-fPIC", "-std=c++17", "-w"]
 #: loops.cpp is compiled with OpenMP so that ATen's parallel_for splits a step's pointwise work over torch's
 #: threads (without it, parallel_for is serial); the OpenMP runtime is the libgomp.so.1 torch has loaded.
-#: Where that does not build, the loops are built without it and run each step on one thread.
+#: Where torch runs another OpenMP runtime (or none), or that build fails, the loops are built without it
+#: and run each step on one thread: two OpenMP runtimes in one process would each start their own threads.
 _OPENMP_FLAGS = ["-fopenmp"]
 
 #: a step's pointwise work is split over threads in chunks of at least this many elements (see loops.cpp)
@@ -93,11 +94,24 @@ def _key(compiler: str) -> str:
 def _build(compiler: str, target: Path) -> None:
     """Compile and link into ``target`` atomically (a half-built library never has the final name), with
     OpenMP if that builds."""
+    if _torch_runs_libgomp():
+        try:
+            _build_with(compiler, target, _OPENMP_FLAGS)
+            return
+        except RuntimeError as error:
+            log.info("rnnkit: building the loops with OpenMP failed, building them single-threaded: %s", error)
+    _build_with(compiler, target, [])
+
+
+def _torch_runs_libgomp() -> bool:
+    """Whether torch's own OpenMP runtime is GCC's libgomp (the one ``-fopenmp`` links), loaded now."""
+    if not torch.backends.openmp.is_available():
+        return False
     try:
-        _build_with(compiler, target, _OPENMP_FLAGS)
-    except RuntimeError as error:
-        log.info("rnnkit: building the loops with OpenMP failed, building them single-threaded: %s", error)
-        _build_with(compiler, target, [])
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line for line in maps)
+    except OSError:
+        return False
 
 
 def _build_with(compiler: str, target: Path, extra: list[str]) -> None:
