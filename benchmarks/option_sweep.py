@@ -16,7 +16,8 @@ import torch
 import rnnkit as rk
 
 EXTRA = {"rnn": [{}, {"nonlinearity": "relu"}], "gru": [{}, {"reset_after": False}], "lstm": [{}, {"peepholes": True}]}
-FLAG_AT = 5.0  # times the plain cell's step (options cost up to ~3x on the cheap SimpleRNN: zoneout sampling, layer norm)
+#: times the plain cell's step; options cost up to ~3x on the cheap SimpleRNN (zoneout's sampling, layer norm)
+FLAG_AT = 5.0
 
 
 def step_ms(layer, x, lengths, repeats: int = 5) -> float:

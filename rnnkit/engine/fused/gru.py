@@ -33,7 +33,8 @@ class FusedGRU(torch.autograd.Function):
         act = take_gates(ctx, gates, None if reset_after else bias_hh)  # [N, 3H] pre-activations -> r, z, n
         states = workspace.empty((batch + rows_total, hidden), act)  # [B+N, H]
         states[:batch] = h0
-        candidate = workspace.empty((rows_total, hidden), act) if masks.zoneout is not None else None  # h~ before zoneout
+        # h~ before zoneout
+        candidate = workspace.empty((rows_total, hidden), act) if masks.zoneout is not None else None
         if reset_after:
             projections = (Projection(weight_hh, ln_gain, packing, hidden),)
             hidden_terms = workspace.empty((rows_total, hidden), act)  # [N, H] the n part of R(h~) + b_hh

@@ -6,8 +6,8 @@ r"""The input side of a fused layer: every step's input projection at once, into
 for all ``N`` packed rows ``X [N, I]``: what :meth:`rnnkit.cells.base.RecurrentCell.input_gates` computes
 with autograd, here with the ``[N, G*H]`` buffers taken from :mod:`~rnnkit.engine.fused.workspace` (no
 fresh page faults), the layer norm and its backward done by the compiled loops in one pass over the rows
-(two threads), and the gain's gradient summed in that same pass. Used when the compiled loops are; the
-tests hold it equal to the autograd version (the Python-loops path).
+(split over torch's threads), and the gain's gradient summed in that same pass. Used when the compiled loops
+are; the tests hold it equal to the autograd version (the Python-loops path).
 """
 
 from __future__ import annotations

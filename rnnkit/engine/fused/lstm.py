@@ -10,8 +10,9 @@ Gate order i, f, g, o as in torch.nn; with :math:`R` the (layer-normalised) recu
 and zoneout mixes :math:`(\tilde h, \tilde c)` with :math:`(h_{t-1}, c_{t-1})`.
 Backward, in the compiled loops: each step recomputes :math:`\tanh \hat c` from :math:`\tilde c` (and the
 cell norm's statistics) and its local derivatives from the activations and :math:`c_{t-1}` in one pass,
-then one recurrent GEMM, so neither :math:`\tanh \hat c` nor any derivative is kept for all steps. The Python loops precompute every local derivative for all steps at once instead, so
-that a step there costs four pointwise ops and one recurrent GEMM.
+then one recurrent GEMM, so neither :math:`\tanh \hat c` nor any derivative is kept for all steps. The
+Python loops precompute every local derivative for all steps at once instead, so that a step there costs
+four pointwise ops and one recurrent GEMM.
 """
 
 from __future__ import annotations

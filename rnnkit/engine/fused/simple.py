@@ -4,8 +4,9 @@ Forward, step ``t`` (rows ``[0, n_t)``): :math:`\tilde h_t = f(g_t + R(m \odot h
 :math:`g_t` the input term plus both biases and :math:`R` the (layer-normalised) recurrent projection;
 zoneout: :math:`h_t = z_t h_{t-1} + (1 - z_t)\tilde h_t`.
 Backward: :math:`\delta_t = \partial L/\partial h_t \odot f'(\cdot) (1 - z_t)`, with :math:`f'` recomputed from
-the activations in each compiled step (precomputed for all steps in the Python loops); :math:`\partial L/\partial h_{t-1} \mathrel{+}= m \odot R^\top\delta_t + z_t \odot
-\partial L/\partial h_t`; weight gradients as one GEMM over all steps.
+the activations in each compiled step (precomputed for all steps in the Python loops);
+:math:`\partial L/\partial h_{t-1} \mathrel{+}= m \odot R^\top\delta_t + z_t \odot \partial L/\partial h_t`;
+weight gradients as one GEMM over all steps.
 """
 
 from __future__ import annotations
