@@ -19,6 +19,7 @@ from airline_selection import ORIGINS, SEEDS, quiet, report  # this script's fol
 
 import rnnkit as rk
 from rnnkit.data.series import load_airline
+from rnnkit.tasks.metrics import forecast_metrics
 
 CELLS = ("gru", "lstm", "rnn")
 
@@ -39,9 +40,10 @@ def ensembles(values) -> None:
         forecasts[cell, weight_decay, end, seed] = np.asarray(model.predict(values[:end], 24, level=None).mean).ravel()
 
     def mape(cells, weight_decay, end):
-        actual = values[end:end + 24]
-        return float(np.mean([100 * np.mean(np.abs(np.mean([forecasts[c, weight_decay, end, s] for c in cells], 0)
-                                                   - actual) / actual) for s in range(SEEDS)]))
+        """Mean over seeds of the MAPE of the cells' averaged forecast."""
+        averaged = [np.mean([forecasts[c, weight_decay, end, s] for c in cells], 0) for s in range(SEEDS)]
+        scores = [forecast_metrics(values[end:end + 24], f, values[:end], season=12)["MAPE"] for f in averaged]
+        return float(np.mean(scores))
 
     for weight_decay in (0.5, 2):
         for size in (1, 2, 3):

@@ -78,14 +78,10 @@ def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
     recurrence amplifies (most with relu). Both are held to the float64 Python loops, the ground truth."""
     if compiled.ops() is None or not torch.backends.mkldnn.is_available():
         pytest.skip("compiled loops or oneDNN unavailable")
-    name, options = case
-    options = {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}
-    cell64 = make_cell(name, options, input_size=5, hidden_size=24, dtype=torch.float64)
-    cell32 = make_cell(name, options, input_size=5, hidden_size=24, dtype=torch.float32)
+    cell64, x, lengths, noise = _noisy_case(case, torch.float64)
+    cell32 = make_cell(case[0], {**case[1], "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5,
+                       hidden_size=24, dtype=torch.float32)
     cell32.load_state_dict({k: v.float() for k, v in cell64.state_dict().items()})
-    x = torch.randn(7, 6, 5, dtype=torch.float64)
-    lengths = torch.tensor([7, 3, 7, 1, 5, 6])
-    noise = cell64.sample_noise(7, 6)
     noise32 = None if noise is None else type(noise)(
         None if noise.recurrent is None else noise.recurrent.float(),
         None if noise.zoneout is None else tuple(m.float() for m in noise.zoneout))
