@@ -167,7 +167,8 @@ def _forward_steps(act, states, hidden_terms, candidate, projections, bias, rese
 
 
 def _backward_steps_reset_after(grad_in, grad_hidden, coef, direct, projection, packing, masks) -> None:
-    """The reset-after backward loop in Python (csrc/loops.cpp's gru_backward): fills ``grad_in`` and
+    """The reset-after backward loop in Python (csrc/loops.cpp's gru_backward_after, which
+    recomputes the derivatives this one reads from ``coef``): fills ``grad_in`` and
     ``grad_hidden`` [N, 3H] = d loss / d (R(h~) + b_hh)."""
     views = packing.step_views
     grad_views, direct_views, coef_views = views(grad_in), views(direct), views(coef)
@@ -182,8 +183,9 @@ def _backward_steps_reset_after(grad_in, grad_hidden, coef, direct, projection, 
 
 
 def _backward_steps_reset_before(grad_in, grad_gates, coef, direct, r_in, projections, packing, masks) -> None:
-    """The reset-before backward loop in Python (csrc/loops.cpp's gru_backward): fills ``grad_in`` and the
-    pre-activation gradients ``grad_gates`` [N, 3H]."""
+    """The reset-before backward loop in Python (csrc/loops.cpp's gru_backward_before, which recomputes the
+    derivatives this one reads from ``coef``): fills ``grad_in`` and the pre-activation gradients
+    ``grad_gates`` [N, 3H]."""
     hidden, views = grad_in.shape[1], packing.step_views
     grad_views, direct_views, r_in_views = views(grad_in), views(direct), views(r_in)
     zn_views, cr_views = views(coef[:, 1:]), views(coef[:, 0])

@@ -163,7 +163,8 @@ def _forward_steps(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_g
 
 def _backward_steps(grad_in, grad_c, grad_gates, grad_shown, to_cell, to_output, cell_coef, f, cell_tilde,
                     cell_stats, peephole, cell_gain, projection, packing, masks):
-    """The backward loop in Python (what csrc/loops.cpp's lstm_backward does), filling grad_in, grad_c,
+    """The backward loop in Python (csrc/loops.cpp's lstm_backward, which recomputes the derivatives this one
+    reads from to_cell, to_output and cell_coef), filling grad_in, grad_c,
     grad_gates and grad_shown in place."""
     hidden, views = grad_in.shape[1], packing.step_views
     gate_views, ifg_views = views(grad_gates), views(grad_gates[:, : 3 * hidden].unflatten(1, (3, hidden)))

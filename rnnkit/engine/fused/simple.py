@@ -91,7 +91,8 @@ def _forward_steps(pre, states, projection, relu, packing, masks) -> None:
 
 
 def _backward_steps(grad_in, grad_pre, coef, projection, packing, masks) -> None:
-    """The backward loop in Python (what csrc/loops.cpp's simple_backward does)."""
+    """The backward loop in Python (csrc/loops.cpp's simple_backward, which recomputes the ``coef`` this one
+    reads)."""
     grad_views, grad_pre_views = packing.step_views(grad_in), packing.step_views(grad_pre)
     coef_views = packing.step_views(coef)
     recurrent = masks.recurrent_views(packing)
