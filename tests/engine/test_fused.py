@@ -142,14 +142,16 @@ def test_fused_float32_is_as_accurate_as_the_reference_on_large_blocks(case, loo
         assert error_fused <= 3 * error_reference + 1e-6, (name, error_fused, error_reference)
 
 
+@pytest.mark.parametrize("lengths", [None, [4, 2, 3]])
 @pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
-def test_gradients_when_only_some_outputs_are_used(name, loops):
+def test_gradients_when_only_some_outputs_are_used(name, lengths, loops):
     cell = make_cell(name, {})
     x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = None if lengths is None else torch.tensor(lengths)
     for pick in range(cell.state_size + 1):  # the outputs, or one final state tensor alone
         grads = []
         for engine in (reference, fused):
-            out, final = engine.run_direction(cell, x, cell.init_state(3), torch.tensor([4, 2, 3]))
+            out, final = engine.run_direction(cell, x, cell.init_state(3), lengths)
             used = out if pick == 0 else final[pick - 1]
             grads.append(torch.autograd.grad(used.sum(), [x, *cell.parameters()]))
         for a, b in zip(*grads):

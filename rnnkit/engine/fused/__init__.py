@@ -42,18 +42,18 @@ def run_direction(
     masks = Masks.pack(noise, packing)
     gain = cell.ln_hh_weight if cell.layer_norm else None
     if isinstance(cell, SimpleRNNCell):
-        states, _ = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
-                                         cell.nonlinearity == "relu")
-        finals = (packing.final_rows(states),)
+        sequence, final_h, _ = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing,
+                                                    masks, cell.nonlinearity == "relu")
+        finals = (final_h,)
     elif isinstance(cell, GRUCell):
-        states, _ = FusedGRU.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
-                                   cell.reset_after)
-        finals = (packing.final_rows(states),)
+        sequence, final_h, _ = FusedGRU.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
+                                              cell.reset_after)
+        finals = (final_h,)
     else:
-        states, final_c, _ = FusedLSTM.apply(
+        sequence, final_h, final_c, _ = FusedLSTM.apply(
             gates, *initial, cell.weight_hh, cell.bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
             cell.ln_cell_weight if cell.layer_norm else None, cell.ln_cell_bias if cell.layer_norm else None,
             packing, masks)
-        finals = (packing.final_rows(states), final_c)
-    outputs = packing.unpack(states[batch:])
+        finals = (final_h, final_c)
+    outputs = packing.unpack(sequence)
     return outputs, tuple(packing.unsort(f) for f in finals)

@@ -55,9 +55,35 @@ def take_gates(ctx, gates: Tensor, bias: Tensor | None) -> Tensor:
     return gates if bias is None else gates.add_(bias)
 
 
-def or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
-    """An output's gradient, zeros where autograd passed None (the output was not used)."""
-    return torch.zeros_like(like) if grad is None else grad
+def state_outputs(states: Tensor, packing: Packing) -> tuple[Tensor, Tensor]:
+    """What a Function returns of its ``[B+N, H]`` state buffer: every step's state ``[N, H]`` (a view, no
+    copy) and each sorted sequence's final state ``[B, H]`` (a copy).
+
+    Two outputs rather than the buffer itself, so that their gradients reach the backward separately: were
+    the buffer the output, autograd would build its gradient from the slices the caller takes by filling a
+    zero ``[B+N, H]`` tensor and copying each slice's gradient in (1.2 of 14 ms per training step for the
+    Elman RNN at (B, T, H) = (256, 50, 128)).
+    """
+    final = packing.final_rows(states)
+    return states[packing.batch:], final.clone() if packing.last is None else final
+
+
+def state_grads(grad_sequence: Tensor | None, grad_final: Tensor | None, states: Tensor, packing: Packing) -> Tensor:
+    """The gradient w.r.t. the state buffer from those of :func:`state_outputs` (None: output unused), in a
+    pooled buffer the backward loops may overwrite: ``[B+N, H]``, zeros in the initial-state block."""
+    batch = packing.batch
+    grad = workspace.empty_like(states)
+    grad[:batch].zero_()
+    if grad_sequence is None:
+        grad[batch:].zero_()
+    else:
+        grad[batch:].copy_(grad_sequence)
+    if grad_final is not None:
+        if packing.last is None:
+            grad[-batch:].add_(grad_final)
+        else:
+            grad.index_add_(0, packing.last + batch, grad_final)
+    return grad
 
 
 def layer_norm_forward(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None):

@@ -22,7 +22,16 @@ import torch
 
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
-from rnnkit.engine.fused.common import Masks, Projection, first_order_only, or_zeros, step_rows, take_gates, tanh_
+from rnnkit.engine.fused.common import (
+    Masks,
+    Projection,
+    first_order_only,
+    state_grads,
+    state_outputs,
+    step_rows,
+    take_gates,
+    tanh_,
+)
 
 
 class FusedGRU(torch.autograd.Function):
@@ -55,11 +64,11 @@ class FusedGRU(torch.autograd.Function):
         ctx.save_for_backward(states)
         ctx.buffers = (act, hidden_terms)
         ctx.setup = (packing, masks, reset_after, projections, bias_hh is not None, kernels)
-        return states, act
+        return *state_outputs(states, packing), act
 
     @staticmethod
     @first_order_only
-    def backward(ctx, grad_states, _):
+    def backward(ctx, grad_sequence, grad_final, _):
         (states,) = ctx.saved_tensors
         act, hidden_terms = ctx.buffers
         packing, masks, reset_after, projections, has_bias, kernels = ctx.setup
@@ -69,7 +78,7 @@ class FusedGRU(torch.autograd.Function):
         r, z, n = act.chunk(3, dim=1)
         h_prev = packing.previous_rows(states)
         h_in = h_prev if masks.recurrent is None else h_prev * masks.recurrent
-        grad_in = workspace.copy_of(or_zeros(grad_states, states))  # [B+N, H]
+        grad_in = state_grads(grad_sequence, grad_final, states, packing)  # [B+N, H]
         grad_gates = workspace.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
         zone = None if masks.zoneout is None else masks.zoneout[0]
         if kernels is not None and not reset_after:  # the compiled steps recompute their local derivatives

@@ -28,7 +28,8 @@ from rnnkit.engine.fused.common import (
     layer_norm_backward,
     layer_norm_forward,
     normalised,
-    or_zeros,
+    state_grads,
+    state_outputs,
     step_rows,
     take_gates,
     tanh_,
@@ -61,11 +62,11 @@ class FusedLSTM(torch.autograd.Function):
         ctx.buffers = (act, cs, cell_tilde, tanh_c, cell_stats)
         ctx.setup = (packing, masks, projection, bias_hh is not None, kernels)
         final_c = packing.final_rows(cs)
-        return hs, final_c if packing.last is not None else final_c.clone(), act
+        return *state_outputs(hs, packing), final_c if packing.last is not None else final_c.clone(), act
 
     @staticmethod
     @first_order_only
-    def backward(ctx, grad_hs, grad_final_c, _):
+    def backward(ctx, grad_sequence, grad_final_h, grad_final_c, _):
         hs, peephole, cell_gain, cell_bias = ctx.saved_tensors
         act, cs, cell_tilde, tanh_c, cell_stats = ctx.buffers
         packing, masks, projection, has_bias, kernels = ctx.setup
@@ -77,7 +78,7 @@ class FusedLSTM(torch.autograd.Function):
         if masks.recurrent is not None:
             h_in = h_in * masks.recurrent
         grad_gates = workspace.empty_like(act)  # [N, 4H]
-        grad_in = workspace.copy_of(or_zeros(grad_hs, hs))  # [B+N, H]
+        grad_in = state_grads(grad_sequence, grad_final_h, hs, packing)  # [B+N, H]
         grad_c = (torch.zeros_like(h_in[:batch]) if grad_final_c is None  # [B, H] dL/dc_t
                   else grad_final_c.clone(memory_format=torch.contiguous_format))
         grad_shown = workspace.empty_like(cell_tilde) if cell_gain is not None else None  # [N, H] d loss / d c^

@@ -15,7 +15,16 @@ import torch
 
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
-from rnnkit.engine.fused.common import Masks, Projection, first_order_only, or_zeros, step_rows, take_gates, tanh_
+from rnnkit.engine.fused.common import (
+    Masks,
+    Projection,
+    first_order_only,
+    state_grads,
+    state_outputs,
+    step_rows,
+    take_gates,
+    tanh_,
+)
 
 
 def _relu(x, out):
@@ -40,18 +49,18 @@ class FusedSimpleRNN(torch.autograd.Function):
         ctx.save_for_backward(states)
         ctx.activations = pre if zoneout is not None else None
         ctx.setup = (packing, masks, relu, projection, bias_hh is not None, kernels)
-        return states, pre
+        return *state_outputs(states, packing), pre
 
     @staticmethod
     @first_order_only
-    def backward(ctx, grad_states, _):
+    def backward(ctx, grad_sequence, grad_final, _):
         (states,) = ctx.saved_tensors
         packing, masks, relu, projection, has_bias, kernels = ctx.setup
         projection.begin_backward()
         batch = packing.batch
         activations = ctx.activations if ctx.activations is not None else states[batch:]
         # [B+N, H]: dL/dh; h_0's gradient in the first block
-        grad_in = workspace.copy_of(or_zeros(grad_states, states))
+        grad_in = state_grads(grad_sequence, grad_final, states, packing)
         grad_pre = workspace.empty_like(activations)  # [N, H]
         if kernels is not None:  # each compiled step recomputes f' from the activations
             kernels.simple_backward(grad_in, activations, grad_pre, projection.compiled_buffers(backward=True),
