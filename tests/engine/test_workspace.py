@@ -1,5 +1,8 @@
 """The fused engine's buffer pool: memory comes back only when nothing uses it, within its limit."""
 
+import contextlib
+import gc
+
 import pytest
 import torch
 
@@ -121,3 +124,28 @@ def test_pooled_buffers_work_under_inference_mode_and_no_grad_and_stay_correct()
     out.sum().backward()
     assert torch.equal(out.detach(), expected)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+@pytest.mark.parametrize("python_loops", [False, True])
+@pytest.mark.parametrize("options", [{"cell": "rnn", "zoneout": 0.1}, {"cell": "gru"}, {"cell": "lstm", "layer_norm": True}, {"cell": "lstm"}, {"cell": "gru", "layer_norm": True}])
+def test_a_finished_graph_gives_its_buffers_back_without_the_garbage_collector(options, python_loops):
+    """No reference cycle may hold the buffers: an output kept as a ctx attribute (output -> grad_fn -> ctx ->
+    output) did, so the pool could not reuse them until Python's collector ran."""
+    from rnnkit.engine.fused import compiled
+
+    torch.manual_seed(0)
+    layer = rk.RNN(8, 256, backend="fused", **options).train()
+    x = torch.randn(16, 80, 8)
+    gc.collect()  # what earlier tests left behind
+    workspace.release()
+    gc.disable()
+    try:
+        with compiled.python_loops() if python_loops else contextlib.nullcontext():
+            out, state = layer(x)
+            (out.sum() + sum(s.sum() for s in state)).backward()
+        assert workspace.pooled_bytes() > 0
+        del out, state
+        released = workspace.release()
+        assert released > 0 and workspace.pooled_bytes() == 0, (released, workspace.pooled_bytes())
+    finally:
+        gc.enable()

@@ -61,16 +61,14 @@ class FusedGRU(torch.autograd.Function):
         else:
             _forward_steps(act, states, hidden_terms, candidate, projections, bias_hh if reset_after else None,
                            reset_after, packing, masks)
-        ctx.save_for_backward(states)
-        ctx.buffers = (act, hidden_terms)
+        ctx.save_for_backward(states, act, hidden_terms)  # not ctx attributes: see take_gates
         ctx.setup = (packing, masks, reset_after, projections, bias_hh is not None, kernels)
         return *state_outputs(states, packing), act
 
     @staticmethod
     @first_order_only
     def backward(ctx, grad_sequence, grad_final, _):
-        (states,) = ctx.saved_tensors
-        act, hidden_terms = ctx.buffers
+        states, act, hidden_terms = ctx.saved_tensors
         packing, masks, reset_after, projections, has_bias, kernels = ctx.setup
         for projection in projections:
             projection.begin_backward()

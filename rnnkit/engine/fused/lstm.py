@@ -58,8 +58,8 @@ class FusedLSTM(torch.autograd.Function):
             tanh_c = workspace.empty((rows_total, hidden), act)
             cell_stats = _forward_steps(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias,
                                         packing, masks)
-        ctx.save_for_backward(hs, peephole, cell_gain, cell_bias)
-        ctx.buffers = (act, cs, cell_tilde, tanh_c, cell_stats)
+        ctx.save_for_backward(hs, peephole, cell_gain, cell_bias, act, cs, cell_tilde, tanh_c)  # see take_gates
+        ctx.cell_stats = cell_stats
         ctx.setup = (packing, masks, projection, bias_hh is not None, kernels)
         final_c = packing.final_rows(cs)
         return *state_outputs(hs, packing), final_c if packing.last is not None else final_c.clone(), act
@@ -67,8 +67,8 @@ class FusedLSTM(torch.autograd.Function):
     @staticmethod
     @first_order_only
     def backward(ctx, grad_sequence, grad_final_h, grad_final_c, _):
-        hs, peephole, cell_gain, cell_bias = ctx.saved_tensors
-        act, cs, cell_tilde, tanh_c, cell_stats = ctx.buffers
+        hs, peephole, cell_gain, cell_bias, act, cs, cell_tilde, tanh_c = ctx.saved_tensors
+        cell_stats = ctx.cell_stats
         packing, masks, projection, has_bias, kernels = ctx.setup
         projection.begin_backward()
         batch, hidden = packing.batch, hs.shape[1]

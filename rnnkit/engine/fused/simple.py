@@ -46,19 +46,18 @@ class FusedSimpleRNN(torch.autograd.Function):
                                    packing.batch_sizes, relu, LAYER_NORM_EPS)
         else:
             _forward_steps(pre, states, projection, relu, packing, masks)
-        ctx.save_for_backward(states)
-        ctx.activations = pre if zoneout is not None else None
+        ctx.save_for_backward(states, pre if zoneout is not None else None)  # see take_gates
         ctx.setup = (packing, masks, relu, projection, bias_hh is not None, kernels)
         return *state_outputs(states, packing), pre
 
     @staticmethod
     @first_order_only
     def backward(ctx, grad_sequence, grad_final, _):
-        (states,) = ctx.saved_tensors
+        states, activations = ctx.saved_tensors
         packing, masks, relu, projection, has_bias, kernels = ctx.setup
         projection.begin_backward()
         batch = packing.batch
-        activations = ctx.activations if ctx.activations is not None else states[batch:]
+        activations = activations if activations is not None else states[batch:]
         # [B+N, H]: dL/dh; h_0's gradient in the first block
         grad_in = state_grads(grad_sequence, grad_final, states, packing)
         grad_pre = workspace.empty_like(activations)  # [N, H]
