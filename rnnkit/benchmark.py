@@ -129,11 +129,16 @@ def run_scaling(cells=("gru", "lstm"), steps_list=SCALING_STEPS, batch=32, input
     return results
 
 
-def peak_training_memory(cell: str, backend: str, steps: int, batch=32, input_size=32, hidden=128) -> float:
-    """MiB by which one forward+backward raises resident memory above where it started (a fresh process)."""
+def peak_training_memory(cell: str, backend: str, steps: int, batch=32, input_size=32, hidden=128,
+                         steady: bool = False) -> float:
+    """MiB by which one forward+backward raises peak resident memory above where it started, in a fresh
+    process: its first step at this shape (``steady=False``), or a step after one at the same shape
+    (``steady=True``), with the fused engine's pool and glibc's free memory handed back to the system in
+    between, so that what is counted is what the step itself touches, not what libraries kept from before
+    (oneDNN keeps its JIT code and scratchpad for a shape: about 2.5-5 MiB the first step pays once)."""
     code = (
         "import json;from rnnkit.benchmark import _train_once_for_memory as f;"
-        f"print(json.dumps(f({cell!r},{backend!r},{steps},{batch},{input_size},{hidden})))"
+        f"print(json.dumps(f({cell!r},{backend!r},{steps},{batch},{input_size},{hidden},{steady!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -148,12 +153,29 @@ def _memory_status(field_name: str) -> float:
     raise RuntimeError(f"{field_name} not in /proc/self/status")
 
 
-def _train_once_for_memory(cell, backend, steps, batch, input_size, hidden) -> float:
+def _hand_back_free_memory() -> None:
+    import ctypes
+    import gc
+
+    from rnnkit.engine.fused import workspace
+
+    gc.collect()
+    workspace.release()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: freed memory may stay resident, which only overstates
+        pass
+
+
+def _train_once_for_memory(cell, backend, steps, batch, input_size, hidden, steady=False) -> float:
     torch.set_num_threads(1)
     layers = contenders(cell, input_size, hidden, False, "cpu")
     layer = layers["torch.nn" if backend == "torch.nn" else backend]
-    _call(layer, torch.randn(2, 3, input_size, requires_grad=True), True)  # one-time allocations
     x = torch.randn(batch, steps, input_size, requires_grad=True)
+    _call(layer, x if steady else torch.randn(2, 3, input_size, requires_grad=True), True)  # one-time allocations
+    x.grad = None
+    layer.zero_grad(set_to_none=True)
+    _hand_back_free_memory()
     with open("/proc/self/clear_refs", "w") as clear:  # reset the peak (VmHWM) to the current RSS
         clear.write("5")
     before = _memory_status("VmRSS")
@@ -162,7 +184,10 @@ def _train_once_for_memory(cell, backend, steps, batch, input_size, hidden) -> f
 
 
 def run_memory(cells=("gru", "lstm"), steps_list=(100, 400, 1600)) -> list[dict]:
-    return [{"cell": cell, "T": steps, **{b: peak_training_memory(cell, b, steps) for b in ("torch.nn", "fused")}}
+    """Rows ``{"cell", "T", "torch.nn", "fused", "torch.nn steady", "fused steady"}`` in MiB."""
+    return [{"cell": cell, "T": steps,
+             **{f"{b}{suffix}": peak_training_memory(cell, b, steps, steady=steady)
+                for suffix, steady in (("", False), (" steady", True)) for b in ("torch.nn", "fused")}}
             for cell in cells for steps in steps_list]
 
 
@@ -178,6 +203,19 @@ def speed_table(rows: list[Row]):
     for row in rows:
         table.add_row(row.cell, ",".join(map(str, row.shape)), row.mode, f"{row.torch_ms:.2f}",
                       *[f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names])
+    return table
+
+
+def memory_table(memory: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="peak training memory, MiB (B=32, I=32, H=128): first step at a shape / steady state")
+    for column in ("cell", "T", "torch.nn first", "fused first", "ratio", "torch.nn steady", "fused steady", "ratio"):
+        table.add_column(column, justify="left" if column == "cell" else "right", no_wrap=True)
+    for r in memory:
+        table.add_row(r["cell"], str(r["T"]), f"{r['torch.nn']:.1f}", f"{r['fused']:.1f}",
+                      f"{r['fused'] / r['torch.nn']:.2f}x", f"{r['torch.nn steady']:.1f}", f"{r['fused steady']:.1f}",
+                      f"{r['fused steady'] / r['torch.nn steady']:.2f}x")
     return table
 
 
@@ -198,8 +236,12 @@ def markdown(rows: list[Row], scaling: list[dict], memory: list[dict], header: s
                          f"{r['torch_ms'] / r['T'] * 1e3:.0f} | {r['fused_ms'] / r['T'] * 1e3:.0f} |")
     if memory:
         lines += ["", "Peak training memory (rise of peak resident memory over one forward+backward, MiB; "
-                  "B=32, I=32, H=128):",
-                  "", "| cell | T | torch.nn | fused |", "|---|---|---|---|"]
+                  "B=32, I=32, H=128). First step: the first at this shape in a fresh process; steady: a step "
+                  "after one at the same shape, freed memory handed back in between:",
+                  "", "| cell | T | torch.nn first | fused first | ratio | torch.nn steady | fused steady | ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in memory:
-            lines.append(f"| {r['cell']} | {r['T']} | {r['torch.nn']:.1f} | {r['fused']:.1f} |")
+            lines.append(f"| {r['cell']} | {r['T']} | {r['torch.nn']:.1f} | {r['fused']:.1f} | "
+                         f"{r['fused'] / r['torch.nn']:.2f}x | {r['torch.nn steady']:.1f} | {r['fused steady']:.1f} | "
+                         f"{r['fused steady'] / r['torch.nn steady']:.2f}x |")
     return "\n".join(lines) + "\n"

@@ -414,6 +414,7 @@ def bench(
             scaling = benchmark.run_scaling()
         with console.status("peak training memory"):
             memory = benchmark.run_memory()
+        console.print(benchmark.memory_table(memory))
     if markdown is not None:
         header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads, torch {torch.__version__}; {loops_line}.")

@@ -46,3 +46,17 @@ def test_bench_command_says_which_loops_products_and_pool_it_measured(tmp_path):
     assert ("through oneDNN" if status["onednn_min_macs"] is not None else "through ATen") in header
     assert "buffer pool up to 256 MiB" in header
     assert "| rnn |" in report.read_text()
+
+
+def test_markdown_memory_rows_give_both_ratios():
+    memory = [{"cell": "gru", "T": 100, "torch.nn": 20.0, "fused": 25.0, "torch.nn steady": 20.0, "fused steady": 15.0}]
+    text = benchmark.markdown([], [], memory, "header")
+    assert "| gru | 100 | 20.0 | 25.0 | 1.25x | 20.0 | 15.0 | 0.75x |" in text
+
+
+@pytest.mark.parametrize("steady", [False, True])
+def test_training_memory_counts_at_least_the_buffers_a_step_must_touch(steady):
+    # GRU (B, T, I, H) = (32, 50, 32, 128): the gate buffer alone is 1600 x 384 floats = 2.3 MiB, and its
+    # gradient as much again; a measurement that missed the step (e.g. memory kept from the step before) reads ~0
+    for backend in ("torch.nn", "fused"):
+        assert benchmark.peak_training_memory("gru", backend, 50, steady=steady) > 4.0
