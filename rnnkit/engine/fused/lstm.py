@@ -81,13 +81,17 @@ class FusedLSTM(torch.autograd.Function):
         grad_in = state_grads(grad_sequence, grad_final_h, hs, packing)  # [B+N, H]
         grad_c = (torch.zeros_like(h_in[:batch]) if grad_final_c is None  # [B, H] dL/dc_t
                   else grad_final_c.clone(memory_format=torch.contiguous_format))
-        grad_shown = workspace.empty_like(cell_tilde) if cell_gain is not None else None  # [N, H] d loss / d c^
+        grad_shown = grad_cell = None
         if kernels is not None:  # each compiled step recomputes its local derivatives and tanh(c^)
+            if cell_gain is not None:  # d loss / d c^ per step only; the cell norm's gain and bias gradients
+                grad_shown = act.new_empty(batch, hidden)  # summed by the loops, in float64  [2, H]
+                grad_cell = torch.zeros(2, hidden, dtype=torch.float64, device=act.device)
             kernels.lstm_backward(grad_in, grad_c, act.new_empty(batch, hidden), cs, act, grad_gates,
                                   projection.compiled_buffers(backward=True), peephole, cell_tilde, cell_gain,
-                                  cell_bias, *(cell_stats or (None, None)), grad_shown, masks.recurrent,
+                                  cell_bias, *(cell_stats or (None, None)), grad_shown, grad_cell, masks.recurrent,
                                   *(masks.zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
-        else:  # the Python loops: local derivatives for all steps at once, built in place  [N, H] each
+        else:
+            grad_shown = workspace.empty_like(cell_tilde) if cell_gain is not None else None  # [N, H] d loss / d c^  # the Python loops: local derivatives for all steps at once, built in place  [N, H] each
             to_cell = torch.mul(tanh_c, tanh_c).neg_().add_(1.0).mul_(o)  # d h~ / d c^ = o (1 - tanh^2)
             to_output = torch.mul(tanh_c, o).addcmul_(tanh_c, o * o, value=-1.0)  # d h~ / d a_o = tanh o (1 - o)
             if masks.zoneout is not None:
@@ -107,12 +111,11 @@ class FusedLSTM(torch.autograd.Function):
             grad_peephole = torch.cat(((grad_gates[:, :hidden] * c_prev).sum(0),
                                        (grad_gates[:, hidden: 2 * hidden] * c_prev).sum(0),
                                        (grad_gates[:, 3 * hidden:] * cell_tilde).sum(0)))
-        if cell_gain is not None:
-            if kernels is not None:
-                mean, rstd = (s.unsqueeze(1) for s in cell_stats)
-            else:
-                mean = torch.cat([m for m, _ in cell_stats])
-                rstd = torch.cat([r for _, r in cell_stats])
+        if grad_cell is not None:
+            grad_cell_gain, grad_cell_bias = grad_cell.to(cell_gain.dtype).unbind(0)
+        elif cell_gain is not None:
+            mean = torch.cat([m for m, _ in cell_stats])
+            rstd = torch.cat([r for _, r in cell_stats])
             grad_cell_gain = (grad_shown * normalised(cell_tilde, mean, rstd)).sum(0)
             grad_cell_bias = grad_shown.sum(0)
         return (grad_gates, grad_in[:batch], grad_c, grad_weight, grad_bias, grad_gain, grad_peephole,

@@ -294,28 +294,51 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
 void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tensor act, Tensor grad_gates,
                    at::TensorList projection, OptTensor peephole, Tensor cell_tilde, OptTensor cell_gain,
                    OptTensor cell_bias, OptTensor cell_mean, OptTensor cell_rstd, OptTensor grad_shown,
-                   OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, at::IntArrayRef batch_sizes, double eps) {
+                   OptTensor grad_cell, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c,
+                   at::IntArrayRef batch_sizes, double eps) {
   for (const Tensor& t : {grad_in, grad_c, tanh_c, cs, act, grad_gates, cell_tilde}) check_dense(t, "LSTM buffer");
-  for (const auto& t : {peephole, cell_gain, cell_bias, cell_mean, cell_rstd, grad_shown, recurrent, zone_h, zone_c})
+  for (const auto& t : {peephole, cell_gain, cell_bias, cell_mean, cell_rstd, grad_shown, grad_cell, recurrent, zone_h,
+                        zone_c})
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
   Projection proj(projection, H, eps, true);
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
+  if (cell_gain) {
+    TORCH_CHECK(grad_shown && grad_shown->size(0) >= steps.batch && grad_shown->size(1) == H,
+                "rnnkit compiled loops: grad_shown must be [B, H]");
+    TORCH_CHECK(grad_cell && grad_cell->scalar_type() == at::kDouble && grad_cell->numel() == 2 * H,
+                "rnnkit compiled loops: grad_cell must be float64 [2, H]");
+  }
+  std::vector<double> partial;  // per-chunk sums of the cell norm's parameter gradients within a step
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_backward", [&] {
     using T = scalar_t;
     for (int64_t t = steps.count() - 1; t >= 0; --t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
+      auto rows = [&](int64_t b, int64_t e, double* cell_sums) {
         const int64_t ob = o + b;
         rnnkit::lstm_backward_rows<T>(
             e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(grad_c) + b * H, ptr<T>(tanh_c) + b * H,
             ptr<T>(cs) + (p + b) * H, ptr<T>(act) + ob * 4 * H, ptr<T>(grad_gates) + ob * 4 * H,
             ptr<T>(grad_in) + (p + b) * H, ptr<T>(peephole), ptr<T>(cell_tilde) + ob * H, ptr<T>(cell_gain),
             ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + ob : nullptr, cell_gain ? ptr<T>(cell_rstd) + ob : nullptr,
-            cell_gain ? ptr<T>(grad_shown) + ob * H : nullptr, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
+            cell_gain ? ptr<T>(grad_shown) + b * H : nullptr, cell_sums, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
             zone_c ? ptr<T>(zone_c) + ob * H : nullptr);
-      });
+      };
+      const int64_t chunks = cell_gain ? sum_chunks(n, 4 * H) : 0;
+      if (chunks == 0) {
+        over_rows(n, 4 * H, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
+      } else if (chunks == 1) {
+        rows(0, n, ptr<double>(grad_cell));
+      } else {  // fixed chunks, each summing into its own row of `partial`, added in chunk order (as grad_pre_of)
+        partial.assign(chunks * 2 * H, 0.0);
+        at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+          for (int64_t c = first; c < last; ++c) rows(n * c / chunks, n * (c + 1) / chunks, partial.data() + c * 2 * H);
+        });
+        double* total = ptr<double>(grad_cell);
+        for (int64_t c = 0; c < chunks; ++c)
+          for (int64_t j = 0; j < 2 * H; ++j) total[j] += partial[c * 2 * H + j];
+      }
       proj.grad_into<T>(grad_in.narrow(0, p, n), grad_gates.narrow(0, o, n), o, recurrent);
     }
   });
@@ -538,8 +561,8 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         &lstm_forward);
   m.def("lstm_backward(Tensor(a!) grad_in, Tensor(b!) grad_c, Tensor(d!) tanh_c, Tensor cs, "
         "Tensor act, Tensor(c!) grad_gates, Tensor[] projection, Tensor? peephole, Tensor cell_tilde, "
-        "Tensor? cell_gain, Tensor? cell_bias, Tensor? cell_mean, Tensor? cell_rstd, Tensor? grad_shown, Tensor? recurrent, "
-        "Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
+        "Tensor? cell_gain, Tensor? cell_bias, Tensor? cell_mean, Tensor? cell_rstd, Tensor(e!)? grad_shown, "
+        "Tensor(f!)? grad_cell, Tensor? recurrent, Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
         &lstm_backward);
   m.def("gru_forward(Tensor(a!) act, Tensor(b!) states, Tensor(c!) terms, Tensor? candidate, Tensor[] projection, "
         "int split, Tensor? bias, Tensor? recurrent, Tensor? zone, int[] batch_sizes, bool reset_after, float eps) -> ()",

@@ -199,7 +199,7 @@ template <typename T, bool Peep, bool CellNorm, bool Zone>
 void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, T* tanh_c, const T* c_prev,
                         const T* act, T* grad_gates, T* grad_prev, const T* peephole, const T* cell_tilde,
                         const T* cell_gain, const T* cell_bias, const T* cell_mean, const T* cell_rstd, T* grad_shown,
-                        const T* zone_h, const T* zone_c) {
+                        double* cell_sums, const T* zone_h, const T* zone_c) {
   for (int64_t r = 0; r < n; ++r) {
     const T* gh = grad_h + r * H;
     T* tc = tanh_c + r * H;
@@ -228,6 +228,13 @@ void lstm_backward_impl(int64_t n, int64_t H, const T* grad_h, T* grad_c, T* tan
       }
       a /= T(H);
       b /= T(H);
+      double* gain_sum = cell_sums;
+      double* bias_sum = cell_sums + H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        gain_sum[j] += double(shown[j]) * double((ct[j] - m) * s);
+        bias_sum[j] += double(shown[j]);
+      }
     }
     lstm_backward_row<T, Peep, CellNorm, Zone>(H, gh, grad_c + r * H, ar, tc, c_prev + r * H, grad_gates + r * 4 * H,
                                                peephole, shown, cell_gain, ct, m, s, a, b, zh,
@@ -246,12 +253,12 @@ template <typename T>
 void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, T* tanh_c, const T* c_prev,
                         const T* act, T* grad_gates, T* grad_prev, const T* peephole, const T* cell_tilde,
                         const T* cell_gain, const T* cell_bias, const T* cell_mean, const T* cell_rstd,
-                        T* grad_shown, const T* zone_h, const T* zone_c) {
+                        T* grad_shown, double* cell_sums, const T* zone_h, const T* zone_c) {
   const int which = (peephole ? 4 : 0) + (cell_gain ? 2 : 0) + (zone_h ? 1 : 0);
 #define RNNKIT_LSTM_BACKWARD(P, C, Z)                                                                         \
   lstm_backward_impl<T, P, C, Z>(n, H, grad_h, grad_c, tanh_c, c_prev, act, grad_gates, grad_prev, peephole, \
-                                 cell_tilde, cell_gain, cell_bias, cell_mean, cell_rstd, grad_shown, zone_h,  \
-                                 zone_c)
+                                 cell_tilde, cell_gain, cell_bias, cell_mean, cell_rstd, grad_shown, cell_sums, \
+                                 zone_h, zone_c)
   switch (which) {
     case 0: RNNKIT_LSTM_BACKWARD(false, false, false); break;
     case 1: RNNKIT_LSTM_BACKWARD(false, false, true); break;
@@ -451,8 +458,8 @@ void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride
   template void lstm_forward_rows<T>(int64_t, int64_t, T*, const T*, const T*, T*, T*, T*, T*, const T*,        \
                                      const T*, const T*, T*, T*, const T*, const T*, T);                        \
   template void lstm_backward_rows<T>(int64_t, int64_t, const T*, T*, T*, const T*, const T*, T*, T*,         \
-                                      const T*, const T*, const T*, const T*, const T*, const T*, T*, const T*, \
-                                      const T*);                                                                \
+                                      const T*, const T*, const T*, const T*, const T*, const T*, T*, double*,  \
+                                      const T*, const T*);                                                      \
   template void gru_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, const T*, T*, T*, const T*);              \
   template void gru_backward_after_rows<T>(int64_t, int64_t, const T*, const T*, const T*, const T*, const T*, T*, \
                                            T*, T*);               \

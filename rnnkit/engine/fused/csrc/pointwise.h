@@ -29,11 +29,13 @@ void lstm_forward_rows(int64_t n, int64_t H, T* act, const T* h_prev, const T* c
 // before zoneout) and c_prev; tanh(c^) is recomputed into the scratch rows tanh_c (c^ = LN(c~) with the cell
 // norm's gain, bias and statistics, else c~): grad_gates [4H rows] receives d loss / d pre-activations,
 // grad_c is d loss / d c_t in and d loss / d c_{t-1} out, grad_prev += the direct zoneout path of d loss / d h_t.
+// With the cell norm, grad_shown is scratch rows for d loss / d c^, and cell_sums (float64, [2H]) accumulates
+// the norm's parameter gradients: [0, H) += d loss / d c^ * LN(c~) (gain), [H, 2H) += d loss / d c^ (bias).
 template <typename T>
 void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, T* tanh_c, const T* c_prev,
                         const T* act, T* grad_gates, T* grad_prev, const T* peephole, const T* cell_tilde,
                         const T* cell_gain, const T* cell_bias, const T* cell_mean, const T* cell_rstd,
-                        T* grad_shown, const T* zone_h, const T* zone_c);
+                        T* grad_shown, double* cell_sums, const T* zone_h, const T* zone_c);
 
 // reset after (terms = R(h~) + b_hh, stride 3H): r, z = sigmoid(act_rz + terms_rz), n = tanh(act_n + r terms_n),
 // and terms_n is kept in n_term (dense rows of H); reset before (terms null): r, z already activated and act_n
