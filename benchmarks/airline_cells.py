@@ -35,7 +35,7 @@ def ensembles(values) -> None:
     ends = (*ORIGINS, 120)
     forecasts = {}  # (cell, weight decay, end, seed) -> 24 forecasts
     for cell, weight_decay, end, seed in itertools.product(CELLS, (0.5, 2), ends, range(SEEDS)):
-        model = rk.Forecaster(season=12, seed=seed, cell=cell, weight_decay=weight_decay)
+        model = rk.Forecaster(season=12, seed=seed, cell=cell, weight_decay=weight_decay, benchmark_weight=0)
         model.fit(values[:end], progress=False)
         forecasts[cell, weight_decay, end, seed] = np.asarray(model.predict(values[:end], 24, level=None).mean).ravel()
 

@@ -3,7 +3,9 @@
 The airline quality bar is judged on the last 24 months (1959-1960), which must not choose the settings.
 This script scores a grid of settings on three origins *inside* the first 120 months (fit on the first
 72 / 84 / 96 months, forecast the next 24), three seeds each, and prints that validation MAPE beside the
-held-out test MAPE (fit on 120, forecast 1959-1960) so that the two can be compared honestly.
+held-out test MAPE (fit on 120, forecast 1959-1960) so that the two can be compared honestly. It scores the
+network alone (``benchmark_weight=0``); benchmarks/forecast_combination.py chose the averaging with the
+drift forecast that the Forecaster does by default since.
 
     python benchmarks/airline_selection.py            # the whole grid, ~12 minutes on one core
     python benchmarks/airline_selection.py 0 2 & python benchmarks/airline_selection.py 1 2   # two halves
@@ -31,7 +33,7 @@ def mape(values, end, options):
     """MAPE of each seed's 24-month forecast from `end`, fitting on values[:end]."""
     scores = []
     for seed in range(SEEDS):
-        model = rk.Forecaster(season=12, seed=seed, **options).fit(values[:end], progress=False)
+        model = rk.Forecaster(season=12, seed=seed, benchmark_weight=0, **options).fit(values[:end], progress=False)
         scores.append(model.evaluate(values[:end], values[end:end + 24])["model"]["MAPE"])
     return scores
 

@@ -20,11 +20,16 @@ def _metrics_table(report: dict, title: str):
     table = Table(title=title)
     for column in ("forecast", "MAE", "RMSE", "MAPE %", "sMAPE %", "MASE"):
         table.add_column(column, justify="left" if column == "forecast" else "right")
-    for name in ("model", "seasonal_naive", "naive"):
+    seasonal = "seasonal_naive" in report
+    drift = f"{'seasonal ' if seasonal else ''}naive + drift"
+    combined = "network" in report  # the model averages the two rows below it
+    labels = {"model": "model (average of:)" if combined else "model", "network": "  network alone",
+              "drift": f"  {drift}" if combined else drift, "seasonal_naive": "seasonal naive", "naive": "naive"}
+    for name, label in labels.items():
         if name in report:
             m = report[name]
-            table.add_row(name.replace("_", " "), f"{m['MAE']:.2f}", f"{m['RMSE']:.2f}", f"{m['MAPE']:.2f}",
-                          f"{m['sMAPE']:.2f}", f"{m['MASE']:.3f}")
+            table.add_row(label, f"{m['MAE']:.2f}", f"{m['RMSE']:.2f}", f"{m['MAPE']:.2f}", f"{m['sMAPE']:.2f}",
+                          f"{m['MASE']:.3f}")
     return table
 
 
@@ -34,7 +39,8 @@ def demo(out: Path = typer.Option(Path("rnnkit-demo"), help="Folder for the save
          seed: int = typer.Option(0, help="Random seed.")) -> None:
     """Forecast the built-in airline passengers series: fit on 1949-1958, forecast 1959-1960.
 
-    Prints the model's errors beside the naive and seasonal-naive forecasts, saves the model and a plot.
+    Prints the model's errors beside its two parts (the network alone, the seasonal naive forecast with drift)
+    and the naive and seasonal-naive forecasts; saves the model and a plot.
     Example: rnnkit demo --out demo-output
     """
     from rnnkit.demo import run_demo
@@ -54,6 +60,8 @@ def forecast(
     season: int = typer.Option(0, min=0, help="Seasonal period (12 for monthly data); 0 for none."),
     window: int = typer.Option(12, min=1, help="Input steps the network reads."),
     epochs: int = typer.Option(200, min=1, help="Training epochs."),
+    benchmark_weight: str = typer.Option("auto", help="Share of the (seasonal) naive forecast with drift averaged "
+                                         "into the network's, 0-1; auto: 0.5 with a season, else 0."),
     plot: Path = typer.Option(None, help="Write a forecast plot here (PNG)."),
     save: Path = typer.Option(None, help="Save the fitted model to this folder."),
 ) -> None:
@@ -81,7 +89,12 @@ def forecast(
             values = read_csv_column(csv_file, column)
     except (OSError, ValueError, DatasetUnavailable) as error:
         raise typer.BadParameter(str(error), param_hint="CSV_FILE / --column / --dataset") from None
-    model = Forecaster(window=window, horizon=horizon, season=season or None)
+    try:
+        weight = benchmark_weight if benchmark_weight == "auto" else float(benchmark_weight)
+        model = Forecaster(window=window, horizon=horizon, season=season or None, benchmark_weight=weight)
+    except ValueError:
+        raise typer.BadParameter(f"a number in [0, 1] or auto, got {benchmark_weight!r}",
+                                 param_hint="--benchmark-weight") from None
     try:
         model.fit(values, epochs=epochs)
     except ValueError as error:

@@ -1,7 +1,9 @@
 """The main demo: a GRU forecaster on the built-in airline passengers series.
 
-Fitted on the first 120 months (1949-1958), it forecasts the last 24 (1959-1960), which it never saw,
-and is scored beside the naive and seasonal-naive forecasts. The model and a forecast plot are saved.
+Fitted on the first 120 months (1949-1958), it forecasts the last 24 (1959-1960), which it never saw. The
+forecast averages the network's with the seasonal naive forecast with drift (the Forecaster's default with a
+season); both are scored beside it, and beside the naive and seasonal-naive forecasts. The model and a
+forecast plot are saved.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ from rnnkit.cli import app
 def test_demo_command_reports_the_model_beside_the_baselines(tmp_path: Path):
     result = CliRunner().invoke(app, ["demo", "--epochs", "30", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    for row in ("model", "seasonal naive", "naive"):
+    for row in ("model (average of:)", "network alone", "seasonal naive + drift", "seasonal naive", "naive"):
         assert row in result.output
-    assert "15.52" in result.output  # the seasonal naive MAPE of this split
+    assert "15.52" in result.output and "3.01" in result.output  # seasonal naive's MAPE, and with drift
     assert (tmp_path / "airline-model" / "model.safetensors").is_file()
     assert (tmp_path / "airline-forecast.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -119,6 +119,9 @@ def test_forecast_command_on_a_known_series():
     if package_directory("statsmodels") is not None:
         result = CliRunner().invoke(app, ["forecast", "--dataset", "nile", "--horizon", "2", "--epochs", "2"])
         assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["forecast", "--dataset", "airline", "--season", "12", "--benchmark-weight", "2"],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "a number in [0, 1] or auto, got '2'" in result.output
     result = CliRunner().invoke(app, ["forecast", "--dataset", "tides"], env={"COLUMNS": "400"})
     assert result.exit_code == 2 and "unknown statsmodels series 'tides'" in result.output
     assert CliRunner().invoke(app, ["forecast"]).exit_code == 2

@@ -9,6 +9,10 @@
 The network reads a window of the stationary series (log, seasonal difference, standardisation: see
 :mod:`rnnkit.data.series`) and predicts the next ``horizon`` steps at once (``strategy="direct"``) or
 one step, fed back ``horizon`` times (``strategy="recursive"``); longer horizons continue block by block.
+With a season, the forecast is by default the equal-weight average (on the log scale when logs are taken)
+of the network's forecast and the seasonal naive forecast with drift (``benchmark_weight``): a forecast
+combination, which on short seasonal series was more accurate than either alone (docs/results.md);
+``evaluate`` reports the network alone and the drift forecast beside it.
 Prediction intervals are quantiles of the errors the same procedure makes from every training origin
 (``interval="residual"``), or of forecast paths sampled with dropout on (``interval="dropout"``, MC
 dropout, Gal & Ghahramani 2016; needs ``dropout`` or ``recurrent_dropout`` > 0).
@@ -28,7 +32,7 @@ import rnnkit as rk
 from rnnkit._checks import check_choice, check_positive_int, check_probability
 from rnnkit.data.series import SeriesTransform, as_series, windows
 from rnnkit.io import check_state_dict, load_model, save_model
-from rnnkit.tasks.metrics import forecast_metrics, naive_forecast, seasonal_naive_forecast
+from rnnkit.tasks.metrics import drift_forecast, forecast_metrics, naive_forecast, seasonal_naive_forecast
 from rnnkit.tasks.trainer import fit_module
 from rnnkit.training.modules import RegressionModule
 
@@ -77,13 +81,22 @@ class Forecaster:
         log: take logs first (``"auto"``: when every value is positive).
         learning_rate, weight_decay: AdamW's step size and decoupled weight decay (which pulls forecasts
             toward the series' mean seasonal change: useful on short series).
+        benchmark_weight: the share of the seasonal naive forecast with drift (the mean seasonal change of
+            the training series, see :func:`rnnkit.tasks.metrics.drift_forecast`) in the forecast, averaged
+            with the network's on the level (log) scale; 0 for the network alone. ``"auto"``: 0.5 with a
+            season, 0 without (naive with drift misses cycles a network can learn, e.g. sunspots').
         seed: the seed of initialisation and batch order.
     """
 
     def __init__(self, cell: str = "gru", hidden_size: int = 16, num_layers: int = 1, window: int = 12,
                  horizon: int = 12, season: int | None = None, log: bool | str = "auto", dropout: float = 0.0,
                  learning_rate: float = 3e-3, weight_decay: float = 0.5, seed: int = 0, strategy: str = "direct",
-                 **layer_options) -> None:
+                 benchmark_weight: float | str = "auto", **layer_options) -> None:
+        if benchmark_weight != "auto":
+            if isinstance(benchmark_weight, bool) or not isinstance(benchmark_weight, (int, float)) \
+                    or not 0.0 <= benchmark_weight <= 1.0:
+                raise ValueError(f"benchmark_weight must be a number in [0, 1] or 'auto', got {benchmark_weight!r}")
+            benchmark_weight = float(benchmark_weight)
         self.options = {
             "cell": check_choice("cell", cell, ("rnn", "lstm", "gru")),
             "hidden_size": check_positive_int("hidden_size", hidden_size),
@@ -97,12 +110,22 @@ class Forecaster:
             "weight_decay": float(weight_decay),
             "seed": int(seed),
             "strategy": check_choice("strategy", strategy, ("direct", "recursive")),
+            "benchmark_weight": benchmark_weight,
             "layer_options": dict(layer_options),
         }
         self.network: ForecastNetwork | None = None
         self.transform: SeriesTransform | None = None
         self.errors: np.ndarray | None = None  # [S, H, F] in-sample errors on the level scale
         self.exogenous_scale: tuple[list[float], list[float]] | None = None  # covariates' (mean, std)
+        self.drift: list[float] | None = None  # mean change over one season (one step) on the level scale
+
+    @property
+    def benchmark_weight(self) -> float:
+        """The drift forecast's share in the forecast (``"auto"`` resolved)."""
+        weight = self.options["benchmark_weight"]
+        if weight == "auto":
+            return 0.5 if self.options["season"] else 0.0
+        return weight
 
     # ---------------------------------------------------------------- training
     def _build(self, features: int, inputs: int) -> ForecastNetwork:
@@ -149,6 +172,8 @@ class Forecaster:
         o = self.options
         values = as_series(series)
         self.transform = SeriesTransform.fit(values, o["log"], o["season"])
+        level, lag = self.transform.level(values), o["season"] or 1
+        self.drift = np.mean(level[lag:] - level[:-lag], axis=0).tolist()
         self.exogenous_scale = None
         if exogenous is not None:
             raw = as_series(exogenous, "exogenous")
@@ -188,8 +213,20 @@ class Forecaster:
         return np.stack(errors)
 
     def _forecast_levels(self, history: np.ndarray, steps: int, covariates: np.ndarray | None = None,
-                         future: np.ndarray | None = None) -> np.ndarray:
-        """``steps`` forecasts on the level scale: network blocks, each fed back as history for the next
+                         future: np.ndarray | None = None, weight: float | None = None) -> np.ndarray:
+        """``steps`` forecasts on the level scale: the network's, averaged with the drift forecast's with
+        ``weight`` (default :attr:`benchmark_weight`) on the latter."""
+        weight = self.benchmark_weight if weight is None else weight
+        network = self._network_levels(history, steps, covariates, future)
+        if weight == 0.0:
+            return network
+        level, lag = self.transform.level(history), self.options["season"] or 1
+        benchmark = drift_forecast(level, steps, lag, drift=self.drift)
+        return (1.0 - weight) * network + weight * benchmark
+
+    def _network_levels(self, history: np.ndarray, steps: int, covariates: np.ndarray | None = None,
+                        future: np.ndarray | None = None) -> np.ndarray:
+        """``steps`` network forecasts on the level scale: blocks, each fed back as history for the next
         (with covariates, the ``future`` ones are appended as the history grows)."""
         window, season = self.options["window"], self.options["season"] or 0
         need = window + season  # the transform of the last `need` values gives the last `window` inputs
@@ -275,8 +312,15 @@ class Forecaster:
         history, actual = as_series(history, "history"), as_series(actual, "actual")
         forecast = self.predict(history, len(actual), level, exogenous=exogenous, future_exogenous=future_exogenous)
         season = self.options["season"]
-        report = {"model": forecast_metrics(actual, forecast.mean, history, season),
-                  "naive": forecast_metrics(actual, naive_forecast(history, len(actual)), history, season)}
+        report = {"model": forecast_metrics(actual, forecast.mean, history, season)}
+        if self.benchmark_weight > 0:  # what the network alone, and the drift forecast alone, would have scored
+            covariates = self._exogenous(exogenous, len(history), "exogenous")
+            future = None if future_exogenous is None else self._exogenous(future_exogenous, None, "future_exogenous")
+            alone = self._forecast_levels(history, len(actual), covariates, future, weight=0.0)
+            report["network"] = forecast_metrics(actual, self.transform.unlevel(alone), history, season)
+        report["drift"] = forecast_metrics(actual, drift_forecast(history, len(actual), season, self.transform.log),
+                                           history, season)
+        report["naive"] = forecast_metrics(actual, naive_forecast(history, len(actual)), history, season)
         if season:
             report["seasonal_naive"] = forecast_metrics(
                 actual, seasonal_naive_forecast(history, len(actual), season), history, season)
@@ -315,7 +359,7 @@ class Forecaster:
         """Write the model to ``directory`` (config.json + model.safetensors), atomically."""
         self._check_fitted()
         config = {"options": self.options, "features": self.network.features, "inputs": self.network.inputs,
-                  "transform": self.transform.to_config(), "exogenous_scale": self.exogenous_scale}
+                  "transform": self.transform.to_config(), "exogenous_scale": self.exogenous_scale, "drift": self.drift}
         weights = {f"network.{k}": v for k, v in self.network.state_dict().items()}
         weights["errors"] = torch.as_tensor(self.errors)
         save_model(directory, TASK, config, weights)
@@ -325,9 +369,12 @@ class Forecaster:
         """Read a model written by :meth:`save`; a file of another task or a damaged one is refused clearly."""
         config, weights = load_model(directory, TASK)
         try:
-            model = cls(**{k: v for k, v in config["options"].items() if k != "layer_options"},
-                        **config["options"]["layer_options"])
+            options = dict(config["options"])
+            if "drift" not in config:  # written before the drift combination existed: the network alone
+                options["benchmark_weight"] = 0.0
+            model = cls(**{k: v for k, v in options.items() if k != "layer_options"}, **options["layer_options"])
             model.transform = SeriesTransform(**config["transform"])
+            model.drift = config.get("drift")
             model.exogenous_scale = config.get("exogenous_scale")
             model.network = model._build(int(config["features"]), int(config.get("inputs", config["features"])))
         except (KeyError, TypeError, ValueError) as error:

@@ -5,6 +5,7 @@ import torch
 import rnnkit as rk
 from rnnkit.data.series import load_airline
 from rnnkit.io import ModelFileError
+from rnnkit.tasks.metrics import drift_forecast
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,48 @@ def test_beats_the_seasonal_naive_forecast_on_held_out_airline_data(airline_mode
     assert report["seasonal_naive"]["MAPE"] == pytest.approx(15.52, abs=0.01)  # the known anchor of this split
     assert report["model"]["MAPE"] < 0.6 * report["seasonal_naive"]["MAPE"]
     assert report["model"]["MASE"] < report["seasonal_naive"]["MASE"] < report["naive"]["MASE"]
+
+
+def test_the_default_forecast_averages_the_network_with_the_seasonal_drift_forecast(airline_model):
+    model, passengers = airline_model
+    history, actual = passengers[:-24], passengers[-24:]
+    assert model.benchmark_weight == 0.5  # "auto" with a season
+    combined = model.predict(history, 24, level=None).mean
+    network = np.exp(model._forecast_levels(history.astype(float)[:, None], 24, weight=0.0))[:, 0]
+    drift = drift_forecast(history, 24, season=12, log=True)  # the closed form, from the metrics module
+    np.testing.assert_allclose(combined, np.sqrt(network * drift), rtol=1e-10)  # equal weights on the log scale
+    only_drift = np.exp(model._forecast_levels(history.astype(float)[:, None], 24, weight=1.0))[:, 0]
+    np.testing.assert_allclose(only_drift, drift, rtol=1e-10)
+    report = model.evaluate(history, actual)
+    assert report["drift"]["MAPE"] == pytest.approx(3.006, abs=1e-3)  # the anchor docs/results.md quotes
+    assert report["network"]["MAPE"] == pytest.approx(100 * np.mean(np.abs(actual - network) / actual))
+    assert report["model"]["MAPE"] == pytest.approx(100 * np.mean(np.abs(actual - combined) / actual))
+
+
+def test_benchmark_weight_zero_is_the_network_alone_and_bad_weights_are_named():
+    _, passengers = load_airline()
+    alone = rk.Forecaster(season=12, benchmark_weight=0, seed=0).fit(passengers[:-24], epochs=3, progress=False)
+    report = alone.evaluate(passengers[:-24], passengers[-24:])
+    assert "network" not in report and "drift" in report
+    assert rk.Forecaster().benchmark_weight == 0.0  # no season: naive with drift is not mixed in by default
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(ValueError, match=f"benchmark_weight must be a number in \\[0, 1\\] or 'auto', got {bad!r}"):
+            rk.Forecaster(season=12, benchmark_weight=bad)
+
+
+def test_a_model_file_from_before_the_drift_combination_loads_as_the_network_alone(airline_model, tmp_path):
+    model, passengers = airline_model
+    model.save(tmp_path / "model")
+    import json
+
+    config_path = tmp_path / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["drift"], config["options"]["benchmark_weight"]
+    config_path.write_text(json.dumps(config))
+    old = rk.Forecaster.load(tmp_path / "model")
+    assert old.benchmark_weight == 0.0
+    expected = np.exp(model._forecast_levels(passengers.astype(float)[:, None], 12, weight=0.0))[:, 0]
+    np.testing.assert_allclose(old.predict(passengers, 12, level=None).mean, expected, rtol=1e-12)
 
 
 def test_forecast_shapes_intervals_and_recursive_horizons(airline_model):
@@ -123,7 +166,8 @@ def test_training_logs_give_learning_curves(tmp_path):
 def test_recursive_strategy_feeds_one_step_forecasts_back():
     _, passengers = load_airline()
     history = passengers[:-24]
-    model = rk.Forecaster(season=12, strategy="recursive", seed=0).fit(history, epochs=60, progress=False)
+    model = rk.Forecaster(season=12, strategy="recursive", benchmark_weight=0, seed=0).fit(history, epochs=60,
+                                                                                          progress=False)
     assert model.network.horizon == 1
     forecast = model.predict(history, horizon=3, level=None).mean
     grown = history.copy()  # by hand: one network step at a time, each forecast appended to the history
