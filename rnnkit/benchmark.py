@@ -192,26 +192,35 @@ def run_memory(cells=("gru", "lstm"), steps_list=(100, 400, 1600)) -> list[dict]
 
 
 # ---------------------------------------------------------------- reporting
-def speed_table(rows: list[Row]):
+def _compact_table(title: str, columns: list[tuple[str, str]]):
+    """A rich table that fits 80 columns (a pipe, a small terminal) without cutting numbers short: no
+    vertical borders, two spaces between columns; ``columns`` are (header, "left" or "right")."""
+    from rich import box
     from rich.table import Table
 
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False)
+    for header, justify in columns:
+        table.add_column(header, justify=justify, no_wrap=True)
+    return table
+
+
+def speed_table(rows: list[Row]):
     names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
                                                                  "reference"].index)
-    table = Table(title="rnnkit / torch.nn (median time ratio; < 1.00x is faster than torch.nn)")
-    for column in ("cell", "B,T,I,H", "mode", "torch.nn ms", *names):
-        table.add_column(column, justify="right" if column not in ("cell", "mode") else "left", no_wrap=True)
+    short = {"control": "ctrl", "reference": "ref"}
+    table = _compact_table("rnnkit / torch.nn, median time ratio (< 1.00x: faster than torch.nn)",
+                           [("cell", "left"), ("B,T,I,H", "right"), ("mode", "left"), ("torch ms", "right"),
+                            *[(short.get(n, n), "right") for n in names]])
     for row in rows:
-        table.add_row(row.cell, ",".join(map(str, row.shape)), row.mode, f"{row.torch_ms:.2f}",
-                      *[f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names])
+        table.add_row(row.cell, ",".join(map(str, row.shape)), "fwd" if row.mode == "forward" else row.mode,
+                      f"{row.torch_ms:.2f}", *[f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names])
     return table
 
 
 def memory_table(memory: list[dict]):
-    from rich.table import Table
-
-    table = Table(title="peak training memory, MiB (B=32, I=32, H=128): first step at a shape / steady state")
-    for column in ("cell", "T", "torch.nn first", "fused first", "ratio", "torch.nn steady", "fused steady", "ratio"):
-        table.add_column(column, justify="left" if column == "cell" else "right", no_wrap=True)
+    table = _compact_table("peak training memory, MiB (B=32, I=32, H=128)",
+                           [("cell", "left"), ("T", "right"), ("first step: torch", "right"), ("fused", "right"),
+                            ("ratio", "right"), ("steady: torch", "right"), ("fused", "right"), ("ratio", "right")])
     for r in memory:
         table.add_row(r["cell"], str(r["T"]), f"{r['torch.nn']:.1f}", f"{r['fused']:.1f}",
                       f"{r['fused'] / r['torch.nn']:.2f}x", f"{r['torch.nn steady']:.1f}", f"{r['fused steady']:.1f}",

@@ -60,3 +60,20 @@ def test_training_memory_counts_at_least_the_buffers_a_step_must_touch(steady):
     # gradient as much again; a measurement that missed the step (e.g. memory kept from the step before) reads ~0
     for backend in ("torch.nn", "fused"):
         assert benchmark.peak_training_memory("gru", backend, 50, steady=steady) > 4.0
+
+
+def test_console_tables_keep_every_number_in_80_columns():
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=80, record=True, file=io.StringIO())
+    rows = [benchmark.Row("ln-lstm", (256, 50, 64, 128), "forward", 250.32,
+                          {"control": 1.0, "fused": 0.5, "native": 1.01, "auto": 1.0, "reference": 16.38})]
+    console.print(benchmark.speed_table(rows))
+    console.print(benchmark.memory_table([{"cell": "lstm", "T": 1600, "torch.nn": 394.7, "fused": 352.0,
+                                           "torch.nn steady": 394.4, "fused steady": 350.9}]))
+    text = console.export_text()
+    for value in ("ln-lstm", "256,50,64,128", "250.32", "16.38x", "0.50x", "394.7", "350.9", "0.89x"):
+        assert value in text
+    assert "…" not in text
