@@ -115,6 +115,24 @@ int64_t sum_chunks(int64_t n, int64_t width) {
   return std::max<int64_t>(1, std::min<int64_t>({int64_t(8), n, n * width / std::max<int64_t>(1, min)}));
 }
 
+// rows(begin, end, sums) over the rows [0, n) in `chunks` fixed chunks, each adding its share of a sum of
+// `count` doubles into its own row of `partial`; the rows are then added into `total` in chunk order, so the
+// sum does not depend on the thread count (one chunk: straight into `total`).
+template <typename F>
+void sum_over_chunks(int64_t n, int64_t chunks, int64_t count, double* total, std::vector<double>& partial,
+                     const F& rows) {
+  if (chunks <= 1) {
+    rows(int64_t(0), n, total);
+    return;
+  }
+  partial.assign(chunks * count, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) rows(n * c / chunks, n * (c + 1) / chunks, partial.data() + c * count);
+  });
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t j = 0; j < count; ++j) total[j] += partial[c * count + j];
+}
+
 // Row offsets of a packed layout: step t covers packed rows [offset[t], offset[t] + sizes[t]); the
 // state before step t is block t of a [B + N] state buffer, starting at state_offset(t).
 struct Steps {
@@ -202,19 +220,10 @@ struct Projection {
                                      ptr<T>(gain), ptr<T>(mean) + (o + b) * groups, ptr<T>(rstd) + (o + b) * groups,
                                      ptr<T>(grad_pre) + (o + b) * width, into);
     };
-    const int64_t chunks = grad_gain ? sum_chunks(n, width) : 1;
-    if (!grad_gain) {
+    if (grad_gain) {
+      sum_over_chunks(n, sum_chunks(n, width), width, ptr<double>(grad_gain), partial, rows);
+    } else {
       over_rows(n, width, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
-    } else if (chunks == 1) {
-      rows(0, n, ptr<double>(grad_gain));
-    } else {  // each fixed chunk sums into its own row of `partial`; the rows are added in chunk order
-      partial.assign(chunks * width, 0.0);
-      at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-        for (int64_t c = first; c < last; ++c) rows(n * c / chunks, n * (c + 1) / chunks, partial.data() + c * width);
-      });
-      double* total = ptr<double>(grad_gain);
-      for (int64_t c = 0; c < chunks; ++c)
-        for (int64_t j = 0; j < width; ++j) total[j] += partial[c * width + j];
     }
     return grad_pre->narrow(0, o, n);
   }
@@ -325,19 +334,10 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
             cell_gain ? ptr<T>(grad_shown) + b * H : nullptr, cell_sums, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
             zone_c ? ptr<T>(zone_c) + ob * H : nullptr);
       };
-      const int64_t chunks = cell_gain ? sum_chunks(n, 4 * H) : 0;
-      if (chunks == 0) {
+      if (cell_gain) {
+        sum_over_chunks(n, sum_chunks(n, 4 * H), 2 * H, ptr<double>(grad_cell), partial, rows);
+      } else {
         over_rows(n, 4 * H, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
-      } else if (chunks == 1) {
-        rows(0, n, ptr<double>(grad_cell));
-      } else {  // fixed chunks, each summing into its own row of `partial`, added in chunk order (as grad_pre_of)
-        partial.assign(chunks * 2 * H, 0.0);
-        at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-          for (int64_t c = first; c < last; ++c) rows(n * c / chunks, n * (c + 1) / chunks, partial.data() + c * 2 * H);
-        });
-        double* total = ptr<double>(grad_cell);
-        for (int64_t c = 0; c < chunks; ++c)
-          for (int64_t j = 0; j < 2 * H; ++j) total[j] += partial[c * 2 * H + j];
       }
       proj.grad_into<T>(grad_in.narrow(0, p, n), grad_gates.narrow(0, o, n), o, recurrent);
     }
@@ -531,24 +531,17 @@ void layer_norm_gates_backward(Tensor grad, Tensor pre, Tensor gain, Tensor mean
   for (const Tensor& t : {grad, pre, gain, mean, rstd, grad_pre, grad_gain}) check_dense(t, "layer-norm buffer");
   TORCH_CHECK(grad_gain.scalar_type() == at::kDouble, "rnnkit compiled loops: grad_gain must be float64");
   const int64_t rows = pre.size(0), groups = pre.size(1) / hidden, width = pre.size(1);
-  // rows are split into a fixed number of chunks whatever the thread count, and the chunks' shares of
-  // grad_gain are added in chunk order: the result does not depend on scheduling
+  // rows go in a fixed number of chunks whatever the thread count (see sum_over_chunks)
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(8, rows));
+  std::vector<double> partial;
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_layer_norm_gates_backward", [&] {
     using T = scalar_t;
-    std::vector<double> partial(chunks * width, 0.0);
-    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-      for (int64_t c = first; c < last; ++c) {
-        const int64_t begin = rows * c / chunks, end = rows * (c + 1) / chunks;
-        rnnkit::layer_norm_backward<T>(end - begin, groups, hidden, ptr<T>(grad) + begin * width, width,
-                                       ptr<T>(pre) + begin * width, ptr<T>(gain), ptr<T>(mean) + begin * groups,
-                                       ptr<T>(rstd) + begin * groups, ptr<T>(grad_pre) + begin * width,
-                                       partial.data() + c * width);
-      }
-    });
-    double* total = ptr<double>(grad_gain);
-    for (int64_t c = 0; c < chunks; ++c)
-      for (int64_t j = 0; j < width; ++j) total[j] += partial[c * width + j];
+    auto chunk = [&](int64_t begin, int64_t end, double* into) {
+      rnnkit::layer_norm_backward<T>(end - begin, groups, hidden, ptr<T>(grad) + begin * width, width,
+                                     ptr<T>(pre) + begin * width, ptr<T>(gain), ptr<T>(mean) + begin * groups,
+                                     ptr<T>(rstd) + begin * groups, ptr<T>(grad_pre) + begin * width, into);
+    };
+    sum_over_chunks(rows, chunks, width, ptr<double>(grad_gain), partial, chunk);
   });
 }
 
