@@ -51,7 +51,8 @@ def gemm_floor(batch: int, steps: int, inputs: int, hidden: int) -> dict[str, fl
                                  median_ms(lambda: [torch.mm(h, w_hh.t(), out=step_out) for _ in range(steps)])),
         "recurrent backward": min(median_ms(lambda: [onednn(g_step, w_hh_t) for _ in range(steps)]),
                                   median_ms(lambda: [torch.mm(g_step, w_hh, out=step_grad) for _ in range(steps)])),
-        "dW_hh": min(median_ms(lambda: onednn(h_all.t().contiguous(), g_all.t())), median_ms(lambda: g_all.t() @ h_all)),
+        "dW_hh": min(median_ms(lambda: onednn(h_all.t().contiguous(), g_all.t())),
+                     median_ms(lambda: g_all.t() @ h_all)),
         "dW_ih": min(median_ms(lambda: onednn(x.t().contiguous(), g_all.t())), median_ms(lambda: g_all.t() @ x)),
         "dX": min(median_ms(lambda: onednn(g_all, w_ih_t)), median_ms(lambda: g_all @ w_ih)),
     }

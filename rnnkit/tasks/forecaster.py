@@ -32,7 +32,7 @@ import rnnkit as rk
 from rnnkit._checks import check_choice, check_positive_int, check_probability
 from rnnkit.data.series import SeriesTransform, as_series, windows
 from rnnkit.io import check_state_dict, load_model, save_model
-from rnnkit.tasks.metrics import drift_forecast, forecast_metrics, naive_forecast, seasonal_naive_forecast
+from rnnkit.tasks.metrics import drift_forecast, forecast_metrics, mean_change, naive_forecast, seasonal_naive_forecast
 from rnnkit.tasks.trainer import fit_module
 from rnnkit.training.modules import RegressionModule
 
@@ -172,8 +172,7 @@ class Forecaster:
         o = self.options
         values = as_series(series)
         self.transform = SeriesTransform.fit(values, o["log"], o["season"])
-        level, lag = self.transform.level(values), o["season"] or 1
-        self.drift = np.mean(level[lag:] - level[:-lag], axis=0).tolist()
+        self.drift = mean_change(self.transform.level(values), o["season"] or 1).tolist()
         self.exogenous_scale = None
         if exogenous is not None:
             raw = as_series(exogenous, "exogenous")

@@ -36,6 +36,12 @@ def naive_forecast(history, horizon: int) -> np.ndarray:
     return np.repeat(history[-1:], horizon, axis=0)
 
 
+def mean_change(values, lag: int) -> np.ndarray:
+    """The mean of ``values[t] - values[t - lag]`` over ``t`` (per column): a drift forecast's drift."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.mean(values[lag:] - values[:-lag], axis=0)
+
+
 def drift_forecast(history, horizon: int, season: int | None = None, log: bool = False, drift=None) -> np.ndarray:
     """Seasonal naive with drift (naive with drift when ``season`` is None): the value one season (one step)
     earlier plus the mean change over one season (one step), i.e. step ``i`` of the forecast is
@@ -51,7 +57,7 @@ def drift_forecast(history, horizon: int, season: int | None = None, log: bool =
         raise ValueError(f"log=True needs a positive history, got minimum {history.min():g}")
     level = np.log(history) if log else history
     if drift is None:
-        drift = np.mean(level[lag:] - level[:-lag], axis=0)
+        drift = mean_change(level, lag)
     steps = np.arange(horizon)
     forecast = level[len(level) - lag + steps % lag] + (steps // lag + 1).reshape((-1,) + (1,) * (level.ndim - 1)) \
         * np.asarray(drift)

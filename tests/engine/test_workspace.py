@@ -127,7 +127,8 @@ def test_pooled_buffers_work_under_inference_mode_and_no_grad_and_stay_correct()
 
 
 @pytest.mark.parametrize("python_loops", [False, True])
-@pytest.mark.parametrize("options", [{"cell": "rnn", "zoneout": 0.1}, {"cell": "gru"}, {"cell": "lstm", "layer_norm": True}, {"cell": "lstm"}, {"cell": "gru", "layer_norm": True}])
+@pytest.mark.parametrize("options", [{"cell": "rnn", "zoneout": 0.1}, {"cell": "gru"}, {"cell": "gru", "layer_norm": True},
+                                     {"cell": "lstm"}, {"cell": "lstm", "layer_norm": True}])
 def test_a_finished_graph_gives_its_buffers_back_without_the_garbage_collector(options, python_loops):
     """No reference cycle may hold the buffers: an output kept as a ctx attribute (output -> grad_fn -> ctx ->
     output) did, so the pool could not reuse them until Python's collector ran."""

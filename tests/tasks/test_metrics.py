@@ -30,7 +30,8 @@ def test_drift_forecasts_continue_a_line_and_a_growing_season_exactly():
     forecast = drift_forecast(growing[:60], 30, season=12, log=True)
     np.testing.assert_allclose(forecast, growing[60:], rtol=1e-12)
     both = drift_forecast(np.stack([line, 2 * line], axis=1), 4)  # one drift per column
-    np.testing.assert_allclose(both, np.stack([line[-1] + 2.0 * np.arange(1, 5), 2 * line[-1] + 4.0 * np.arange(1, 5)], 1))
+    steps = np.arange(1, 5)
+    np.testing.assert_allclose(both, np.stack([line[-1] + 2.0 * steps, 2 * line[-1] + 4.0 * steps], 1))
 
 
 def test_drift_forecast_bad_input_is_named():

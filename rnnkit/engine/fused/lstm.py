@@ -28,6 +28,7 @@ from rnnkit.engine.fused.common import (
     layer_norm_backward,
     layer_norm_forward,
     normalised,
+    final_states,
     state_grads,
     state_outputs,
     step_rows,
@@ -61,8 +62,7 @@ class FusedLSTM(torch.autograd.Function):
         ctx.save_for_backward(hs, peephole, cell_gain, cell_bias, act, cs, cell_tilde, tanh_c)  # see take_gates
         ctx.cell_stats = cell_stats
         ctx.setup = (packing, masks, projection, bias_hh is not None, kernels)
-        final_c = packing.final_rows(cs)
-        return *state_outputs(hs, packing), final_c if packing.last is not None else final_c.clone(), act
+        return *state_outputs(hs, packing), final_states(cs, packing), act
 
     @staticmethod
     @first_order_only
@@ -83,15 +83,15 @@ class FusedLSTM(torch.autograd.Function):
                   else grad_final_c.clone(memory_format=torch.contiguous_format))
         grad_shown = grad_cell = None
         if kernels is not None:  # each compiled step recomputes its local derivatives and tanh(c^)
-            if cell_gain is not None:  # d loss / d c^ per step only; the cell norm's gain and bias gradients
-                grad_shown = act.new_empty(batch, hidden)  # summed by the loops, in float64  [2, H]
+            if cell_gain is not None:  # d loss / d c^ of one step's rows at a time [B, H], and the cell norm's
+                grad_shown = act.new_empty(batch, hidden)  # gain and bias gradients summed by the loops [2, H]
                 grad_cell = torch.zeros(2, hidden, dtype=torch.float64, device=act.device)
             kernels.lstm_backward(grad_in, grad_c, act.new_empty(batch, hidden), cs, act, grad_gates,
                                   projection.compiled_buffers(backward=True), peephole, cell_tilde, cell_gain,
                                   cell_bias, *(cell_stats or (None, None)), grad_shown, grad_cell, masks.recurrent,
                                   *(masks.zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
-        else:
-            grad_shown = workspace.empty_like(cell_tilde) if cell_gain is not None else None  # [N, H] d loss / d c^  # the Python loops: local derivatives for all steps at once, built in place  [N, H] each
+        else:  # the Python loops: local derivatives for all steps at once, built in place  [N, H] each
+            grad_shown = workspace.empty_like(cell_tilde) if cell_gain is not None else None  # d loss / d c^
             to_cell = torch.mul(tanh_c, tanh_c).neg_().add_(1.0).mul_(o)  # d h~ / d c^ = o (1 - tanh^2)
             to_output = torch.mul(tanh_c, o).addcmul_(tanh_c, o * o, value=-1.0)  # d h~ / d a_o = tanh o (1 - o)
             if masks.zoneout is not None:
