@@ -219,9 +219,12 @@ class Forecaster:
         network = self._network_levels(history, steps, covariates, future)
         if weight == 0.0:
             return network
-        level, lag = self.transform.level(history), self.options["season"] or 1
-        benchmark = drift_forecast(level, steps, lag, drift=self.drift)
-        return (1.0 - weight) * network + weight * benchmark
+        return (1.0 - weight) * network + weight * self._drift_levels(history, steps)
+
+    def _drift_levels(self, history: np.ndarray, steps: int) -> np.ndarray:
+        """The (seasonal) naive forecast with the training series' drift, on the level scale (a model file
+        from before the combination has no drift: estimated from ``history`` then)."""
+        return drift_forecast(self.transform.level(history), steps, self.options["season"], drift=self.drift)
 
     def _network_levels(self, history: np.ndarray, steps: int, covariates: np.ndarray | None = None,
                         future: np.ndarray | None = None) -> np.ndarray:
@@ -317,7 +320,7 @@ class Forecaster:
             future = None if future_exogenous is None else self._exogenous(future_exogenous, None, "future_exogenous")
             alone = self._forecast_levels(history, len(actual), covariates, future, weight=0.0)
             report["network"] = forecast_metrics(actual, self.transform.unlevel(alone), history, season)
-        report["drift"] = forecast_metrics(actual, drift_forecast(history, len(actual), season, self.transform.log),
+        report["drift"] = forecast_metrics(actual, self.transform.unlevel(self._drift_levels(history, len(actual))),
                                            history, season)
         report["naive"] = forecast_metrics(actual, naive_forecast(history, len(actual)), history, season)
         if season:
