@@ -96,12 +96,26 @@ def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
     assert errors["onednn"] < 1e-4, errors
 
 
-def test_onednn_products_are_on_by_default_from_the_documented_size_and_can_be_turned_off():
+@pytest.mark.parametrize(("setting", "capability", "expected"), [
+    (None, "AVX512", True), (None, "AVX2", False), (None, "DEFAULT", False),
+    ("0", "AVX512", False), ("off", "AVX512", False), ("1", "AVX2", True), ("on", "DEFAULT", True)])
+def test_onednn_is_the_default_only_where_torch_runs_avx512_code(monkeypatch, setting, capability, expected):
+    if setting is None:
+        monkeypatch.delenv("RNNKIT_ONEDNN", raising=False)
+    else:
+        monkeypatch.setenv("RNNKIT_ONEDNN", setting)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert compiled._onednn_by_default() is expected
+
+
+def test_onednn_products_follow_the_cpu_from_the_documented_size_and_can_be_turned_off():
     if compiled.ops() is None:
         pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
-    expected = None if os.environ.get("RNNKIT_ONEDNN", "1") == "0" else compiled.ONEDNN_MIN_MACS
+    setting = os.environ.get("RNNKIT_ONEDNN")
+    on = (setting == "1") if setting in ("0", "1") else torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    expected = compiled.ONEDNN_MIN_MACS if on else None
     assert compiled.status()["onednn_min_macs"] == expected
     with compiled.onednn_gemms(None):
         assert compiled.status()["onednn_min_macs"] is None
@@ -113,6 +127,9 @@ def test_onednn_products_are_on_by_default_from_the_documented_size_and_can_be_t
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "RNNKIT_ONEDNN": "0"}, check=True)
     assert done.stdout.strip() == "None"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RNNKIT_ONEDNN": "1"}, check=True)
+    assert done.stdout.strip() == str(compiled.ONEDNN_MIN_MACS)
 
 
 def test_a_failing_compiler_falls_back_to_the_python_loops(tmp_path):

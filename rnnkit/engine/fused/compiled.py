@@ -45,9 +45,13 @@ _OPENMP_FLAGS = ["-fopenmp"]
 #: a step's pointwise work is split over threads in chunks of at least this many elements (see loops.cpp)
 PARALLEL_MIN = 8192
 
-#: float32 recurrent products of at least this many multiply-adds go through torch's oneDNN linear instead
-#: of ATen's mm (MKL): measured ~2x faster here from about 2M (AVX-512 kernels; MKL runs AVX2 code on
-#: AMD CPUs), slower below (a fixed ~10 us). ``RNNKIT_ONEDNN=0`` keeps every product on ATen's mm.
+#: on CPUs with AVX-512, float32 recurrent products of at least this many multiply-adds go through torch's
+#: oneDNN linear instead of ATen's mm (MKL): measured ~2x faster on an AMD Zen 4 from about 2M (oneDNN's
+#: AVX-512 kernels; MKL runs its AVX2 code on AMD CPUs), slower below (a fixed ~10 us). On an AVX2-only
+#: AMD EPYC both libraries run AVX2 code: there oneDNN was no faster for the large products (687 vs 705 us
+#: at [64,256]x[256,1024]) and much slower for the small ones (130 vs 82 us at [32,128]x[128,512]; 58 vs
+#: 11 us at batch 1), so every product stays on ATen (see :func:`_onednn_by_default`).
+#: ``RNNKIT_ONEDNN=0`` keeps every product on ATen's mm on any CPU, ``RNNKIT_ONEDNN=1`` uses oneDNN on any.
 ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
@@ -57,6 +61,20 @@ _forced_off = threading.local()
 
 def _env_off(name: str = "RNNKIT_COMPILED") -> bool:
     return os.environ.get(name, "1").strip().lower() in ("0", "false", "off", "no")
+
+
+def _onednn_by_default() -> bool:
+    """Whether float32 products go through oneDNN unless ``RNNKIT_ONEDNN`` says otherwise: where torch runs
+    AVX-512 code (``torch.backends.cpu.get_cpu_capability()``), the only CPUs where it was measured faster."""
+    setting = os.environ.get("RNNKIT_ONEDNN", "").strip().lower()
+    if setting in ("0", "false", "off", "no"):
+        return False
+    if setting in ("1", "true", "on", "yes"):
+        return True
+    try:
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    except Exception:  # noqa: BLE001 - an older torch without the query: keep ATen
+        return False
 
 
 def _cache_dir() -> Path:
@@ -161,7 +179,7 @@ def _load() -> None:
         return
     _state["path"] = str(target)
     _state["loaded"] = True
-    _state["onednn"] = None if _env_off("RNNKIT_ONEDNN") else ONEDNN_MIN_MACS
+    _state["onednn"] = ONEDNN_MIN_MACS if _onednn_by_default() else None
     if _state["onednn"] is not None and torch.ops.rnnkit_fused.set_onednn_min_macs(ONEDNN_MIN_MACS) == -2:
         _state["onednn"] = None  # this torch has no oneDNN linear
     _state["threaded"] = bool(torch.ops.rnnkit_fused.threaded())
