@@ -29,21 +29,25 @@ LSTM_FUSED_MIN_BATCH = 64
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
     """The backend ``auto`` runs for these cells, noise and input (measurements: benchmarks/RESULTS.md).
 
-    - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN *training* on
-      CPU and LSTM training on CPU from a batch of :data:`LSTM_FUSED_MIN_BATCH` in float32 with the compiled
-      loops: on GPU cuDNN runs a whole sequence in one kernel; on CPU oneDNN's LSTM is the faster one for
-      small batches, and torch.nn's inference loops are at least as fast as anything issued op by op;
-    - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), LSTM
-      training on CPU from that batch, and every option torch.nn lacks;
+    - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN on CPU and LSTM
+      training on CPU from a batch of :data:`LSTM_FUSED_MIN_BATCH` in float32 with the compiled loops: on GPU
+      cuDNN runs a whole sequence in one kernel; on CPU oneDNN's LSTM is the faster one for inference and
+      for small training batches;
+    - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
+      inference on CPU with the compiled loops (0.46-0.85x torch.nn's per-step C++ loop, at every benchmark
+      shape on both CPUs measured), LSTM training on CPU from that batch, and every option torch.nn lacks;
     - the reference loop for cells the fused engine does not know.
     """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
         training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for c in cells
                                                                           for p in c.parameters()))
-        if x.device.type != "cpu" or not training:
+        if x.device.type != "cpu":
             return "native"
-        if cells[0].kind == "lstm" and not (x.shape[1] >= LSTM_FUSED_MIN_BATCH and x.dtype == torch.float32
-                                            and fused_compiled.ops() is not None):
+        compiled = fused_compiled.ops() is not None and fused_compiled.usable_for(x)
+        if cells[0].kind == "lstm":
+            if not (training and compiled and x.shape[1] >= LSTM_FUSED_MIN_BATCH and x.dtype == torch.float32):
+                return "native"
+        elif not (training or compiled):
             return "native"
     if all(fused.unsupported(cell) is None for cell in cells):
         return "fused"

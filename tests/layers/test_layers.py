@@ -48,8 +48,11 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
         assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"
     with torch.no_grad():
         assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"  # inference
-    with torch.no_grad():
-        assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "native"  # inference
+    with torch.no_grad():  # GRU/SimpleRNN inference: the compiled loops beat torch.nn's per-step loop
+        assert choose_backend(rk.GRU(3, 4).cells, [None], x) == expected
+        assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x.double()) == expected
+        with compiled.python_loops():
+            assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "native"
     assert choose_backend(rk.GRU(3, 4, layer_norm=True).cells, [None], x) == "fused"
     assert choose_backend(rk.LSTM(3, 4, peepholes=True).cells, [None], x) == "fused"
     dropout = rk.LSTM(3, 4, recurrent_dropout=0.3)
