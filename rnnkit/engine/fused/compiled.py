@@ -34,7 +34,11 @@ SOURCES = Path(__file__).with_name("csrc")
 _FILES = ("pointwise.h", "pointwise.cpp", "loops.cpp")
 #: pointwise.cpp gets vectorised math (glibc's SIMD exp/tanh need -ffast-math); it is compiled apart and
 #: linked without -ffast-math so that no flush-to-zero start-up code reaches the process (GCC < 13 links it).
-_POINTWISE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c++17"]
+#: 256-bit vectors are asked for explicitly: GCC tunes some AVX2 CPUs (``-march=native`` read as znver1 on an
+#: AVX2 EPYC) for 128-bit vectors and then calls glibc's 4-wide SSE exp/tanh; with 256 the per-step kernels
+#: took 20-28% less time there (LSTM step forward at 32x128: 51 -> 41 us; GRU 46 -> 33 us; the layer-norm
+#: backward +7%, 18 -> 19 us). A CPU without AVX ignores the setting.
+_POINTWISE_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=256", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c++17"]
 _LOOPS_FLAGS = ["-O2", "-fPIC", "-std=c++17", "-w"]
 #: loops.cpp is compiled with OpenMP so that ATen's parallel_for splits a step's pointwise work over torch's
 #: threads (without it, parallel_for is serial); the OpenMP runtime is the libgomp.so.1 torch has loaded.
