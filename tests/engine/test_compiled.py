@@ -1,5 +1,6 @@
 """The compiled per-step loops of the fused engine: built here, equal to the Python loops, and optional."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -33,17 +34,29 @@ def _run(cell, x, lengths, noise):
     return [out, *final, *torch.autograd.grad(loss, [x, *state, *cell.parameters()])]
 
 
-def _noisy_case(case, dtype):
-    """A cell with every option of ``case`` plus recurrent dropout and zoneout, its input, lengths and noise."""
+def _noisy_case(case, dtype, lengths=(7, 3, 7, 1, 5, 6)):
+    """A cell with every option of ``case`` plus recurrent dropout and zoneout, its input [T, B, 5] (B: one per
+    length), lengths and noise."""
     name, options = case
     cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=24,
                      dtype=dtype)
-    return cell, torch.randn(7, 6, 5, dtype=dtype), torch.tensor([7, 3, 7, 1, 5, 6]), cell.sample_noise(7, 6)
+    steps, batch = max(lengths), len(lengths)
+    return (cell, torch.randn(steps, batch, 5, dtype=dtype), torch.tensor(lengths),
+            cell.sample_noise(steps, batch))
 
 
+@contextlib.contextmanager
 def _gemms(route):
-    """aten: every recurrent product through ATen's mm; onednn: every float32 one through oneDNN."""
-    return compiled.onednn_gemms(None if route == "aten" else 0)
+    """aten: every recurrent product through ATen's mm; onednn: every float32 one through oneDNN; packed: every
+    float32 one from an MKL-packed weight (skips where this torch exports no packed GEMM)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(compiled.onednn_gemms(0 if route == "onednn" else None))
+        try:
+            stack.enter_context(compiled.packed_gemms(route == "packed"))
+        except RuntimeError:  # this torch has no packed GEMM: the products are ATen's anyway
+            if route == "packed":
+                pytest.skip("this torch exports no MKL packed GEMM")
+        yield
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -67,7 +80,7 @@ def test_compiled_loops_can_be_turned_off(monkeypatch):
     assert compiled.ops() is None
     assert compiled.status() == {"in_use": False, "library": compiled.status()["library"],
                                  "why_not": "turned off by RNNKIT_COMPILED=0", "onednn_min_macs": None,
-                                 "threaded": False}
+                                 "threaded": False, "packed_gemm": False}
     layer = rk.GRU(3, 4, backend="fused")
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
 
@@ -94,6 +107,33 @@ def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
         errors[route] = max(((a.double() - b).abs().max() / b.abs().max()).item() for a, b in zip(result, truth))
     assert errors["onednn"] <= max(2 * errors["aten"], 2e-6), errors
     assert errors["onednn"] < 1e-4, errors
+
+
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_float32_from_a_packed_weight_is_as_accurate_as_through_aten(case):
+    """MKL's packed products (cblas_sgemm_compute) sum in their own order too; held to the float64 truth like
+    oneDNN's, and they really run: the packed and ATen results differ by rounding somewhere. Ten sequences:
+    steps of fewer than 8 rows stay on ATen."""
+    if compiled.ops() is None:
+        pytest.skip("compiled loops unavailable")
+    cell64, x, lengths, noise = _noisy_case(case, torch.float64, lengths=(7, 3, 7, 1, 5, 6, 7, 7, 4, 6))
+    cell32 = make_cell(case[0], {**case[1], "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5,
+                       hidden_size=24, dtype=torch.float32)
+    cell32.load_state_dict({k: v.float() for k, v in cell64.state_dict().items()})
+    noise32 = None if noise is None else type(noise)(
+        None if noise.recurrent is None else noise.recurrent.float(),
+        None if noise.zoneout is None else tuple(m.float() for m in noise.zoneout))
+    with compiled.python_loops():
+        truth = _run(cell64, x, lengths, noise)
+    errors, results = {}, {}
+    for route in ("aten", "packed"):
+        with _gemms(route):
+            results[route] = _run(cell32, x.float(), lengths, noise32)
+        errors[route] = max(((a.double() - b).abs().max() / b.abs().max()).item()
+                            for a, b in zip(results[route], truth))
+    assert errors["packed"] <= max(2 * errors["aten"], 2e-6), errors
+    assert errors["packed"] < 1e-4, errors
+    assert any(not torch.equal(a, b) for a, b in zip(results["packed"], results["aten"]))
 
 
 @pytest.mark.parametrize(("setting", "capability", "expected"), [
@@ -237,3 +277,13 @@ def test_loops_are_built_single_threaded_where_openmp_cannot_be_used(tmp_path, w
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "single-threaded loops in use" in done.stdout
+
+
+def test_packed_products_can_be_turned_off_from_the_environment():
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
+            "rk.GRU(3, 4, backend='fused')(torch.randn(2, 5, 3)); print(compiled.status()['packed_gemm'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RNNKIT_PACKED_GEMM": "0"}, check=True)
+    assert done.stdout.strip() == "False"

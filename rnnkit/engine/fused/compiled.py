@@ -59,7 +59,7 @@ PARALLEL_MIN = 8192
 ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False}
+_state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False, "packed": False}
 _forced_off = threading.local()
 
 
@@ -187,6 +187,8 @@ def _load() -> None:
     if _state["onednn"] is not None and torch.ops.rnnkit_fused.set_onednn_min_macs(ONEDNN_MIN_MACS) == -2:
         _state["onednn"] = None  # this torch has no oneDNN linear
     _state["threaded"] = bool(torch.ops.rnnkit_fused.threaded())
+    wanted = not _env_off("RNNKIT_PACKED_GEMM")
+    _state["packed"] = torch.ops.rnnkit_fused.set_packed_gemm(wanted) != -1 and wanted
     torch.ops.rnnkit_fused.set_parallel_min(PARALLEL_MIN)
 
 
@@ -213,15 +215,18 @@ def usable_for(*tensors) -> bool:
 
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
-    None, "threaded": bool}`` (builds on first call). ``onednn_min_macs``: from what size float32 recurrent
-    products go through oneDNN (None: never). ``threaded``: whether a step's pointwise work can be split
-    over torch's threads (the library was built with OpenMP)."""
+    None, "threaded": bool, "packed_gemm": bool}`` (builds on first call). ``onednn_min_macs``: from what size
+    float32 recurrent products go through oneDNN (None: never). ``threaded``: whether a step's pointwise work
+    can be split over torch's threads (the library was built with OpenMP). ``packed_gemm``: whether the other
+    float32 recurrent products read a weight packed once per call by MKL (``cblas_sgemm_pack``; needs a torch
+    that exports it, as torch's x86 wheels do; ``RNNKIT_PACKED_GEMM=0`` turns it off)."""
     in_use = ops() is not None
     why = None if in_use else ("turned off by RNNKIT_COMPILED=0" if _env_off() else
                                "turned off by python_loops()" if getattr(_forced_off, "value", False)
                                else _state["why_not"])
     return {"in_use": in_use, "library": _state["path"], "why_not": why,
-            "onednn_min_macs": _state["onednn"] if in_use else None, "threaded": in_use and _state["threaded"]}
+            "onednn_min_macs": _state["onednn"] if in_use else None, "threaded": in_use and _state["threaded"],
+            "packed_gemm": in_use and _state["packed"]}
 
 
 @contextlib.contextmanager
@@ -242,6 +247,25 @@ def onednn_gemms(min_macs: int | None):
     finally:
         kernels.set_onednn_min_macs(previous)
         _state["onednn"] = saved
+
+
+@contextlib.contextmanager
+def packed_gemms(on: bool):
+    """Let float32 recurrent products read an MKL-packed weight (True) or go through ATen's mm (False) inside
+    the block, for every thread. For tests and benchmarks; results agree to float rounding."""
+    kernels = ops()
+    if kernels is None:
+        raise RuntimeError(f"the compiled loops are not in use: {status()['why_not']}")
+    previous = kernels.set_packed_gemm(bool(on))
+    if previous == -1:
+        raise RuntimeError("this torch exports no MKL packed GEMM (cblas_sgemm_pack)")
+    saved = _state["packed"]
+    _state["packed"] = bool(on)
+    try:
+        yield
+    finally:
+        kernels.set_packed_gemm(bool(previous))
+        _state["packed"] = saved
 
 
 @contextlib.contextmanager

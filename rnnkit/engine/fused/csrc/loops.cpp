@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -80,6 +81,78 @@ Tensor onednn_product(const Tensor& a, const Tensor& w) {
 int64_t set_onednn_min_macs(int64_t macs) {
   if (macs >= 0 && onednn_linear() == nullptr) return -2;  // not available in this torch
   return onednn_min_macs.exchange(macs);
+}
+
+// MKL's packed GEMM (cblas_sgemm_pack / cblas_sgemm_compute), when the torch build exports it (torch's x86
+// wheels link MKL statically into libtorch_cpu): the recurrent weight is packed into MKL's internal layout once
+// per call, and each step's float32 product reads it from there instead of re-packing W every step, as
+// at::mm / addmm_ do (MKL's sgemm_scopy packing routines were ~10% of a layer-norm LSTM training step's
+// samples at (32,100,32,128)). Weak symbols: a torch without them leaves the pointers null and every product
+// stays on ATen. CBLAS enums are passed as ints and MKL_INT is int (LP64 interface).
+extern "C" {
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
+                      int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
+}
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+// whether float32 recurrent products not taken by oneDNN use a packed weight (set from Python; tests compare)
+std::atomic<bool> packed_gemm{true};
+
+bool mkl_packing_available() {
+  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
+}
+
+// -1: this torch exports no MKL packed GEMM; else the previous setting (0/1)
+int64_t set_packed_gemm(bool on) {
+  if (!mkl_packing_available()) return -1;
+  return packed_gemm.exchange(on) ? 1 : 0;
+}
+
+// B = op(W) packed for products a @ op(W) of at most `rows` rows; op(W) is [k, n] (W^T when `transposed`)
+struct PackedWeight {
+  Tensor buffer;  // uint8 bytes holding MKL's packed layout
+  int64_t k = 0, n = 0;
+
+  bool defined() const { return buffer.defined(); }
+
+  // a rows [m, k] (unit column stride) @ op(W) into c [m, n] (unit column stride): c = beta * c + a @ op(W)
+  void multiply(const Tensor& a, Tensor& c, float beta) const {
+    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(a.size(0)), int(n), int(k), a.data_ptr<float>(),
+                        int(a.stride(0)), reinterpret_cast<const float*>(buffer.data_ptr()), int(n), beta,
+                        c.data_ptr<float>(), int(c.stride(0)));
+  }
+
+  // whether multiply() takes these operands
+  bool takes(const Tensor& a, const Tensor& c) const {
+    return defined() && a.size(0) > 0 && a.stride(1) == 1 && c.stride(1) == 1 && a.size(1) == k && c.size(1) == n;
+  }
+};
+
+// Below this many rows a step's product is a matrix-vector product for MKL, which ATen's call ran as fast or
+// faster than the packed one (batch 1: training 1-10% slower packed, AVX2 EPYC).
+constexpr int64_t kPackMinRows = 8;
+
+// pack op(weight) for a sequence of `steps` products of at most `rows` rows, when that pays and is possible
+PackedWeight pack_weight(const Tensor& weight, bool transposed, int64_t rows, int64_t steps) {
+  PackedWeight packed;
+  // one pack costs about a product (it copies W once); from a few steps on it pays for itself
+  if (steps < 4 || rows < kPackMinRows || weight.scalar_type() != at::kFloat || !packed_gemm.load(std::memory_order_relaxed) ||
+      !mkl_packing_available() || !weight.is_contiguous())
+    return packed;
+  const int64_t k = transposed ? weight.size(1) : weight.size(0), n = transposed ? weight.size(0) : weight.size(1);
+  const int64_t limit = std::numeric_limits<int>::max();
+  if (k > limit || n > limit || rows > limit) return packed;
+  const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, int(rows), int(n), int(k));
+  if (bytes == 0) return packed;
+  packed.buffer = at::empty({int64_t(bytes) + 64}, weight.options().dtype(at::kByte));
+  cblas_sgemm_pack(kRowMajor, kBMatrix, transposed ? kTrans : kNoTrans, int(rows), int(n), int(k), 1.0f,
+                   weight.data_ptr<float>(), int(weight.size(1)), reinterpret_cast<float*>(packed.buffer.data_ptr()));
+  packed.k = k;
+  packed.n = n;
+  return packed;
 }
 
 // Per-step pointwise work is split over torch's intra-op threads (at::parallel_for; this file is compiled
@@ -162,17 +235,24 @@ struct Steps {
 // LN(inputs @ W^T) * gain. Layer-norm buffers: pre [N, gH], mean and rstd [N, g], grad_pre [N, gH].
 struct Projection {
   Tensor weight, weight_t, weight_tc;  // [gH, H], its transpose (a view) and, in backward, a contiguous copy
+  PackedWeight packed;  // forward: W^T packed for h @ W^T; backward: W packed for g @ W (see PackedWeight)
   OptTensor gain, pre, mean, rstd, grad_pre, grad_gain;
   int64_t groups, hidden;
   double eps;
   std::vector<double> partial;  // per-chunk sums of grad_gain within a step
 
   // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre, grad_gain)]; grad_gain (float64) accumulates
-  Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward) : hidden(hidden), eps(eps) {
+  // `rows` and `steps`: the most rows of a step and the number of steps, for packing the weight
+  Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward, int64_t rows, int64_t steps)
+      : hidden(hidden), eps(eps) {
     weight = tensors[0];
     weight_t = weight.t();
     groups = weight.size(0) / hidden;
     if (backward && onednn_on(weight.scalar_type())) weight_tc = weight_t.contiguous();
+    // the widest step's product decides between oneDNN and the packed weight (oneDNN takes the large ones)
+    const bool onednn = onednn_on(weight.scalar_type()) &&
+                        rows * weight.size(0) * weight.size(1) >= onednn_min_macs.load(std::memory_order_relaxed);
+    if (!onednn) packed = pack_weight(weight, !backward, rows, steps);
     if (tensors.size() > 1) {
       TORCH_CHECK(tensors.size() == (backward ? 7u : 5u), "rnnkit compiled loops: bad projection buffers");
       gain = tensors[1];
@@ -195,6 +275,8 @@ struct Projection {
     if (!gain) {
       if (onednn) {
         target.add_(onednn_product(inputs, weight));
+      } else if (packed.takes(inputs, target)) {
+        packed.multiply(inputs, target, 1.0f);
       } else {
         target.addmm_(inputs, weight_t);
       }
@@ -204,6 +286,8 @@ struct Projection {
     Tensor out = pre->narrow(0, o, n);
     if (onednn) {
       out.copy_(onednn_product(inputs, weight));
+    } else if (packed.takes(inputs, out)) {
+      packed.multiply(inputs, out, 0.0f);
     } else {
       at::mm_out(out, inputs, weight_t);
     }
@@ -237,6 +321,11 @@ struct Projection {
   // d loss / d (inputs @ W^T) -> d loss / d inputs
   Tensor times_weight(const Tensor& g) {
     if (weight_tc.defined() && use_onednn(g, hidden)) return onednn_product(g, weight_tc);
+    if (packed.defined() && g.stride(1) == 1 && g.size(1) == packed.k) {
+      Tensor out = at::empty({g.size(0), hidden}, g.options());
+      packed.multiply(g, out, 0.0f);
+      return out;
+    }
     return at::mm(g, weight);
   }
 
@@ -253,6 +342,8 @@ struct Projection {
       });
     } else if (weight_tc.defined() && use_onednn(g, hidden)) {
       grad_inputs.add_(onednn_product(g, weight_tc));
+    } else if (packed.takes(g, grad_inputs)) {
+      packed.multiply(g, grad_inputs, 1.0f);
     } else {
       grad_inputs.addmm_(g, weight);
     }
@@ -284,7 +375,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
   const int64_t H = hs.size(1);
-  Projection proj(projection, H, eps, false);
+  Projection proj(projection, H, eps, false, steps.batch, steps.count());
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, hs.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_forward", [&] {
@@ -319,7 +410,7 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  Projection proj(projection, H, eps, true);
+  Projection proj(projection, H, eps, true, steps.batch, steps.count());
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   if (cell_gain) {
     TORCH_CHECK(grad_shown && grad_shown->size(0) >= steps.batch && grad_shown->size(1) == H,
@@ -363,9 +454,9 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
   for (const auto& t : {candidate, bias, recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
-  Projection first(projection.slice(0, split), H, eps, false);
+  Projection first(projection.slice(0, split), H, eps, false, steps.batch, steps.count());
   std::optional<Projection> second;
-  if (!reset_after) second.emplace(projection.slice(split), H, eps, false);
+  if (!reset_after) second.emplace(projection.slice(split), H, eps, false, steps.batch, steps.count());
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   Tensor hidden = reset_after ? at::empty({steps.batch, 3 * H}, states.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_gru_forward", [&] {
@@ -420,7 +511,7 @@ void gru_backward_after(Tensor grad_in, Tensor act, Tensor states, Tensor n_term
   for (const auto& t : {recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  Projection proj(projection, H, eps, true);
+  Projection proj(projection, H, eps, true, steps.batch, steps.count());
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward_after", [&] {
     using T = scalar_t;
     for (int64_t t = steps.count() - 1; t >= 0; --t) {
@@ -447,7 +538,8 @@ void gru_backward_before(Tensor grad_in, Tensor act, Tensor states, Tensor grad_
   for (const auto& t : {recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  Projection first(projection.slice(0, split), H, eps, true), second(projection.slice(split), H, eps, true);
+  Projection first(projection.slice(0, split), H, eps, true, steps.batch, steps.count()),
+      second(projection.slice(split), H, eps, true, steps.batch, steps.count());
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward_before", [&] {
     using T = scalar_t;
     for (int64_t t = steps.count() - 1; t >= 0; --t) {
@@ -479,7 +571,7 @@ void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTen
   for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
-  Projection proj(projection, H, eps, false);
+  Projection proj(projection, H, eps, false, steps.batch, steps.count());
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_simple_forward", [&] {
     using T = scalar_t;
@@ -502,7 +594,7 @@ void simple_backward(Tensor grad_in, Tensor act, Tensor grad_pre, at::TensorList
   for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  Projection proj(projection, H, eps, true);
+  Projection proj(projection, H, eps, true, steps.batch, steps.count());
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_simple_backward", [&] {
     using T = scalar_t;
     for (int64_t t = steps.count() - 1; t >= 0; --t) {
@@ -587,6 +679,7 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         &simple_backward);
   m.def("set_onednn_min_macs(int macs) -> int", &set_onednn_min_macs);
   m.def("set_parallel_min(int elements) -> int", &set_parallel_min);
+  m.def("set_packed_gemm(bool on) -> int", &set_packed_gemm);
   m.def("threaded() -> bool", &threaded);
   m.def("layer_norm_gates(Tensor pre, Tensor gain, Tensor(a!) target, Tensor(b!) mean, Tensor(c!) rstd, "
         "int hidden, float eps) -> ()",
