@@ -411,6 +411,9 @@ def bench(
                        " elements)" if loops["threaded"] else " (single-threaded steps: built without OpenMP)")
     loops_line += (", float32 products through oneDNN" + (f" from {onednn:,} multiply-adds" if onednn else "")
                    if onednn is not None else ", products through ATen (MKL)")
+    if loops["packed_gemm"]:
+        loops_line += (", per-step float32 products from a weight MKL packs once per call" if onednn is None
+                       else ", smaller per-step float32 products from a weight MKL packs once per call")
     limit = workspace.limit_bytes()
     loops_line += f", buffer pool up to {limit >> 20} MiB" if limit else ", no buffer pool"
     console.print(loops_line)

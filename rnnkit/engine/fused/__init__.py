@@ -37,21 +37,26 @@ def run_direction(
     """Same contract as :func:`rnnkit.engine.reference.run_direction`: ``x [T, B, I]`` -> ``[T, B, H]``."""
     steps, batch = x.shape[0], x.shape[1]
     packing = Packing.plan(steps, batch, lengths, reverse, x.device)
-    gates = input_gates(cell, packing.pack(x))  # [N, G*H]: one GEMM for every step; the Function works in it
+    # gates [N, G*H]: one GEMM for every step, and the Function works in it. b_hh goes into the gates as it is
+    # (in all but the reset-after GRU, which scales part of it by r): the input projection may add it with b_ih,
+    # and then the Function gets none
+    additive = not (isinstance(cell, GRUCell) and cell.reset_after)
+    gates, folded = input_gates(cell, packing.pack(x), cell.bias_hh if additive else None)
+    bias_hh = None if folded else cell.bias_hh
     initial = tuple(packing.sort(s) for s in state)
     masks = Masks.pack(noise, packing)
     gain = cell.ln_hh_weight if cell.layer_norm else None
     if isinstance(cell, SimpleRNNCell):
-        sequence, final_h, _ = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing,
+        sequence, final_h, _ = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing,
                                                     masks, cell.nonlinearity == "relu")
         finals = (final_h,)
     elif isinstance(cell, GRUCell):
-        sequence, final_h, _ = FusedGRU.apply(gates, initial[0], cell.weight_hh, cell.bias_hh, gain, packing, masks,
+        sequence, final_h, _ = FusedGRU.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing, masks,
                                               cell.reset_after)
         finals = (final_h,)
     else:
         sequence, final_h, final_c, _ = FusedLSTM.apply(
-            gates, *initial, cell.weight_hh, cell.bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
+            gates, *initial, cell.weight_hh, bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
             cell.ln_cell_weight if cell.layer_norm else None, cell.ln_cell_bias if cell.layer_norm else None,
             packing, masks)
         finals = (final_h, final_c)

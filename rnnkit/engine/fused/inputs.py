@@ -66,11 +66,20 @@ class InputProjection(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, grad_gain, None, None
 
 
-def input_gates(cell, x: Tensor) -> Tensor:
-    """``cell.input_gates(x)`` for packed rows ``x [N, I]``: through :class:`InputProjection` when the
-    compiled loops run, else with autograd."""
+def input_gates(cell, x: Tensor, recurrent_bias: Tensor | None = None) -> tuple[Tensor, bool]:
+    """``cell.input_gates(x)`` for packed rows ``x [N, I]``, and whether ``recurrent_bias`` is added in too.
+
+    Through :class:`InputProjection` when the compiled loops run, else with autograd. A ``recurrent_bias``
+    (``b_hh`` of a cell whose recurrence adds it straight to the gates) is added to ``b_ih`` first, so that
+    the projection's GEMM or layer-norm pass adds both, and its backward sums the gates' gradient over all
+    rows once for both biases (autograd hands the sum to each): no separate pass to add ``b_hh`` and no
+    second ``[N, G*H]`` sum in the recurrent Function. Both paths do it, so that they do the same arithmetic.
+    """
+    gain = cell.ln_ih_weight if cell.layer_norm else None
+    bias, folded = cell.bias_ih, False
+    if recurrent_bias is not None and bias is not None:
+        bias, folded = bias + recurrent_bias, True
     kernels = compiled.ops() if compiled.usable_for(x) else None
     if kernels is None:
-        return cell.input_gates(x)
-    gain = cell.ln_ih_weight if cell.layer_norm else None
-    return InputProjection.apply(x, cell.weight_ih, cell.bias_ih, gain, cell.hidden_size, kernels)
+        return cell.project(x, cell.weight_ih, bias, gain), folded
+    return InputProjection.apply(x, cell.weight_ih, bias, gain, cell.hidden_size, kernels), folded
