@@ -85,13 +85,9 @@ def test_compiled_loops_can_be_turned_off(monkeypatch):
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
 
 
-@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
-def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
-    """oneDNN sums in another order than MKL, so the float32 results differ by rounding, which the
-    recurrence amplifies (most with relu). Both are held to the float64 Python loops, the ground truth."""
-    if compiled.ops() is None or not torch.backends.mkldnn.is_available():
-        pytest.skip("compiled loops or oneDNN unavailable")
-    cell64, x, lengths, noise = _noisy_case(case, torch.float64)
+def _float32_routes(case, routes, lengths=(7, 3, 7, 1, 5, 6)):
+    """Each route's float32 results and their largest error relative to the float64 Python loops (the truth)."""
+    cell64, x, lengths, noise = _noisy_case(case, torch.float64, lengths)
     cell32 = make_cell(case[0], {**case[1], "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5,
                        hidden_size=24, dtype=torch.float32)
     cell32.load_state_dict({k: v.float() for k, v in cell64.state_dict().items()})
@@ -100,11 +96,22 @@ def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
         None if noise.zoneout is None else tuple(m.float() for m in noise.zoneout))
     with compiled.python_loops():
         truth = _run(cell64, x, lengths, noise)
-    errors = {}
-    for route in ("aten", "onednn"):
+    results, errors = {}, {}
+    for route in routes:
         with _gemms(route):
-            result = _run(cell32, x.float(), lengths, noise32)
-        errors[route] = max(((a.double() - b).abs().max() / b.abs().max()).item() for a, b in zip(result, truth))
+            results[route] = _run(cell32, x.float(), lengths, noise32)
+        errors[route] = max(((a.double() - b).abs().max() / b.abs().max()).item()
+                            for a, b in zip(results[route], truth))
+    return results, errors
+
+
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
+    """oneDNN sums in another order than MKL, so the float32 results differ by rounding, which the
+    recurrence amplifies (most with relu). Both are held to the float64 Python loops, the ground truth."""
+    if compiled.ops() is None or not torch.backends.mkldnn.is_available():
+        pytest.skip("compiled loops or oneDNN unavailable")
+    _, errors = _float32_routes(case, ("aten", "onednn"))
     assert errors["onednn"] <= max(2 * errors["aten"], 2e-6), errors
     assert errors["onednn"] < 1e-4, errors
 
@@ -116,21 +123,7 @@ def test_float32_from_a_packed_weight_is_as_accurate_as_through_aten(case):
     steps of fewer than 8 rows stay on ATen."""
     if compiled.ops() is None:
         pytest.skip("compiled loops unavailable")
-    cell64, x, lengths, noise = _noisy_case(case, torch.float64, lengths=(7, 3, 7, 1, 5, 6, 7, 7, 4, 6))
-    cell32 = make_cell(case[0], {**case[1], "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5,
-                       hidden_size=24, dtype=torch.float32)
-    cell32.load_state_dict({k: v.float() for k, v in cell64.state_dict().items()})
-    noise32 = None if noise is None else type(noise)(
-        None if noise.recurrent is None else noise.recurrent.float(),
-        None if noise.zoneout is None else tuple(m.float() for m in noise.zoneout))
-    with compiled.python_loops():
-        truth = _run(cell64, x, lengths, noise)
-    errors, results = {}, {}
-    for route in ("aten", "packed"):
-        with _gemms(route):
-            results[route] = _run(cell32, x.float(), lengths, noise32)
-        errors[route] = max(((a.double() - b).abs().max() / b.abs().max()).item()
-                            for a, b in zip(results[route], truth))
+    results, errors = _float32_routes(case, ("aten", "packed"), lengths=(7, 3, 7, 1, 5, 6, 7, 7, 4, 6))
     assert errors["packed"] <= max(2 * errors["aten"], 2e-6), errors
     assert errors["packed"] < 1e-4, errors
     assert any(not torch.equal(a, b) for a, b in zip(results["packed"], results["aten"]))
