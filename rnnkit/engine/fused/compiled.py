@@ -38,7 +38,8 @@ _FILES = ("pointwise.h", "pointwise.cpp", "loops.cpp")
 #: AVX2 EPYC) for 128-bit vectors and then calls glibc's 4-wide SSE exp/tanh; with 256 the per-step kernels
 #: took 20-28% less time there (LSTM step forward at 32x128: 51 -> 41 us; GRU 46 -> 33 us; the layer-norm
 #: backward +7%, 18 -> 19 us). A CPU without AVX ignores the setting.
-_POINTWISE_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=256", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c++17"]
+_POINTWISE_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=256", "-ffast-math", "-fopenmp-simd", "-fPIC",
+                    "-std=c++17"]
 _LOOPS_FLAGS = ["-O2", "-fPIC", "-std=c++17", "-w"]
 #: loops.cpp is compiled with OpenMP so that ATen's parallel_for splits a step's pointwise work over torch's
 #: threads (without it, parallel_for is serial); the OpenMP runtime is the libgomp.so.1 torch has loaded.

@@ -68,10 +68,13 @@ bool onednn_on(at::ScalarType dtype) {
   return onednn_min_macs.load(std::memory_order_relaxed) >= 0 && dtype == at::kFloat && onednn_linear() != nullptr;
 }
 
-// whether a @ w^T with w [n, a.size(1)] goes through oneDNN
-bool use_onednn(const Tensor& a, int64_t n) {
-  return onednn_on(a.scalar_type()) && a.size(0) * a.size(1) * n >= onednn_min_macs.load(std::memory_order_relaxed);
+// whether a product of `macs` multiply-adds in this dtype goes through oneDNN
+bool onednn_takes(at::ScalarType dtype, int64_t macs) {
+  return onednn_on(dtype) && macs >= onednn_min_macs.load(std::memory_order_relaxed);
 }
+
+// whether a @ w^T with w [n, a.size(1)] goes through oneDNN
+bool use_onednn(const Tensor& a, int64_t n) { return onednn_takes(a.scalar_type(), a.size(0) * a.size(1) * n); }
 
 // a @ w^T through oneDNN (a new tensor); w is [n, k] and contiguous
 Tensor onednn_product(const Tensor& a, const Tensor& w) {
@@ -135,19 +138,34 @@ struct PackedWeight {
 // faster than the packed one (batch 1: training 1-10% slower packed, AVX2 EPYC).
 constexpr int64_t kPackMinRows = 8;
 
+// A buffer of at least `bytes` for a packed weight. Packed weights live for one loop call; their buffers are
+// kept per thread and handed out again once free (the kept tensor is then their only reference), so that the
+// 1-3 MB MKL writes into one are not page-faulted in on every call. At most two are in use at once (the
+// reset-before GRU's two projections), so at most two are kept per thread.
+Tensor pack_buffer(int64_t bytes) {
+  thread_local std::vector<Tensor> kept;
+  for (Tensor& buffer : kept) {
+    if (buffer.use_count() != 1) continue;
+    if (buffer.numel() < bytes) buffer = at::empty({bytes}, at::kByte);
+    return buffer;
+  }
+  kept.push_back(at::empty({bytes}, at::kByte));
+  return kept.back();
+}
+
 // pack op(weight) for a sequence of `steps` products of at most `rows` rows, when that pays and is possible
 PackedWeight pack_weight(const Tensor& weight, bool transposed, int64_t rows, int64_t steps) {
   PackedWeight packed;
   // one pack costs about a product (it copies W once); from a few steps on it pays for itself
-  if (steps < 4 || rows < kPackMinRows || weight.scalar_type() != at::kFloat || !packed_gemm.load(std::memory_order_relaxed) ||
-      !mkl_packing_available() || !weight.is_contiguous())
+  if (steps < 4 || rows < kPackMinRows || weight.scalar_type() != at::kFloat || !weight.is_contiguous() ||
+      !packed_gemm.load(std::memory_order_relaxed) || !mkl_packing_available())
     return packed;
   const int64_t k = transposed ? weight.size(1) : weight.size(0), n = transposed ? weight.size(0) : weight.size(1);
   const int64_t limit = std::numeric_limits<int>::max();
   if (k > limit || n > limit || rows > limit) return packed;
   const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, int(rows), int(n), int(k));
   if (bytes == 0) return packed;
-  packed.buffer = at::empty({int64_t(bytes) + 64}, weight.options().dtype(at::kByte));
+  packed.buffer = pack_buffer(int64_t(bytes) + 64);
   cblas_sgemm_pack(kRowMajor, kBMatrix, transposed ? kTrans : kNoTrans, int(rows), int(n), int(k), 1.0f,
                    weight.data_ptr<float>(), int(weight.size(1)), reinterpret_cast<float*>(packed.buffer.data_ptr()));
   packed.k = k;
@@ -250,9 +268,8 @@ struct Projection {
     groups = weight.size(0) / hidden;
     if (backward && onednn_on(weight.scalar_type())) weight_tc = weight_t.contiguous();
     // the widest step's product decides between oneDNN and the packed weight (oneDNN takes the large ones)
-    const bool onednn = onednn_on(weight.scalar_type()) &&
-                        rows * weight.size(0) * weight.size(1) >= onednn_min_macs.load(std::memory_order_relaxed);
-    if (!onednn) packed = pack_weight(weight, !backward, rows, steps);
+    if (!onednn_takes(weight.scalar_type(), rows * weight.size(0) * weight.size(1)))
+      packed = pack_weight(weight, !backward, rows, steps);
     if (tensors.size() > 1) {
       TORCH_CHECK(tensors.size() == (backward ? 7u : 5u), "rnnkit compiled loops: bad projection buffers");
       gain = tensors[1];
