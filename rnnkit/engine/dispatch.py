@@ -34,7 +34,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
       cuDNN runs a whole sequence in one kernel; on CPU oneDNN's LSTM is the faster one for inference and
       for small training batches;
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
-      inference on CPU with the compiled loops (0.46-0.85x torch.nn's per-step C++ loop, at every benchmark
+      inference on CPU with the compiled loops (0.35-0.85x torch.nn's per-step C++ loop, at every benchmark
       shape on both CPUs measured), LSTM training on CPU from that batch, and every option torch.nn lacks;
     - the reference loop for cells the fused engine does not know.
     """
