@@ -120,7 +120,7 @@ def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
 def test_float32_from_a_packed_weight_is_as_accurate_as_through_aten(case):
     """MKL's packed products (cblas_sgemm_compute) sum in their own order too; held to the float64 truth like
     oneDNN's, and they really run: the packed and ATen results differ by rounding somewhere. Ten sequences:
-    steps of fewer than 8 rows stay on ATen."""
+    batches of fewer than 8 keep every product on ATen."""
     if compiled.ops() is None:
         pytest.skip("compiled loops unavailable")
     results, errors = _float32_routes(case, ("aten", "packed"), lengths=(7, 3, 7, 1, 5, 6, 7, 7, 4, 6))

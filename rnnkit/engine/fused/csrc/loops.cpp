@@ -134,8 +134,9 @@ struct PackedWeight {
   }
 };
 
-// Below this many rows a step's product is a matrix-vector product for MKL, which ATen's call ran as fast or
-// faster than the packed one (batch 1: training 1-10% slower packed, AVX2 EPYC).
+// A call whose widest step (its batch) has fewer rows than this keeps every product on ATen: there the products
+// are (nearly) matrix-vector ones, which ATen's call ran as fast or faster than the packed one (batch 1:
+// training 1-10% slower packed, AVX2 EPYC). Within a packed call, every step uses the packed weight.
 constexpr int64_t kPackMinRows = 8;
 
 // A buffer of at least `bytes` for a packed weight. Packed weights live for one loop call; their buffers are
