@@ -411,6 +411,8 @@ def bench(
                        " elements)" if loops["threaded"] else " (single-threaded steps: built without OpenMP)")
     loops_line += (", float32 products through oneDNN" + (f" from {onednn:,} multiply-adds" if onednn else "")
                    if onednn is not None else ", products through ATen (MKL)")
+    if loops["small_products"]:
+        loops_line += ", batches under 16: per-step products in rnnkit's own kernel"
     if loops["packed_gemm"]:
         loops_line += (", per-step float32 products from a weight MKL packs once per call" if onednn is None
                        else ", smaller per-step float32 products from a weight MKL packs once per call")

@@ -48,9 +48,11 @@ def _noisy_case(case, dtype, lengths=(7, 3, 7, 1, 5, 6)):
 @contextlib.contextmanager
 def _gemms(route):
     """aten: every recurrent product through ATen's mm; onednn: every float32 one through oneDNN; packed: every
-    float32 one from an MKL-packed weight (skips where this torch exports no packed GEMM)."""
+    float32 one from an MKL-packed weight (skips where this torch exports no packed GEMM); small: those of
+    batches under 16 through rnnkit's small-product kernel."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(compiled.onednn_gemms(0 if route == "onednn" else None))
+        stack.enter_context(compiled.small_products(route == "small"))
         try:
             stack.enter_context(compiled.packed_gemms(route == "packed"))
         except RuntimeError:  # this torch has no packed GEMM: the products are ATen's anyway
@@ -80,7 +82,7 @@ def test_compiled_loops_can_be_turned_off(monkeypatch):
     assert compiled.ops() is None
     assert compiled.status() == {"in_use": False, "library": compiled.status()["library"],
                                  "why_not": "turned off by RNNKIT_COMPILED=0", "onednn_min_macs": None,
-                                 "threaded": False, "packed_gemm": False}
+                                 "threaded": False, "packed_gemm": False, "small_products": False}
     layer = rk.GRU(3, 4, backend="fused")
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
 
@@ -127,6 +129,58 @@ def test_float32_from_a_packed_weight_is_as_accurate_as_through_aten(case):
     assert errors["packed"] <= max(2 * errors["aten"], 2e-6), errors
     assert errors["packed"] < 1e-4, errors
     assert any(not torch.equal(a, b) for a, b in zip(results["packed"], results["aten"]))
+
+
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_float32_small_products_are_as_accurate_as_through_aten(case):
+    """rnnkit's kernel for the products of small batches sums in its own order; held to the float64 truth like
+    the BLAS routes, and it really runs (its results differ from ATen's by rounding somewhere)."""
+    if compiled.ops() is None:
+        pytest.skip("compiled loops unavailable")
+    results, errors = _float32_routes(case, ("aten", "small"))
+    assert errors["small"] <= max(2 * errors["aten"], 2e-6), errors
+    assert errors["small"] < 1e-4, errors
+    assert any(not torch.equal(a, b) for a, b in zip(results["small"], results["aten"]))
+
+
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_float64_small_products_equal_the_python_loops(case):
+    """In float64 the kernel's results equal torch.mm's (the Python loops') to rounding, at a hidden size that
+    is no multiple of the vector width or of the kernel's blocks (13: every tail of the kernel runs)."""
+    if compiled.ops() is None:
+        pytest.skip("compiled loops unavailable")
+    name, options = case
+    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=13,
+                     dtype=torch.float64)
+    lengths = (7, 3, 7, 1, 5)
+    x = torch.randn(7, len(lengths), 5, dtype=torch.float64)
+    noise = cell.sample_noise(7, len(lengths))
+    with _gemms("small"):
+        fast = _run(cell, x, torch.tensor(lengths), noise)
+    with compiled.python_loops():
+        slow = _run(cell, x, torch.tensor(lengths), noise)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-12 * b.abs().max().item(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_small_products_split_over_threads_give_the_same_results(cell, dtype):
+    """From 32k multiply-adds a small product is split over threads by blocks of outputs; each output is summed
+    the same way, so split and unsplit runs agree bit for bit (batch 2, hidden 128: 33k-131k per product)."""
+    if not compiled.status()["threaded"]:
+        pytest.skip("the compiled loops were built without OpenMP")
+    torch.manual_seed(0)
+    layer = rk.RNN(7, 128, cell=cell, backend="fused").to(dtype)
+    x = torch.randn(2, 9, 7, dtype=dtype)
+    runs = []
+    for split in (1, None):
+        layer.zero_grad()
+        with compiled.step_threads(split), _gemms("small"):
+            out, _ = layer(x)
+            out.sin().sum().backward()
+        runs.append([out.detach(), *(p.grad.clone() for p in layer.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 @pytest.mark.parametrize(("setting", "capability", "expected"), [
@@ -279,4 +333,15 @@ def test_packed_products_can_be_turned_off_from_the_environment():
             "rk.GRU(3, 4, backend='fused')(torch.randn(2, 5, 3)); print(compiled.status()['packed_gemm'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "RNNKIT_PACKED_GEMM": "0"}, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_small_products_can_be_turned_off_from_the_environment():
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    assert compiled.status()["small_products"]
+    code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
+            "rk.GRU(3, 4, backend='fused')(torch.randn(2, 5, 3)); print(compiled.status()['small_products'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RNNKIT_SMALL_PRODUCTS": "0"}, check=True)
     assert done.stdout.strip() == "False"

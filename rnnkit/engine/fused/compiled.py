@@ -60,7 +60,8 @@ PARALLEL_MIN = 8192
 ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False, "packed": False}
+_state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False, "packed": False,
+          "small": False}
 _forced_off = threading.local()
 
 
@@ -190,6 +191,8 @@ def _load() -> None:
     _state["threaded"] = bool(torch.ops.rnnkit_fused.threaded())
     wanted = not _env_off("RNNKIT_PACKED_GEMM")
     _state["packed"] = torch.ops.rnnkit_fused.set_packed_gemm(wanted) != -1 and wanted
+    _state["small"] = not _env_off("RNNKIT_SMALL_PRODUCTS")
+    torch.ops.rnnkit_fused.set_small_products(_state["small"])
     torch.ops.rnnkit_fused.set_parallel_min(PARALLEL_MIN)
 
 
@@ -216,18 +219,21 @@ def usable_for(*tensors) -> bool:
 
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
-    None, "threaded": bool, "packed_gemm": bool}`` (builds on first call). ``onednn_min_macs``: from what size
-    float32 recurrent products go through oneDNN (None: never). ``threaded``: whether a step's pointwise work
+    None, "threaded": bool, "packed_gemm": bool, "small_products": bool}`` (builds on first call).
+    ``onednn_min_macs``: from what size float32 recurrent products go through oneDNN (None: never). ``threaded``: whether a step's pointwise work
     can be split over torch's threads (the library was built with OpenMP). ``packed_gemm``: whether the other
     float32 recurrent products read a weight packed once per call by MKL (``cblas_sgemm_pack``; needs a torch
-    that exports it, as torch's x86 wheels do; ``RNNKIT_PACKED_GEMM=0`` turns it off)."""
+    that exports it, as torch's x86 wheels do; ``RNNKIT_PACKED_GEMM=0`` turns it off). ``small_products``:
+    whether calls of batches under 16 multiply by the recurrent weight in rnnkit's own kernel instead of
+    ATen's mm or a packed weight, whose fixed costs dominate there (``RNNKIT_SMALL_PRODUCTS=0`` turns it
+    off; the packed weight then takes the batches from 8)."""
     in_use = ops() is not None
     why = None if in_use else ("turned off by RNNKIT_COMPILED=0" if _env_off() else
                                "turned off by python_loops()" if getattr(_forced_off, "value", False)
                                else _state["why_not"])
     return {"in_use": in_use, "library": _state["path"], "why_not": why,
             "onednn_min_macs": _state["onednn"] if in_use else None, "threaded": in_use and _state["threaded"],
-            "packed_gemm": in_use and _state["packed"]}
+            "packed_gemm": in_use and _state["packed"], "small_products": in_use and _state["small"]}
 
 
 @contextlib.contextmanager
@@ -267,6 +273,24 @@ def packed_gemms(on: bool):
     finally:
         kernels.set_packed_gemm(bool(previous))
         _state["packed"] = saved
+
+
+@contextlib.contextmanager
+def small_products(on: bool):
+    """Let calls of batches under 16 multiply by the recurrent weight in rnnkit's kernel (True) or through
+    ATen's mm or a packed weight (False) inside the block, for every thread. For tests and benchmarks; results agree to float
+    rounding."""
+    kernels = ops()
+    if kernels is None:
+        raise RuntimeError(f"the compiled loops are not in use: {status()['why_not']}")
+    previous = kernels.set_small_products(bool(on))
+    saved = _state["small"]
+    _state["small"] = bool(on)
+    try:
+        yield
+    finally:
+        kernels.set_small_products(bool(previous))
+        _state["small"] = saved
 
 
 @contextlib.contextmanager

@@ -136,8 +136,26 @@ struct PackedWeight {
 
 // A call whose widest step (its batch) has fewer rows than this keeps every product on ATen: there the products
 // are (nearly) matrix-vector ones, which ATen's call ran as fast or faster than the packed one (batch 1:
-// training 1-10% slower packed, AVX2 EPYC). Within a packed call, every step uses the packed weight.
+// training 1-10% slower packed, AVX2 EPYC). Within a packed call, every step uses the packed weight. While the
+// small-product kernel is on, it takes the batches under kSmallMaxRows (16) instead (see SMALL PRODUCTS).
 constexpr int64_t kPackMinRows = 8;
+
+// SMALL PRODUCTS. In a call whose batch has fewer than kSmallMaxRows rows, each step's product goes through
+// rnnkit::rows_times_weight_t (pointwise.cpp: dot products summed in registers), split over threads from
+// 2 * kSmallSplitMacs multiply-adds, instead of ATen's mm or a packed weight. At such sizes a BLAS call's fixed
+// cost is most of its time: on an AVX2 EPYC, [n,128] x [128,512] took ATen 15-17 us at one row and 45-47 us at
+// four, the kernel (one thread) 5.7 and 25. Training (T=100, I=32, H=128; in-process A/B against ATen or,
+// from 8 rows, the packed weight): batch 1 15-21% less time for the LSTMs and the GRU, 4-5% for the Elman RNN;
+// batch 4 22-32%; batch 8 3-6%; batch 16 even, so the packed weight keeps the batches from 16 on. Splitting
+// the product over two threads: 4-8% less at batch 1 from 32k multiply-adds, 3-6% more below.
+constexpr int64_t kSmallMaxRows = 16;
+std::atomic<bool> small_products{true};
+
+// a small product of at least twice this many multiply-adds is split over threads (see Projection::small_product)
+constexpr int64_t kSmallSplitMacs = 1 << 14;
+
+// the previous setting (0/1)
+int64_t set_small_products(bool on) { return small_products.exchange(on) ? 1 : 0; }
 
 // A buffer of at least `bytes` for a packed weight. Packed weights live for one loop call; their buffers are
 // kept per thread and handed out again once free (the kept tensor is then their only reference), so that the
@@ -255,6 +273,7 @@ struct Steps {
 struct Projection {
   Tensor weight, weight_t, weight_tc;  // [gH, H], its transpose (a view) and, in backward, a contiguous copy
   PackedWeight packed;  // forward: W^T packed for h @ W^T; backward: W packed for g @ W (see PackedWeight)
+  Tensor small;  // calls of small batches (SMALL PRODUCTS): forward W, backward W^T, dense
   OptTensor gain, pre, mean, rstd, grad_pre, grad_gain;
   int64_t groups, hidden;
   double eps;
@@ -268,9 +287,15 @@ struct Projection {
     weight_t = weight.t();
     groups = weight.size(0) / hidden;
     if (backward && onednn_on(weight.scalar_type())) weight_tc = weight_t.contiguous();
-    // the widest step's product decides between oneDNN and the packed weight (oneDNN takes the large ones)
-    if (!onednn_takes(weight.scalar_type(), rows * weight.size(0) * weight.size(1)))
-      packed = pack_weight(weight, !backward, rows, steps);
+    // the widest step's product decides between oneDNN, the packed weight and the small-product kernel (oneDNN
+    // takes the large ones)
+    if (!onednn_takes(weight.scalar_type(), rows * weight.size(0) * weight.size(1))) {
+      if (rows < kSmallMaxRows && small_products.load(std::memory_order_relaxed)) {
+        small = backward ? (weight_tc.defined() ? weight_tc : weight_t.contiguous()) : weight.contiguous();
+      } else {
+        packed = pack_weight(weight, !backward, rows, steps);
+      }
+    }
     if (tensors.size() > 1) {
       TORCH_CHECK(tensors.size() == (backward ? 7u : 5u), "rnnkit compiled loops: bad projection buffers");
       gain = tensors[1];
@@ -286,6 +311,29 @@ struct Projection {
     }
   }
 
+  // whether small_product() takes these operands: a [n, k] @ op(W) into c [n, m]
+  bool small_takes(const Tensor& a, const Tensor& c) const {
+    return small.defined() && a.stride(1) == 1 && c.stride(1) == 1 && a.size(1) == small.size(1) &&
+           c.size(1) == small.size(0);
+  }
+
+  // c = (accumulate ? c : 0) + a @ op(W) (forward op(W) = W^T, backward W); from kSmallSplitMacs multiply-adds
+  // on, split over threads by blocks of 8 outputs (each output is summed the same way whatever the split)
+  template <typename T>
+  void small_product(const Tensor& a, Tensor& c, bool accumulate) const {
+    const int64_t n = a.size(0), m = small.size(0), k = small.size(1), blocks = (m + 7) / 8;
+    auto part = [&](int64_t b, int64_t e) {
+      const int64_t j = 8 * b, width = std::min(m, 8 * e) - j;
+      rnnkit::rows_times_weight_t<T>(n, width, k, ptr<T>(small) + j * k, a.data_ptr<T>(), a.stride(0),
+                                     c.data_ptr<T>() + j, c.stride(0), accumulate);
+    };
+    if (parallel_min.load(std::memory_order_relaxed) < 0 || n * m * k < 2 * kSmallSplitMacs) {
+      part(0, blocks);
+    } else {
+      at::parallel_for(0, blocks, std::max<int64_t>(1, kSmallSplitMacs / (8 * n * k)), part);
+    }
+  }
+
   // target (rows [o, o+n) of a buffer, possibly a column slice) += projection(inputs)
   template <typename T>
   void add_into(Tensor target, const Tensor& inputs, int64_t o) {
@@ -293,6 +341,8 @@ struct Projection {
     if (!gain) {
       if (onednn) {
         target.add_(onednn_product(inputs, weight));
+      } else if (small_takes(inputs, target)) {
+        small_product<T>(inputs, target, true);
       } else if (packed.takes(inputs, target)) {
         packed.multiply(inputs, target, 1.0f);
       } else {
@@ -304,6 +354,8 @@ struct Projection {
     Tensor out = pre->narrow(0, o, n);
     if (onednn) {
       out.copy_(onednn_product(inputs, weight));
+    } else if (small_takes(inputs, out)) {
+      small_product<T>(inputs, out, false);
     } else if (packed.takes(inputs, out)) {
       packed.multiply(inputs, out, 0.0f);
     } else {
@@ -337,8 +389,16 @@ struct Projection {
   }
 
   // d loss / d (inputs @ W^T) -> d loss / d inputs
+  template <typename T>
   Tensor times_weight(const Tensor& g) {
     if (weight_tc.defined() && use_onednn(g, hidden)) return onednn_product(g, weight_tc);
+    if (small.defined()) {
+      Tensor out = at::empty({g.size(0), hidden}, g.options());
+      if (small_takes(g, out)) {
+        small_product<T>(g, out, false);
+        return out;
+      }
+    }
     if (packed.defined() && g.stride(1) == 1 && g.size(1) == packed.k) {
       Tensor out = at::empty({g.size(0), hidden}, g.options());
       packed.multiply(g, out, 0.0f);
@@ -352,7 +412,7 @@ struct Projection {
   void grad_into(Tensor grad_inputs, const Tensor& grad, int64_t o, const OptTensor& mask) {
     Tensor g = grad_pre_of<T>(grad, o);
     if (mask) {
-      Tensor full = times_weight(g);
+      Tensor full = times_weight<T>(g);
       T *into = grad_inputs.data_ptr<T>(), *from = full.data_ptr<T>();
       over_rows(g.size(0), hidden, [&](int64_t b, int64_t e) {
         rnnkit::addcmul_rows<T>(e - b, hidden, into + b * hidden, from + b * hidden, hidden,
@@ -360,6 +420,8 @@ struct Projection {
       });
     } else if (weight_tc.defined() && use_onednn(g, hidden)) {
       grad_inputs.add_(onednn_product(g, weight_tc));
+    } else if (small_takes(g, grad_inputs)) {
+      small_product<T>(g, grad_inputs, true);
     } else if (packed.takes(g, grad_inputs)) {
       packed.multiply(g, grad_inputs, 1.0f);
     } else {
@@ -369,7 +431,7 @@ struct Projection {
 
   template <typename T>
   Tensor grad_inputs(const Tensor& grad, int64_t o) {
-    return times_weight(grad_pre_of<T>(grad, o));
+    return times_weight<T>(grad_pre_of<T>(grad, o));
   }
 };
 
@@ -698,6 +760,7 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("set_onednn_min_macs(int macs) -> int", &set_onednn_min_macs);
   m.def("set_parallel_min(int elements) -> int", &set_parallel_min);
   m.def("set_packed_gemm(bool on) -> int", &set_packed_gemm);
+  m.def("set_small_products(bool on) -> int", &set_small_products);
   m.def("threaded() -> bool", &threaded);
   m.def("layer_norm_gates(Tensor pre, Tensor gain, Tensor(a!) target, Tensor(b!) mean, Tensor(c!) rstd, "
         "int hidden, float eps) -> ()",

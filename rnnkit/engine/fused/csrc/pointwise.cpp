@@ -4,6 +4,7 @@
 #include "pointwise.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace rnnkit {
 namespace {
@@ -454,6 +455,84 @@ void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride
   }
 }
 
+namespace {
+
+// 32-byte vectors through GCC's vector extensions (an AVX register where there is one; the compiler splits
+// them on narrower CPUs), loaded and stored unaligned.
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(32), aligned(sizeof(T))));
+};
+template <typename T>
+using vec = typename Vec<T>::type;
+template <typename T>
+constexpr int64_t lanes = 32 / sizeof(T);
+template <typename T>
+inline vec<T> load(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
+
+// the sum of a vector's lanes, its two halves added first (one 16-byte add instead of a scalar chain)
+template <typename T>
+inline T lane_sum(const vec<T>& v) {
+  typedef T half __attribute__((vector_size(16), aligned(sizeof(T))));
+  half lo, hi;
+  std::memcpy(&lo, &v, sizeof(half));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(half), sizeof(half));
+  lo += hi;
+  T s = 0;
+  for (int64_t l = 0; l < lanes<T> / 2; ++l) s += lo[l];
+  return s;
+}
+
+// rows [0, R) of x times rows [0, J) of W: R x J dot products of length k, R * J vector accumulators
+template <typename T, int R, int J>
+inline void dot_block(int64_t k, const T* W, const T* x, int64_t xs, T* y, int64_t ys, bool accumulate) {
+  constexpr int64_t L = lanes<T>;
+  const int64_t kv = k - k % L;
+  vec<T> a[R][J];
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < J; ++q) a[r][q] = vec<T>{};
+  for (int64_t i = 0; i < kv; i += L) {
+    vec<T> xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = load(x + r * xs + i);
+    for (int q = 0; q < J; ++q) {
+      const vec<T> w = load(W + q * k + i);
+      for (int r = 0; r < R; ++r) a[r][q] += w * xv[r];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int q = 0; q < J; ++q) {
+      T s = lane_sum<T>(a[r][q]);
+      for (int64_t i = kv; i < k; ++i) s += W[q * k + i] * x[r * xs + i];
+      T& out = y[r * ys + q];
+      out = accumulate ? out + s : s;
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void rows_times_weight_t(int64_t n, int64_t m, int64_t k, const T* W, const T* x, int64_t x_stride, T* y,
+                         int64_t y_stride, bool accumulate) {
+  int64_t j = 0;
+  if (n == 1) {  // eight dot products at a time: more independent sums in flight (5.7 vs 6.9 us at 512x128)
+    for (; j + 8 <= m; j += 8) dot_block<T, 1, 8>(k, W + j * k, x, x_stride, y + j, y_stride, accumulate);
+  }
+  for (; j + 4 <= m; j += 4) {
+    int64_t r = 0;
+    for (; r + 3 <= n; r += 3)
+      dot_block<T, 3, 4>(k, W + j * k, x + r * x_stride, x_stride, y + r * y_stride + j, y_stride, accumulate);
+    for (; r + 2 <= n; r += 2)
+      dot_block<T, 2, 4>(k, W + j * k, x + r * x_stride, x_stride, y + r * y_stride + j, y_stride, accumulate);
+    for (; r < n; ++r)
+      dot_block<T, 1, 4>(k, W + j * k, x + r * x_stride, x_stride, y + r * y_stride + j, y_stride, accumulate);
+  }
+  for (; j < m; ++j) {
+    for (int64_t r = 0; r < n; ++r)
+      dot_block<T, 1, 1>(k, W + j * k, x + r * x_stride, x_stride, y + r * y_stride + j, y_stride, accumulate);
+  }
+}
+
 #define RNNKIT_INSTANTIATE(T)                                                                                   \
   template void layer_norm_add<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t, T*, T*, T);      \
   template void layer_norm_backward<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, const T*,       \
@@ -471,7 +550,8 @@ void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride
   template void sigmoid_rows<T>(int64_t, int64_t, T*, int64_t);                                                 \
   template void simple_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, bool, const T*);                    \
   template void simple_backward_rows<T>(int64_t, int64_t, const T*, const T*, const T*, bool, T*);               \
-  template void addcmul_rows<T>(int64_t, int64_t, T*, const T*, int64_t, const T*);
+  template void addcmul_rows<T>(int64_t, int64_t, T*, const T*, int64_t, const T*);                            \
+  template void rows_times_weight_t<T>(int64_t, int64_t, int64_t, const T*, const T*, int64_t, T*, int64_t, bool);
 
 RNNKIT_INSTANTIATE(float)
 RNNKIT_INSTANTIATE(double)

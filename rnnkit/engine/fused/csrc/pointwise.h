@@ -80,4 +80,11 @@ void simple_backward_rows(int64_t n, int64_t H, const T* grad_h, const T* act, c
 template <typename T>
 void addcmul_rows(int64_t n, int64_t width, T* out, const T* a, int64_t a_stride, const T* b);
 
+// y[r, j] = (accumulate ? y[r, j] : 0) + sum_i x[r, i] W[j, i] for r < n, j < m: a few rows times W^T, with W
+// [m, k] dense and the rows of x and y x_stride and y_stride elements apart (unit column stride). For small
+// batches, where a BLAS call's fixed cost outweighs its arithmetic; sums in its own order (float rounding).
+template <typename T>
+void rows_times_weight_t(int64_t n, int64_t m, int64_t k, const T* W, const T* x, int64_t x_stride, T* y,
+                         int64_t y_stride, bool accumulate);
+
 }  // namespace rnnkit
