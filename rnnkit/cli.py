@@ -414,8 +414,9 @@ def bench(
     if loops["small_products"]:
         loops_line += ", batches under 16: per-step products in rnnkit's own kernel"
     if loops["packed_gemm"]:
-        loops_line += (", per-step float32 products from a weight MKL packs once per call" if onednn is None
-                       else ", smaller per-step float32 products from a weight MKL packs once per call")
+        loops_line += ((", from batch 16" if loops["small_products"] else "")
+                       + (", per-step float32 products from a weight MKL packs once per call" if onednn is None
+                          else ", smaller per-step float32 products from a weight MKL packs once per call"))
     limit = workspace.limit_bytes()
     loops_line += f", buffer pool up to {limit >> 20} MiB" if limit else ", no buffer pool"
     console.print(loops_line)
