@@ -145,9 +145,9 @@ constexpr int64_t kPackMinRows = 8;
 // 2 * kSmallSplitMacs multiply-adds, instead of ATen's mm or a packed weight. At such sizes a BLAS call's fixed
 // cost is most of its time: on an AVX2 EPYC, [n,128] x [128,512] took ATen 15-17 us at one row and 45-47 us at
 // four, the kernel (one thread) 5.7 and 25. Training (T=100, I=32, H=128; in-process A/B against ATen or,
-// from 8 rows, the packed weight): batch 1 15-21% less time for the LSTMs and the GRU, 4-5% for the Elman RNN;
-// batch 4 22-32%; batch 8 3-6%; batch 16 even, so the packed weight keeps the batches from 16 on. Splitting
-// the product over two threads: 4-8% less at batch 1 from 32k multiply-adds, 3-6% more below.
+// from 8 rows, the packed weight): batch 1 3-21% less time for the LSTMs and the GRU, 1-5% for the Elman RNN;
+// batch 4 22-33%; batch 8 3-9%; batch 16 0-6% more, so the packed weight keeps the batches from 16 on.
+// Splitting the product over two threads: 4-8% less at batch 1 from 32k multiply-adds, 3-6% more below.
 constexpr int64_t kSmallMaxRows = 16;
 std::atomic<bool> small_products{true};
 
