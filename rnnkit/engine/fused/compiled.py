@@ -240,9 +240,7 @@ def status() -> dict:
 def onednn_gemms(min_macs: int | None):
     """Route float32 recurrent products of at least ``min_macs`` multiply-adds through oneDNN (0: all of
     them; None: none) inside the block, for every thread. For tests and benchmarks."""
-    kernels = ops()
-    if kernels is None:
-        raise RuntimeError(f"the compiled loops are not in use: {status()['why_not']}")
+    kernels = _loaded_ops()
     wanted = -1 if min_macs is None else int(min_macs)
     previous = kernels.set_onednn_min_macs(wanted)
     if previous == -2:
@@ -256,41 +254,41 @@ def onednn_gemms(min_macs: int | None):
         _state["onednn"] = saved
 
 
+def _loaded_ops():
+    kernels = ops()
+    if kernels is None:
+        raise RuntimeError(f"the compiled loops are not in use: {status()['why_not']}")
+    return kernels
+
+
 @contextlib.contextmanager
+def _switch(setter: str, key: str, on: bool, unavailable: str | None = None):
+    """Set the compiled loops' switch ``setter`` (its previous value returned, -1: unavailable) and
+    ``_state[key]`` to ``on`` inside the block, for every thread."""
+    kernels = _loaded_ops()
+    previous = getattr(kernels, setter)(bool(on))
+    if previous == -1:
+        raise RuntimeError(unavailable)
+    saved = _state[key]
+    _state[key] = bool(on)
+    try:
+        yield
+    finally:
+        getattr(kernels, setter)(bool(previous))
+        _state[key] = saved
+
+
 def packed_gemms(on: bool):
     """Let float32 recurrent products read an MKL-packed weight (True) or go through ATen's mm (False) inside
     the block, for every thread. For tests and benchmarks; results agree to float rounding."""
-    kernels = ops()
-    if kernels is None:
-        raise RuntimeError(f"the compiled loops are not in use: {status()['why_not']}")
-    previous = kernels.set_packed_gemm(bool(on))
-    if previous == -1:
-        raise RuntimeError("this torch exports no MKL packed GEMM (cblas_sgemm_pack)")
-    saved = _state["packed"]
-    _state["packed"] = bool(on)
-    try:
-        yield
-    finally:
-        kernels.set_packed_gemm(bool(previous))
-        _state["packed"] = saved
+    return _switch("set_packed_gemm", "packed", on, "this torch exports no MKL packed GEMM (cblas_sgemm_pack)")
 
 
-@contextlib.contextmanager
 def small_products(on: bool):
     """Let calls of batches under 16 multiply by the recurrent weight in rnnkit's kernel (True) or through
-    ATen's mm or a packed weight (False) inside the block, for every thread. For tests and benchmarks; results agree to float
-    rounding."""
-    kernels = ops()
-    if kernels is None:
-        raise RuntimeError(f"the compiled loops are not in use: {status()['why_not']}")
-    previous = kernels.set_small_products(bool(on))
-    saved = _state["small"]
-    _state["small"] = bool(on)
-    try:
-        yield
-    finally:
-        kernels.set_small_products(bool(previous))
-        _state["small"] = saved
+    ATen's mm or a packed weight (False) inside the block, for every thread. For tests and benchmarks; results
+    agree to float rounding."""
+    return _switch("set_small_products", "small", on)
 
 
 @contextlib.contextmanager
@@ -298,9 +296,7 @@ def step_threads(min_elements: int | None):
     """Split a step's pointwise work over torch's threads in chunks of at least ``min_elements`` (1: every
     step with two rows or more; None: never) inside the block, for every thread. For tests and benchmarks;
     results do not depend on it."""
-    kernels = ops()
-    if kernels is None:
-        raise RuntimeError(f"the compiled loops are not in use: {status()['why_not']}")
+    kernels = _loaded_ops()
     previous = kernels.set_parallel_min(-1 if min_elements is None else max(1, int(min_elements)))
     try:
         yield
