@@ -121,16 +121,10 @@ struct PackedWeight {
 
   bool defined() const { return buffer.defined(); }
 
-  // a rows [m, k] (unit column stride) @ op(W) into c [m, n] (unit column stride): c = beta * c + a @ op(W)
-  void multiply(const Tensor& a, Tensor& c, float beta) const {
-    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(a.size(0)), int(n), int(k), a.data_ptr<float>(),
-                        int(a.stride(0)), reinterpret_cast<const float*>(buffer.data_ptr()), int(n), beta,
-                        c.data_ptr<float>(), int(c.stride(0)));
-  }
-
-  // whether multiply() takes these operands
-  bool takes(const Tensor& a, const Tensor& c) const {
-    return defined() && a.size(0) > 0 && a.stride(1) == 1 && c.stride(1) == 1 && a.size(1) == k && c.size(1) == n;
+  // `rows` rows of a [., k] (rows lda apart) @ op(W) into c [., n] (rows ldc apart): c = beta * c + a @ op(W)
+  void multiply(int64_t rows, const float* a, int64_t lda, float* c, int64_t ldc, float beta) const {
+    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(rows), int(n), int(k), a, int(lda),
+                        reinterpret_cast<const float*>(buffer.data_ptr()), int(n), beta, c, int(ldc));
   }
 };
 
@@ -268,6 +262,28 @@ struct Steps {
   int64_t next(int64_t t) const { return batch + offsets[t]; }
 };
 
+// Rows [row, row + n) and columns [col, col + cols) of a dense 2-D buffer: what the loops hand a projection
+// instead of tensor views. A view (at::narrow) costs a TensorImpl, and a step made up to six of them (~5% of a
+// batch-1 training step); now a view is made only where a product goes through ATen or oneDNN.
+struct Block {
+  const Tensor* base;
+  int64_t row, n, col, cols;
+  Block(const Tensor& t, int64_t row, int64_t n) : base(&t), row(row), n(n), col(0), cols(t.size(1)) {}
+  Block columns(int64_t from, int64_t count) const {
+    Block b = *this;
+    b.col += from;
+    b.cols = count;
+    return b;
+  }
+  int64_t stride() const { return base->stride(0); }
+  template <typename T>
+  T* data() const { return base->data_ptr<T>() + row * base->stride(0) + col; }
+  Tensor view() const {
+    Tensor rows = base->narrow(0, row, n);
+    return col == 0 && cols == base->size(1) ? rows : rows.narrow(1, col, cols);
+  }
+};
+
 // One recurrent projection, as rnnkit.engine.fused.common.Projection: inputs @ W^T, or per gate group
 // LN(inputs @ W^T) * gain. Layer-norm buffers: pre [N, gH], mean and rstd [N, g], grad_pre [N, gH].
 struct Projection {
@@ -276,13 +292,14 @@ struct Projection {
   Tensor small;  // calls of small batches (SMALL PRODUCTS): forward W, backward W^T, dense
   OptTensor gain, pre, mean, rstd, grad_pre, grad_gain;
   int64_t groups, hidden;
+  bool backward;  // products are g @ W (d loss / d inputs) rather than inputs @ W^T
   double eps;
   std::vector<double> partial;  // per-chunk sums of grad_gain within a step
 
   // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre, grad_gain)]; grad_gain (float64) accumulates
   // `rows` and `steps`: the most rows of a step and the number of steps, for packing the weight
   Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward, int64_t rows, int64_t steps)
-      : hidden(hidden), eps(eps) {
+      : hidden(hidden), eps(eps), backward(backward) {
     weight = tensors[0];
     weight_t = weight.t();
     groups = weight.size(0) / hidden;
@@ -311,21 +328,17 @@ struct Projection {
     }
   }
 
-  // whether small_product() takes these operands: a [n, k] @ op(W) into c [n, m]
-  bool small_takes(const Tensor& a, const Tensor& c) const {
-    return small.defined() && a.stride(1) == 1 && c.stride(1) == 1 && a.size(1) == small.size(1) &&
-           c.size(1) == small.size(0);
-  }
-
   // c = (accumulate ? c : 0) + a @ op(W) (forward op(W) = W^T, backward W); from kSmallSplitMacs multiply-adds
   // on, split over threads by blocks of 8 outputs (each output is summed the same way whatever the split)
   template <typename T>
-  void small_product(const Tensor& a, Tensor& c, bool accumulate) const {
-    const int64_t n = a.size(0), m = small.size(0), k = small.size(1), blocks = (m + 7) / 8;
+  void small_product(const Block& a, const Block& c, bool accumulate) const {
+    const int64_t n = a.n, m = small.size(0), k = small.size(1), blocks = (m + 7) / 8;
+    const T* x = a.data<T>();
+    T* y = c.data<T>();
     auto part = [&](int64_t b, int64_t e) {
       const int64_t j = 8 * b, width = std::min(m, 8 * e) - j;
-      rnnkit::rows_times_weight_t<T>(n, width, k, ptr<T>(small) + j * k, a.data_ptr<T>(), a.stride(0),
-                                     c.data_ptr<T>() + j, c.stride(0), accumulate);
+      rnnkit::rows_times_weight_t<T>(n, width, k, ptr<T>(small) + j * k, x, a.stride(), y + j, c.stride(),
+                                     accumulate);
     };
     if (parallel_min.load(std::memory_order_relaxed) < 0 || n * m * k < 2 * kSmallSplitMacs) {
       part(0, blocks);
@@ -334,35 +347,36 @@ struct Projection {
     }
   }
 
-  // target (rows [o, o+n) of a buffer, possibly a column slice) += projection(inputs)
+  // c = (accumulate ? c : 0) + a @ op(W), op(W) = W^T forward and W backward: through oneDNN (large float32
+  // products, see onednn_takes), the small-product kernel, the packed weight, or ATen
   template <typename T>
-  void add_into(Tensor target, const Tensor& inputs, int64_t o) {
-    const bool onednn = use_onednn(inputs, weight.size(0));
+  void multiply(const Block& a, const Block& c, bool accumulate) {
+    const int64_t macs = a.n * a.cols * c.cols;
+    if ((!backward || weight_tc.defined()) && onednn_takes(weight.scalar_type(), macs)) {
+      Tensor product = onednn_product(a.view(), backward ? weight_tc : weight), out = c.view();
+      accumulate ? out.add_(product) : out.copy_(product);
+    } else if (small.defined() && a.cols == small.size(1) && c.cols == small.size(0)) {
+      small_product<T>(a, c, accumulate);
+    } else if (packed.defined() && a.cols == packed.k && c.cols == packed.n) {
+      packed.multiply(a.n, a.data<float>(), a.stride(), c.data<float>(), c.stride(), accumulate ? 1.0f : 0.0f);
+    } else {
+      Tensor out = c.view();
+      const Tensor& w = backward ? weight : weight_t;
+      accumulate ? out.addmm_(a.view(), w) : at::mm_out(out, a.view(), w);
+    }
+  }
+
+  // target (rows [o, o+n) of a buffer, possibly a column block) += projection(inputs)
+  template <typename T>
+  void add_into(const Block& target, const Block& inputs, int64_t o) {
     if (!gain) {
-      if (onednn) {
-        target.add_(onednn_product(inputs, weight));
-      } else if (small_takes(inputs, target)) {
-        small_product<T>(inputs, target, true);
-      } else if (packed.takes(inputs, target)) {
-        packed.multiply(inputs, target, 1.0f);
-      } else {
-        target.addmm_(inputs, weight_t);
-      }
+      multiply<T>(inputs, target, true);
       return;
     }
-    const int64_t n = inputs.size(0), width = groups * hidden;
-    Tensor out = pre->narrow(0, o, n);
-    if (onednn) {
-      out.copy_(onednn_product(inputs, weight));
-    } else if (small_takes(inputs, out)) {
-      small_product<T>(inputs, out, false);
-    } else if (packed.takes(inputs, out)) {
-      packed.multiply(inputs, out, 0.0f);
-    } else {
-      at::mm_out(out, inputs, weight_t);
-    }
-    T* into = target.data_ptr<T>();
-    const int64_t stride = target.stride(0);
+    const int64_t n = inputs.n, width = groups * hidden;
+    multiply<T>(inputs, Block(*pre, o, n), false);
+    T* into = target.data<T>();
+    const int64_t stride = target.stride();
     over_rows(n, width, [&](int64_t b, int64_t e) {
       rnnkit::layer_norm_add<T>(e - b, groups, hidden, ptr<T>(pre) + (o + b) * width, ptr<T>(gain), into + b * stride,
                                 stride, ptr<T>(mean) + (o + b) * groups, ptr<T>(rstd) + (o + b) * groups, T(eps));
@@ -371,10 +385,10 @@ struct Projection {
 
   // d loss / d (inputs @ W^T) for rows [o, o+n), from grad = d loss / d projection
   template <typename T>
-  Tensor grad_pre_of(const Tensor& grad, int64_t o) {
+  Block grad_pre_of(const Block& grad, int64_t o) {
     if (!gain) return grad;
-    const int64_t n = grad.size(0), width = groups * hidden, stride = grad.stride(0);
-    const T* g = grad.data_ptr<T>();
+    const int64_t n = grad.n, width = groups * hidden, stride = grad.stride();
+    const T* g = grad.data<T>();
     auto rows = [&](int64_t b, int64_t e, double* into) {
       rnnkit::layer_norm_backward<T>(e - b, groups, hidden, g + b * stride, stride, ptr<T>(pre) + (o + b) * width,
                                      ptr<T>(gain), ptr<T>(mean) + (o + b) * groups, ptr<T>(rstd) + (o + b) * groups,
@@ -385,63 +399,46 @@ struct Projection {
     } else {
       over_rows(n, width, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
     }
-    return grad_pre->narrow(0, o, n);
+    return Block(*grad_pre, o, n);
   }
 
-  // d loss / d (inputs @ W^T) -> d loss / d inputs
+  // d loss / d (inputs @ W^T) -> d loss / d inputs (a new [n, H] tensor)
   template <typename T>
-  Tensor times_weight(const Tensor& g) {
-    if (weight_tc.defined() && use_onednn(g, hidden)) return onednn_product(g, weight_tc);
-    if (small.defined()) {
-      Tensor out = at::empty({g.size(0), hidden}, g.options());
-      if (small_takes(g, out)) {
-        small_product<T>(g, out, false);
-        return out;
-      }
-    }
-    if (packed.defined() && g.stride(1) == 1 && g.size(1) == packed.k) {
-      Tensor out = at::empty({g.size(0), hidden}, g.options());
-      packed.multiply(g, out, 0.0f);
-      return out;
-    }
-    return at::mm(g, weight);
+  Tensor times_weight(const Block& g) {
+    Tensor out = at::empty({g.n, hidden}, weight.options());
+    multiply<T>(g, Block(out, 0, g.n), false);
+    return out;
   }
 
   // grad_inputs += d loss / d inputs (times the recurrent-dropout mask rows, if any)
   template <typename T>
-  void grad_into(Tensor grad_inputs, const Tensor& grad, int64_t o, const OptTensor& mask) {
-    Tensor g = grad_pre_of<T>(grad, o);
-    if (mask) {
-      Tensor full = times_weight<T>(g);
-      T *into = grad_inputs.data_ptr<T>(), *from = full.data_ptr<T>();
-      over_rows(g.size(0), hidden, [&](int64_t b, int64_t e) {
-        rnnkit::addcmul_rows<T>(e - b, hidden, into + b * hidden, from + b * hidden, hidden,
-                                ptr<T>(mask) + (o + b) * hidden);
-      });
-    } else if (weight_tc.defined() && use_onednn(g, hidden)) {
-      grad_inputs.add_(onednn_product(g, weight_tc));
-    } else if (small_takes(g, grad_inputs)) {
-      small_product<T>(g, grad_inputs, true);
-    } else if (packed.takes(g, grad_inputs)) {
-      packed.multiply(g, grad_inputs, 1.0f);
-    } else {
-      grad_inputs.addmm_(g, weight);
+  void grad_into(const Block& grad_inputs, const Block& grad, int64_t o, const OptTensor& mask) {
+    const Block g = grad_pre_of<T>(grad, o);
+    if (!mask) {
+      multiply<T>(g, grad_inputs, true);
+      return;
     }
+    Tensor full = times_weight<T>(g);
+    T *into = grad_inputs.data<T>(), *from = full.data_ptr<T>();
+    over_rows(g.n, hidden, [&](int64_t b, int64_t e) {
+      rnnkit::addcmul_rows<T>(e - b, hidden, into + b * hidden, from + b * hidden, hidden,
+                              ptr<T>(mask) + (o + b) * hidden);
+    });
   }
 
   template <typename T>
-  Tensor grad_inputs(const Tensor& grad, int64_t o) {
+  Tensor grad_inputs(const Block& grad, int64_t o) {
     return times_weight<T>(grad_pre_of<T>(grad, o));
   }
 };
 
 // h_prev rows of step t, multiplied by the recurrent-dropout mask when there is one
-Tensor recurrent_input(const Tensor& h_prev, const OptTensor& mask, Tensor& scratch, int64_t o) {
+Block recurrent_input(const Block& h_prev, const OptTensor& mask, const Tensor& scratch, int64_t o) {
   if (!mask) return h_prev;
-  const int64_t n = h_prev.size(0);
+  const int64_t n = h_prev.n;
   Tensor out = scratch.narrow(0, 0, n);
-  at::mul_out(out, h_prev, mask->narrow(0, o, n));
-  return out;
+  at::mul_out(out, h_prev.view(), mask->narrow(0, o, n));
+  return Block(scratch, 0, n);
 }
 
 // tanh_c: a [B, H] scratch for each step's tanh(c^) (backward recomputes it from cell_tilde)
@@ -462,7 +459,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
     using T = scalar_t;
     for (int64_t t = 0; t < steps.count(); ++t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      proj.add_into<T>(act.narrow(0, o, n), recurrent_input(hs.narrow(0, p, n), recurrent, scratch, o), o);
+      proj.add_into<T>(Block(act, o, n), recurrent_input(Block(hs, p, n), recurrent, scratch, o), o);
       over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
         const int64_t ob = o + b, pb = p + b, qb = q + b;
         rnnkit::lstm_forward_rows<T>(
@@ -518,7 +515,7 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
       } else {
         over_rows(n, 4 * H, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
       }
-      proj.grad_into<T>(grad_in.narrow(0, p, n), grad_gates.narrow(0, o, n), o, recurrent);
+      proj.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n), o, recurrent);
     }
   });
 }
@@ -543,17 +540,20 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
     using T = scalar_t;
     for (int64_t t = 0; t < steps.count(); ++t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      const Tensor h_in = recurrent_input(states.narrow(0, p, n), recurrent, scratch, o);
+      const Block h_in = recurrent_input(Block(states, p, n), recurrent, scratch, o);
       T* cand = zone ? ptr<T>(candidate) + o * H : nullptr;
       const T* zz = zone ? ptr<T>(zone) + o * H : nullptr;
       if (reset_after) {
-        Tensor step = hidden.narrow(0, 0, n);
-        if (bias) {
-          step.copy_(bias->expand({n, 3 * H}));
-        } else {
-          step.zero_();
+        T* into = ptr<T>(hidden);  // each row: b_hh (or 0), then + R(h~)
+        const T* b_hh = ptr<T>(bias);
+        for (int64_t r = 0; r < n; ++r) {
+          if (b_hh) {
+            std::copy(b_hh, b_hh + 3 * H, into + r * 3 * H);
+          } else {
+            std::fill(into + r * 3 * H, into + (r + 1) * 3 * H, T(0));
+          }
         }
-        first.add_into<T>(step, h_in, o);
+        first.add_into<T>(Block(hidden, 0, n), h_in, o);
         over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
           rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, ptr<T>(hidden) + b * 3 * H,
                                       ptr<T>(terms) + (o + b) * H, ptr<T>(states) + (p + b) * H,
@@ -561,14 +561,14 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
                                       zz ? zz + b * H : nullptr);
         });
       } else {
-        Tensor block = act.narrow(0, o, n);
-        first.add_into<T>(block.narrow(1, 0, 2 * H), h_in, o);
+        const Block block(act, o, n);
+        first.add_into<T>(block.columns(0, 2 * H), h_in, o);
         over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
           rnnkit::sigmoid_rows<T>(e - b, 2 * H, ptr<T>(act) + (o + b) * 3 * H, 3 * H);
         });
         Tensor term = terms.narrow(0, o, n);
-        at::mul_out(term, block.narrow(1, 0, H), h_in);
-        second->add_into<T>(block.narrow(1, 2 * H, H), term, o);
+        at::mul_out(term, block.columns(0, H).view(), h_in.view());
+        second->add_into<T>(block.columns(2 * H, H), Block(terms, o, n), o);
         over_rows(n, H, [&](int64_t b, int64_t e) {
           rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, nullptr, nullptr,
                                       ptr<T>(states) + (p + b) * H,
@@ -603,7 +603,7 @@ void gru_backward_after(Tensor grad_in, Tensor act, Tensor states, Tensor n_term
                                            zone ? ptr<T>(zone) + ob * H : nullptr, ptr<T>(grad_hidden) + ob * 3 * H,
                                            ptr<T>(grad_n) + ob * H, ptr<T>(grad_in) + (p + b) * H);
       });
-      proj.grad_into<T>(grad_in.narrow(0, p, n), grad_hidden.narrow(0, o, n), o, recurrent);
+      proj.grad_into<T>(Block(grad_in, p, n), Block(grad_hidden, o, n), o, recurrent);
     }
   });
 }
@@ -631,7 +631,7 @@ void gru_backward_before(Tensor grad_in, Tensor act, Tensor states, Tensor grad_
                                                ptr<T>(states) + (p + b) * H, zone ? ptr<T>(zone) + (o + b) * H : nullptr,
                                                gg + b * 3 * H, gp + b * H);
       });
-      Tensor grad_rh = second.grad_inputs<T>(grad_gates.narrow(0, o, n).narrow(1, 2 * H, H), o).contiguous();
+      Tensor grad_rh = second.grad_inputs<T>(Block(grad_gates, o, n).columns(2 * H, H), o);
       const T* grh = grad_rh.data_ptr<T>();
       over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
         rnnkit::gru_backward_before_r_rows<T>(e - b, H, grh + b * H, ptr<T>(act) + (o + b) * 3 * H,
@@ -639,7 +639,7 @@ void gru_backward_before(Tensor grad_in, Tensor act, Tensor states, Tensor grad_
                                               recurrent ? ptr<T>(recurrent) + (o + b) * H : nullptr, gg + b * 3 * H,
                                               gp + b * H);
       });
-      first.grad_into<T>(grad_in.narrow(0, p, n), grad_gates.narrow(0, o, n).narrow(1, 0, 2 * H), o, recurrent);
+      first.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n).columns(0, 2 * H), o, recurrent);
     }
   });
 }
@@ -657,7 +657,7 @@ void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTen
     using T = scalar_t;
     for (int64_t t = 0; t < steps.count(); ++t) {
       const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      proj.add_into<T>(pre.narrow(0, o, n), recurrent_input(states.narrow(0, p, n), recurrent, scratch, o), o);
+      proj.add_into<T>(Block(pre, o, n), recurrent_input(Block(states, p, n), recurrent, scratch, o), o);
       over_rows(n, H, [&](int64_t b, int64_t e) {
         rnnkit::simple_forward_rows<T>(e - b, H, ptr<T>(pre) + (o + b) * H, ptr<T>(states) + (p + b) * H,
                                        ptr<T>(states) + (q + b) * H, relu, zone ? ptr<T>(zone) + (o + b) * H : nullptr);
@@ -685,7 +685,7 @@ void simple_backward(Tensor grad_in, Tensor act, Tensor grad_pre, at::TensorList
                                         zone ? ptr<T>(zone) + (o + b) * H : nullptr, relu,
                                         ptr<T>(grad_pre) + (o + b) * H);
       });
-      proj.grad_into<T>(grad_in.narrow(0, p, n), grad_pre.narrow(0, o, n), o, recurrent);
+      proj.grad_into<T>(Block(grad_in, p, n), Block(grad_pre, o, n), o, recurrent);
       if (zone) {
         over_rows(n, H, [&](int64_t b, int64_t e) {
           rnnkit::addcmul_rows<T>(e - b, H, ptr<T>(grad_in) + (p + b) * H, gh + b * H, H, ptr<T>(zone) + (o + b) * H);
