@@ -73,9 +73,6 @@ bool onednn_takes(at::ScalarType dtype, int64_t macs) {
   return onednn_on(dtype) && macs >= onednn_min_macs.load(std::memory_order_relaxed);
 }
 
-// whether a @ w^T with w [n, a.size(1)] goes through oneDNN
-bool use_onednn(const Tensor& a, int64_t n) { return onednn_takes(a.scalar_type(), a.size(0) * a.size(1) * n); }
-
 // a @ w^T through oneDNN (a new tensor); w is [n, k] and contiguous
 Tensor onednn_product(const Tensor& a, const Tensor& w) {
   return onednn_linear()->call(a, w, std::nullopt, "none", c10::List<std::optional<c10::Scalar>>(), std::nullopt);
@@ -536,6 +533,7 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
   if (!reset_after) second.emplace(projection.slice(split), H, eps, false, steps.batch, steps.count());
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   Tensor hidden = reset_after ? at::empty({steps.batch, 3 * H}, states.options()) : Tensor();
+  TORCH_CHECK(!bias || bias->numel() == 3 * H, "rnnkit compiled loops: the GRU's b_hh must have 3H entries");
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_gru_forward", [&] {
     using T = scalar_t;
     for (int64_t t = 0; t < steps.count(); ++t) {
