@@ -60,8 +60,8 @@ PARALLEL_MIN = 8192
 ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False, "packed": False,
-          "small": False}
+_state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False,
+                "packed": False, "small": False}
 _forced_off = threading.local()
 
 
@@ -220,10 +220,11 @@ def usable_for(*tensors) -> bool:
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
     None, "threaded": bool, "packed_gemm": bool, "small_products": bool}`` (builds on first call).
-    ``onednn_min_macs``: from what size float32 recurrent products go through oneDNN (None: never). ``threaded``: whether a step's pointwise work
-    can be split over torch's threads (the library was built with OpenMP). ``packed_gemm``: whether the other
-    float32 recurrent products read a weight packed once per call by MKL (``cblas_sgemm_pack``; needs a torch
-    that exports it, as torch's x86 wheels do; ``RNNKIT_PACKED_GEMM=0`` turns it off). ``small_products``:
+    ``onednn_min_macs``: from what size float32 recurrent products go through oneDNN (None: never).
+    ``threaded``: whether a step's pointwise work can be split over torch's threads (the library was built
+    with OpenMP). ``packed_gemm``: whether the other float32 recurrent products read a weight packed once per
+    call by MKL (``cblas_sgemm_pack``; needs a torch that exports it, as torch's x86 wheels do;
+    ``RNNKIT_PACKED_GEMM=0`` turns it off). ``small_products``:
     whether calls of batches under 16 multiply by the recurrent weight in rnnkit's own kernel instead of
     ATen's mm or a packed weight, whose fixed costs dominate there (``RNNKIT_SMALL_PRODUCTS=0`` turns it
     off; the packed weight then takes the batches from 8)."""
