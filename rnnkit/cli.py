@@ -407,8 +407,10 @@ def bench(
     loops_line = ("fused engine: compiled per-step loops" if loops["in_use"]
                   else f"fused engine: Python per-step loops ({loops['why_not']})")
     if loops["in_use"]:
-        loops_line += (f" (steps split over {torch.get_num_threads()} threads from {2 * compiled.PARALLEL_MIN:,}"
-                       " elements)" if loops["threaded"] else " (single-threaded steps: built without OpenMP)")
+        threads = torch.get_num_threads()
+        split = (f"each batch split over {threads} threads for all its steps" if loops["batch_split"] else
+                 f"steps split over {threads} threads from {2 * compiled.PARALLEL_MIN:,} elements")
+        loops_line += f" ({split})" if loops["threaded"] else " (single-threaded steps: built without OpenMP)"
     loops_line += (", float32 products through oneDNN" + (f" from {onednn:,} multiply-adds" if onednn else "")
                    if onednn is not None else ", products through ATen (MKL)")
     if loops["small_products"]:

@@ -42,7 +42,8 @@ def test_bench_command_says_which_loops_products_and_pool_it_measured(tmp_path):
     status = compiled.status()
     assert ("compiled per-step loops" if status["in_use"] else "Python per-step loops") in header
     if status["in_use"]:
-        assert ("steps split over" if status["threaded"] else "single-threaded steps") in header
+        threads = ("each batch split over" if status["batch_split"] else "steps split over")
+        assert (threads if status["threaded"] else "single-threaded steps") in header
     assert ("through oneDNN" if status["onednn_min_macs"] is not None else "through ATen") in header
     assert "buffer pool up to 256 MiB" in header
     assert "| rnn |" in report.read_text()

@@ -47,12 +47,15 @@ def _noisy_case(case, dtype, lengths=(7, 3, 7, 1, 5, 6)):
 
 @contextlib.contextmanager
 def _gemms(route):
-    """aten: every recurrent product through ATen's mm; onednn: every float32 one through oneDNN; packed: every
-    float32 one from an MKL-packed weight (skips where this torch exports no packed GEMM); small: those of
-    batches under 16 through rnnkit's small-product kernel."""
+    """aten: every recurrent product through ATen's mm, of a whole step's rows as in the Python loops (no batch
+    split: MKL may round a row differently in products of other sizes); onednn: every float32 one through
+    oneDNN; packed: every float32 one from an MKL-packed weight (skips where this torch exports no packed GEMM;
+    products of under 8 rows stay on ATen); small: those of batches under 16 through rnnkit's small-product
+    kernel."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(compiled.onednn_gemms(0 if route == "onednn" else None))
         stack.enter_context(compiled.small_products(route == "small"))
+        stack.enter_context(compiled.batch_split(route != "aten"))
         try:
             stack.enter_context(compiled.packed_gemms(route == "packed"))
         except RuntimeError:  # this torch has no packed GEMM: the products are ATen's anyway
@@ -82,7 +85,8 @@ def test_compiled_loops_can_be_turned_off(monkeypatch):
     assert compiled.ops() is None
     assert compiled.status() == {"in_use": False, "library": compiled.status()["library"],
                                  "why_not": "turned off by RNNKIT_COMPILED=0", "onednn_min_macs": None,
-                                 "threaded": False, "packed_gemm": False, "small_products": False}
+                                 "threaded": False, "packed_gemm": False, "small_products": False,
+                                 "batch_split": False}
     layer = rk.GRU(3, 4, backend="fused")
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
 
@@ -121,11 +125,13 @@ def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
 def test_float32_from_a_packed_weight_is_as_accurate_as_through_aten(case):
     """MKL's packed products (cblas_sgemm_compute) sum in their own order too; held to the float64 truth like
-    oneDNN's, and they really run: the packed and ATen results differ by rounding somewhere. Ten sequences:
-    batches of fewer than 8 keep every product on ATen."""
+    oneDNN's, and they really run: the packed and ATen results differ by rounding somewhere. Eighteen
+    sequences: products of fewer than 8 rows stay on ATen, and with the batch split over two threads each
+    thread's products have half the rows."""
     if compiled.ops() is None:
         pytest.skip("compiled loops unavailable")
-    results, errors = _float32_routes(case, ("aten", "packed"), lengths=(7, 3, 7, 1, 5, 6, 7, 7, 4, 6))
+    results, errors = _float32_routes(case, ("aten", "packed"),
+                                      lengths=(7, 3, 7, 1, 5, 6, 7, 7, 4, 6, 7, 2, 7, 6, 5, 7, 3, 7))
     assert errors["packed"] <= max(2 * errors["aten"], 2e-6), errors
     assert errors["packed"] < 1e-4, errors
     assert any(not torch.equal(a, b) for a, b in zip(results["packed"], results["aten"]))
@@ -266,7 +272,8 @@ def test_layer_norm_gradients_do_not_depend_on_the_thread_count():
 def test_steps_split_over_threads_give_the_same_results(case, dtype):
     """Every step's pointwise work split over threads (down to single rows) gives bit-identical results with
     1 and 2 threads, and the same results as unsplit steps up to the order of the layer-norm gain sums.
-    (float32 products go through oneDNN here: MKL's float32 GEMMs themselves differ by thread count.)"""
+    (float32 products go through oneDNN here: MKL's float32 GEMMs themselves differ by thread count. The
+    batch split is off: it is tested below.)"""
     if not compiled.status()["threaded"]:
         pytest.skip("the compiled loops were built without OpenMP")
     if dtype == torch.float32 and not torch.backends.mkldnn.is_available():
@@ -277,7 +284,7 @@ def test_steps_split_over_threads_give_the_same_results(case, dtype):
     try:
         for count, split in ((1, 1), (2, 1), (2, None)):
             torch.set_num_threads(count)
-            with compiled.step_threads(split), _gemms("onednn"):
+            with compiled.step_threads(split), _gemms("onednn"), compiled.batch_split(False):
                 runs.append(_run(cell, x, lengths, noise))
     finally:
         torch.set_num_threads(threads)
@@ -287,6 +294,39 @@ def test_steps_split_over_threads_give_the_same_results(case, dtype):
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for a, b in zip(runs[1], runs[2]):
         torch.testing.assert_close(a, b, atol=tol * b.abs().max().item(), rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_the_batch_split_over_threads_gives_the_same_results(case, dtype):
+    """A loop whose batch is split over threads (each thread all steps of its own rows) computes every row as
+    an unsplit loop does. With rnnkit's small-product kernel, which sums each output the same way in products
+    of any size, the results are the same bit for bit (six sequences: 3 + 3 rows); with MKL's packed weight
+    (eighteen sequences, float32: 9 + 9 rows) they agree to rounding."""
+    if not compiled.status()["threaded"]:
+        pytest.skip("the compiled loops were built without OpenMP")
+    routes = ("small", "packed") if dtype == torch.float32 else ("small",)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        kernels = compiled.ops()
+        assert kernels.batch_threads(6) == 2 and kernels.batch_threads(3) == 1  # two rows a thread at least
+        with compiled.batch_split(False):
+            assert kernels.batch_threads(6) == 1
+        for route in routes:
+            lengths = (7, 3, 7, 1, 5, 6) if route == "small" else (7, 3, 7, 1, 5, 6, 7, 7, 4, 6, 7, 2, 7, 6, 5, 7, 3, 7)
+            cell, x, lengths, noise = _noisy_case(case, dtype, lengths)
+            runs = []
+            for on in (True, False):
+                with _gemms(route), compiled.batch_split(on):
+                    runs.append(_run(cell, x, lengths, noise))
+            if route == "small":
+                assert all(torch.equal(a, b) for a, b in zip(*runs))
+            tol = 1e-12 if dtype == torch.float64 else 1e-5
+            for a, b in zip(*runs):
+                torch.testing.assert_close(a, b, atol=tol * b.abs().max().item(), rtol=tol)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_step_threads_restores_the_setting_and_needs_the_compiled_loops():
@@ -334,6 +374,17 @@ def test_packed_products_can_be_turned_off_from_the_environment():
             "rk.GRU(3, 4, backend='fused')(torch.randn(2, 5, 3)); print(compiled.status()['packed_gemm'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "RNNKIT_PACKED_GEMM": "0"}, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_the_batch_split_can_be_turned_off_from_the_environment():
+    if not compiled.status()["threaded"]:
+        pytest.skip("the compiled loops were built without OpenMP")
+    assert compiled.status()["batch_split"]
+    code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
+            "rk.GRU(3, 4, backend='fused')(torch.randn(8, 5, 3)); print(compiled.status()['batch_split'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RNNKIT_BATCH_SPLIT": "0"}, check=True)
     assert done.stdout.strip() == "False"
 
 

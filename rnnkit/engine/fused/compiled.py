@@ -61,7 +61,7 @@ ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False,
-                "packed": False, "small": False}
+                "packed": False, "small": False, "split": False}
 _forced_off = threading.local()
 
 
@@ -193,6 +193,8 @@ def _load() -> None:
     _state["packed"] = torch.ops.rnnkit_fused.set_packed_gemm(wanted) != -1 and wanted
     _state["small"] = not _env_off("RNNKIT_SMALL_PRODUCTS")
     torch.ops.rnnkit_fused.set_small_products(_state["small"])
+    _state["split"] = not _env_off("RNNKIT_BATCH_SPLIT")
+    torch.ops.rnnkit_fused.set_batch_split(_state["split"])
     torch.ops.rnnkit_fused.set_parallel_min(PARALLEL_MIN)
 
 
@@ -219,7 +221,8 @@ def usable_for(*tensors) -> bool:
 
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
-    None, "threaded": bool, "packed_gemm": bool, "small_products": bool}`` (builds on first call).
+    None, "threaded": bool, "packed_gemm": bool, "small_products": bool, "batch_split": bool}`` (builds on
+    first call).
     ``onednn_min_macs``: from what size float32 recurrent products go through oneDNN (None: never).
     ``threaded``: whether a step's pointwise work can be split over torch's threads (the library was built
     with OpenMP). ``packed_gemm``: whether the other float32 recurrent products read a weight packed once per
@@ -227,14 +230,18 @@ def status() -> dict:
     ``RNNKIT_PACKED_GEMM=0`` turns it off). ``small_products``:
     whether calls of batches under 16 multiply by the recurrent weight in rnnkit's own kernel instead of
     ATen's mm or a packed weight, whose fixed costs dominate there (``RNNKIT_SMALL_PRODUCTS=0`` turns it
-    off; the packed weight then takes the batches from 8)."""
+    off; the packed weight then takes the batches from 8). ``batch_split``: whether a threaded loop splits its
+    batch over torch's threads once for all steps, each thread running every step on its own rows, instead of
+    splitting each step's product and pointwise pass (``RNNKIT_BATCH_SPLIT=0`` turns it off; see loops.cpp's
+    BATCH SPLIT)."""
     in_use = ops() is not None
     why = None if in_use else ("turned off by RNNKIT_COMPILED=0" if _env_off() else
                                "turned off by python_loops()" if getattr(_forced_off, "value", False)
                                else _state["why_not"])
     return {"in_use": in_use, "library": _state["path"], "why_not": why,
             "onednn_min_macs": _state["onednn"] if in_use else None, "threaded": in_use and _state["threaded"],
-            "packed_gemm": in_use and _state["packed"], "small_products": in_use and _state["small"]}
+            "packed_gemm": in_use and _state["packed"], "small_products": in_use and _state["small"],
+            "batch_split": in_use and _state["threaded"] and _state["split"]}
 
 
 @contextlib.contextmanager
@@ -292,11 +299,18 @@ def small_products(on: bool):
     return _switch("set_small_products", "small", on)
 
 
+def batch_split(on: bool):
+    """Let a threaded loop split its batch over the threads for all its steps (True) or split each step's
+    work (False) inside the block, for every thread. For tests and benchmarks; results are the same bit for
+    bit."""
+    return _switch("set_batch_split", "split", on)
+
+
 @contextlib.contextmanager
 def step_threads(min_elements: int | None):
     """Split a step's pointwise work over torch's threads in chunks of at least ``min_elements`` (1: every
-    step with two rows or more; None: never) inside the block, for every thread. For tests and benchmarks;
-    results do not depend on it."""
+    step with two rows or more; None: never, and no batch split either: every loop on one thread) inside the
+    block, for every thread. For tests and benchmarks; results do not depend on it."""
     kernels = _loaded_ops()
     previous = kernels.set_parallel_min(-1 if min_elements is None else max(1, int(min_elements)))
     try:

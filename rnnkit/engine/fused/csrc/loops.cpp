@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <atomic>
 #include <algorithm>
@@ -137,7 +138,9 @@ constexpr int64_t kPackMinRows = 8;
 // cost is most of its time: on an AVX2 EPYC, [n,128] x [128,512] took ATen 15-17 us at one row and 45-47 us at
 // four, the kernel (one thread) 5.7 and 25. Training (T=100, I=32, H=128; in-process A/B against ATen or,
 // from 8 rows, the packed weight): batch 1 3-21% less time for the LSTMs and the GRU, 1-5% for the Elman RNN;
-// batch 4 22-33%; batch 8 3-9%; batch 16 0-6% more, so the packed weight keeps the batches from 16 on.
+// batch 4 22-33%; batch 8 3-9%; batch 16 0-6% more, so the packed weight keeps the batches from 16 on. (In a loop
+// whose batch is split over threads, the kernel takes each thread's products of under kPackMinRows rows: see
+// BATCH SPLIT.)
 // Splitting the product over two threads: 4-8% less at batch 1 from 32k multiply-adds, 3-6% more below.
 constexpr int64_t kSmallMaxRows = 16;
 std::atomic<bool> small_products{true};
@@ -294,8 +297,10 @@ struct Projection {
   std::vector<double> partial;  // per-chunk sums of grad_gain within a step
 
   // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre, grad_gain)]; grad_gain (float64) accumulates
-  // `rows` and `steps`: the most rows of a step and the number of steps, for packing the weight
-  Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward, int64_t rows, int64_t steps)
+  // `rows` and `steps`: the most rows of a product and the number of steps, which decide its route; `split`: the
+  // loop's batch is split over threads (BATCH SPLIT), so each product runs on one thread
+  Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward, int64_t rows, int64_t steps,
+             bool split)
       : hidden(hidden), eps(eps), backward(backward) {
     weight = tensors[0];
     weight_t = weight.t();
@@ -304,7 +309,7 @@ struct Projection {
     // the widest step's product decides between oneDNN, the packed weight and the small-product kernel (oneDNN
     // takes the large ones)
     if (!onednn_takes(weight.scalar_type(), rows * weight.size(0) * weight.size(1))) {
-      if (rows < kSmallMaxRows && small_products.load(std::memory_order_relaxed)) {
+      if (rows < (split ? kPackMinRows : kSmallMaxRows) && small_products.load(std::memory_order_relaxed)) {
         small = backward ? (weight_tc.defined() ? weight_tc : weight_t.contiguous()) : weight.contiguous();
       } else {
         packed = pack_weight(weight, !backward, rows, steps);
@@ -430,13 +435,67 @@ struct Projection {
 };
 
 // h_prev rows of step t, multiplied by the recurrent-dropout mask when there is one
-Block recurrent_input(const Block& h_prev, const OptTensor& mask, const Tensor& scratch, int64_t o) {
+Block recurrent_input(const Block& h_prev, const OptTensor& mask, const Tensor& scratch, int64_t o,
+                      int64_t s = 0) {
   if (!mask) return h_prev;
   const int64_t n = h_prev.n;
-  Tensor out = scratch.narrow(0, 0, n);
+  Tensor out = scratch.narrow(0, s, n);
   at::mul_out(out, h_prev.view(), mask->narrow(0, o, n));
-  return Block(scratch, 0, n);
+  return Block(scratch, s, n);
 }
+
+// BATCH SPLIT. The rows of a batch never meet in the recurrence (each sequence's state depends on its own past
+// only, forward and backward), so a loop's batch is split over torch's threads once for the whole loop: each
+// thread runs every step on its own rows [lo, hi), the product of those rows and their pointwise work, with no
+// barrier between steps (per-step splitting joins the threads twice a step: the product's and the pointwise
+// pass's). Each row gets the same pointwise arithmetic as in an unsplit loop, and its product is the same call on
+// fewer rows: the same bit for bit with rnnkit's small-product kernel (tests check it) and, in every benchmark
+// run, with MKL's packed weight, which MKL does not promise (tests hold those to rounding). Each thread takes at
+// least kSplitMinRows rows, and its products go through the small-product kernel below kPackMinRows rows, the
+// packed weight from there (one thread's packed product of 8 rows beat the kernel: (16,1000,16,64) training 23%
+// against 5% less time than unsplit). Not split: projections through oneDNN, and backward loops that sum across
+// rows (layer norm's gain gradients), whose sums go by fixed chunks instead.
+// Training (B,T,I,H), in-process A/B against per-step splitting on an AVX2 EPYC with 2 threads, all four cells:
+// (32,100,32,128) 3-9% less time, (64,200,64,256) 1-4%, (16,1000,16,64) 10-27%, (256,50,64,128) 1-4%, batch
+// 4-24 at T=100 2-15% (batch 7, 3 + 4 rows: 1-3% more). One row per thread (batch 2) gained 2-9%, but batch 3
+// (1 + 2 rows) lost 8-13%, hence two.
+std::atomic<bool> batch_split{true};
+int64_t set_batch_split(bool on) { return batch_split.exchange(on) ? 1 : 0; }
+constexpr int64_t kSplitMinRows = 2;
+
+// whether a loop over these projection buffers may split its batch (see BATCH SPLIT)
+bool splittable(at::TensorList projection, bool backward) {
+  return !onednn_on(projection[0].scalar_type()) && !(backward && projection.size() > 1);
+}
+
+struct Split {
+  int64_t batch, threads = 1;
+  Split(int64_t batch, bool allowed) : batch(batch) {
+    // (without OpenMP, parallel_for would run the parts one after the other, each product on a part of the rows)
+    if (allowed && threaded() && batch_split.load(std::memory_order_relaxed) && !at::in_parallel_region() &&
+        parallel_min.load(std::memory_order_relaxed) >= 0)
+      threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch / kSplitMinRows));
+  }
+  // the most rows of one thread's step (what a projection's product routing goes by)
+  int64_t rows() const { return (batch + threads - 1) / threads; }
+  // body(lo, hi) for each thread's rows, all threads at once, each with the calling thread's grad mode and
+  // dispatch settings (BELOW AUTOGRAD: the ATen calls in a step need them, which are per thread)
+  template <typename F>
+  void run(const F& body) const {
+    if (threads == 1) {
+      body(int64_t(0), batch);
+      return;
+    }
+    const at::ThreadLocalState caller;
+    at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+      const at::ThreadLocalStateGuard same(caller);
+      for (int64_t k = first; k < last; ++k) body(batch * k / threads, batch * (k + 1) / threads);
+    });
+  }
+};
+
+// over how many threads a loop that may split its batch splits one of `batch` rows now (for tests)
+int64_t batch_threads(int64_t batch) { return Split(batch, true).threads; }
 
 // tanh_c: a [B, H] scratch for each step's tanh(c^) (backward recomputes it from cell_tilde)
 void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
@@ -449,24 +508,29 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
   const int64_t H = hs.size(1);
-  Projection proj(projection, H, eps, false, steps.batch, steps.count());
+  const Split split(steps.batch, splittable(projection, false));
+  Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1);
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, hs.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_forward", [&] {
     using T = scalar_t;
-    for (int64_t t = 0; t < steps.count(); ++t) {
-      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      proj.add_into<T>(Block(act, o, n), recurrent_input(Block(hs, p, n), recurrent, scratch, o), o);
-      over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
-        const int64_t ob = o + b, pb = p + b, qb = q + b;
-        rnnkit::lstm_forward_rows<T>(
-            e - b, H, ptr<T>(act) + ob * 4 * H, ptr<T>(hs) + pb * H, ptr<T>(cs) + pb * H, ptr<T>(cell_tilde) + ob * H,
-            ptr<T>(tanh_c) + b * H, ptr<T>(hs) + qb * H, ptr<T>(cs) + qb * H, ptr<T>(peephole), ptr<T>(cell_gain),
-            ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + ob : nullptr,
-            cell_gain ? ptr<T>(cell_rstd) + ob : nullptr, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
-            zone_c ? ptr<T>(zone_c) + ob * H : nullptr, T(eps));
-      });
-    }
+    split.run([&](int64_t lo, int64_t hi) {
+      for (int64_t t = 0; t < steps.count(); ++t) {
+        const int64_t n = std::min(steps.sizes[t], hi) - lo;
+        if (n <= 0) break;
+        const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
+        proj.add_into<T>(Block(act, o, n), recurrent_input(Block(hs, p, n), recurrent, scratch, o, lo), o);
+        over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
+          const int64_t ob = o + b, pb = p + b, qb = q + b;
+          rnnkit::lstm_forward_rows<T>(
+              e - b, H, ptr<T>(act) + ob * 4 * H, ptr<T>(hs) + pb * H, ptr<T>(cs) + pb * H,
+              ptr<T>(cell_tilde) + ob * H, ptr<T>(tanh_c) + (lo + b) * H, ptr<T>(hs) + qb * H, ptr<T>(cs) + qb * H,
+              ptr<T>(peephole), ptr<T>(cell_gain), ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + ob : nullptr,
+              cell_gain ? ptr<T>(cell_rstd) + ob : nullptr, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
+              zone_c ? ptr<T>(zone_c) + ob * H : nullptr, T(eps));
+        });
+      }
+    });
   });
 }
 
@@ -484,7 +548,8 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  Projection proj(projection, H, eps, true, steps.batch, steps.count());
+  const Split split(steps.batch, splittable(projection, true) && !cell_gain);
+  Projection proj(projection, H, eps, true, split.rows(), steps.count(), split.threads > 1);
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   if (cell_gain) {
     TORCH_CHECK(grad_shown && grad_shown->size(0) >= steps.batch && grad_shown->size(1) == H,
@@ -495,25 +560,29 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
   std::vector<double> partial;  // per-chunk sums of the cell norm's parameter gradients within a step
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_backward", [&] {
     using T = scalar_t;
-    for (int64_t t = steps.count() - 1; t >= 0; --t) {
-      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      auto rows = [&](int64_t b, int64_t e, double* cell_sums) {
-        const int64_t ob = o + b;
-        rnnkit::lstm_backward_rows<T>(
-            e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(grad_c) + b * H, ptr<T>(tanh_c) + b * H,
-            ptr<T>(cs) + (p + b) * H, ptr<T>(act) + ob * 4 * H, ptr<T>(grad_gates) + ob * 4 * H,
-            ptr<T>(grad_in) + (p + b) * H, ptr<T>(peephole), ptr<T>(cell_tilde) + ob * H, ptr<T>(cell_gain),
-            ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + ob : nullptr, cell_gain ? ptr<T>(cell_rstd) + ob : nullptr,
-            cell_gain ? ptr<T>(grad_shown) + b * H : nullptr, cell_sums, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
-            zone_c ? ptr<T>(zone_c) + ob * H : nullptr);
-      };
-      if (cell_gain) {
-        sum_over_chunks(n, sum_chunks(n, 4 * H), 2 * H, ptr<double>(grad_cell), partial, rows);
-      } else {
-        over_rows(n, 4 * H, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
+    split.run([&](int64_t lo, int64_t hi) {
+      for (int64_t t = steps.count() - 1; t >= 0; --t) {
+        const int64_t n = std::min(steps.sizes[t], hi) - lo;
+        if (n <= 0) continue;
+        const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
+        auto rows = [&](int64_t b, int64_t e, double* cell_sums) {
+          const int64_t ob = o + b, sb = lo + b;  // sb: row of the [B, H] scratch buffers
+          rnnkit::lstm_backward_rows<T>(
+              e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(grad_c) + sb * H, ptr<T>(tanh_c) + sb * H,
+              ptr<T>(cs) + (p + b) * H, ptr<T>(act) + ob * 4 * H, ptr<T>(grad_gates) + ob * 4 * H,
+              ptr<T>(grad_in) + (p + b) * H, ptr<T>(peephole), ptr<T>(cell_tilde) + ob * H, ptr<T>(cell_gain),
+              ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + ob : nullptr,
+              cell_gain ? ptr<T>(cell_rstd) + ob : nullptr, cell_gain ? ptr<T>(grad_shown) + sb * H : nullptr,
+              cell_sums, zone_h ? ptr<T>(zone_h) + ob * H : nullptr, zone_c ? ptr<T>(zone_c) + ob * H : nullptr);
+        };
+        if (cell_gain) {
+          sum_over_chunks(n, sum_chunks(n, 4 * H), 2 * H, ptr<double>(grad_cell), partial, rows);
+        } else {
+          over_rows(n, 4 * H, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
+        }
+        proj.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n), o, recurrent);
       }
-      proj.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n), o, recurrent);
-    }
+    });
   });
 }
 
@@ -528,53 +597,59 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
   for (const auto& t : {candidate, bias, recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
-  Projection first(projection.slice(0, split), H, eps, false, steps.batch, steps.count());
+  const Split rows(steps.batch, splittable(projection, false));
+  Projection first(projection.slice(0, split), H, eps, false, rows.rows(), steps.count(), rows.threads > 1);
   std::optional<Projection> second;
-  if (!reset_after) second.emplace(projection.slice(split), H, eps, false, steps.batch, steps.count());
+  if (!reset_after)
+    second.emplace(projection.slice(split), H, eps, false, rows.rows(), steps.count(), rows.threads > 1);
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   Tensor hidden = reset_after ? at::empty({steps.batch, 3 * H}, states.options()) : Tensor();
   TORCH_CHECK(!bias || bias->numel() == 3 * H, "rnnkit compiled loops: the GRU's b_hh must have 3H entries");
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_gru_forward", [&] {
     using T = scalar_t;
-    for (int64_t t = 0; t < steps.count(); ++t) {
-      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      const Block h_in = recurrent_input(Block(states, p, n), recurrent, scratch, o);
-      T* cand = zone ? ptr<T>(candidate) + o * H : nullptr;
-      const T* zz = zone ? ptr<T>(zone) + o * H : nullptr;
-      if (reset_after) {
-        T* into = ptr<T>(hidden);  // each row: b_hh (or 0), then + R(h~)
-        const T* b_hh = ptr<T>(bias);
-        for (int64_t r = 0; r < n; ++r) {
-          if (b_hh) {
-            std::copy(b_hh, b_hh + 3 * H, into + r * 3 * H);
-          } else {
-            std::fill(into + r * 3 * H, into + (r + 1) * 3 * H, T(0));
+    rows.run([&](int64_t lo, int64_t hi) {
+      for (int64_t t = 0; t < steps.count(); ++t) {
+        const int64_t n = std::min(steps.sizes[t], hi) - lo;
+        if (n <= 0) break;
+        const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
+        const Block h_in = recurrent_input(Block(states, p, n), recurrent, scratch, o, lo);
+        T* cand = zone ? ptr<T>(candidate) + o * H : nullptr;
+        const T* zz = zone ? ptr<T>(zone) + o * H : nullptr;
+        if (reset_after) {
+          T* into = ptr<T>(hidden) + lo * 3 * H;  // each row: b_hh (or 0), then + R(h~)
+          const T* b_hh = ptr<T>(bias);
+          for (int64_t r = 0; r < n; ++r) {
+            if (b_hh) {
+              std::copy(b_hh, b_hh + 3 * H, into + r * 3 * H);
+            } else {
+              std::fill(into + r * 3 * H, into + (r + 1) * 3 * H, T(0));
+            }
           }
+          first.add_into<T>(Block(hidden, lo, n), h_in, o);
+          over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
+            rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, into + b * 3 * H,
+                                        ptr<T>(terms) + (o + b) * H, ptr<T>(states) + (p + b) * H,
+                                        cand ? cand + b * H : nullptr, ptr<T>(states) + (q + b) * H,
+                                        zz ? zz + b * H : nullptr);
+          });
+        } else {
+          const Block block(act, o, n);
+          first.add_into<T>(block.columns(0, 2 * H), h_in, o);
+          over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
+            rnnkit::sigmoid_rows<T>(e - b, 2 * H, ptr<T>(act) + (o + b) * 3 * H, 3 * H);
+          });
+          Tensor term = terms.narrow(0, o, n);
+          at::mul_out(term, block.columns(0, H).view(), h_in.view());
+          second->add_into<T>(block.columns(2 * H, H), Block(terms, o, n), o);
+          over_rows(n, H, [&](int64_t b, int64_t e) {
+            rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, nullptr, nullptr,
+                                        ptr<T>(states) + (p + b) * H,
+                                        cand ? cand + b * H : nullptr, ptr<T>(states) + (q + b) * H,
+                                        zz ? zz + b * H : nullptr);
+          });
         }
-        first.add_into<T>(Block(hidden, 0, n), h_in, o);
-        over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
-          rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, ptr<T>(hidden) + b * 3 * H,
-                                      ptr<T>(terms) + (o + b) * H, ptr<T>(states) + (p + b) * H,
-                                      cand ? cand + b * H : nullptr, ptr<T>(states) + (q + b) * H,
-                                      zz ? zz + b * H : nullptr);
-        });
-      } else {
-        const Block block(act, o, n);
-        first.add_into<T>(block.columns(0, 2 * H), h_in, o);
-        over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
-          rnnkit::sigmoid_rows<T>(e - b, 2 * H, ptr<T>(act) + (o + b) * 3 * H, 3 * H);
-        });
-        Tensor term = terms.narrow(0, o, n);
-        at::mul_out(term, block.columns(0, H).view(), h_in.view());
-        second->add_into<T>(block.columns(2 * H, H), Block(terms, o, n), o);
-        over_rows(n, H, [&](int64_t b, int64_t e) {
-          rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, nullptr, nullptr,
-                                      ptr<T>(states) + (p + b) * H,
-                                      cand ? cand + b * H : nullptr, ptr<T>(states) + (q + b) * H,
-                                      zz ? zz + b * H : nullptr);
-        });
       }
-    }
+    });
   });
 }
 
@@ -589,20 +664,25 @@ void gru_backward_after(Tensor grad_in, Tensor act, Tensor states, Tensor n_term
   for (const auto& t : {recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  Projection proj(projection, H, eps, true, steps.batch, steps.count());
+  const Split split(steps.batch, splittable(projection, true));
+  Projection proj(projection, H, eps, true, split.rows(), steps.count(), split.threads > 1);
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward_after", [&] {
     using T = scalar_t;
-    for (int64_t t = steps.count() - 1; t >= 0; --t) {
-      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
-        const int64_t ob = o + b;
-        rnnkit::gru_backward_after_rows<T>(e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(act) + ob * 3 * H,
-                                           ptr<T>(states) + (p + b) * H, ptr<T>(n_term) + ob * H,
-                                           zone ? ptr<T>(zone) + ob * H : nullptr, ptr<T>(grad_hidden) + ob * 3 * H,
-                                           ptr<T>(grad_n) + ob * H, ptr<T>(grad_in) + (p + b) * H);
-      });
-      proj.grad_into<T>(Block(grad_in, p, n), Block(grad_hidden, o, n), o, recurrent);
-    }
+    split.run([&](int64_t lo, int64_t hi) {
+      for (int64_t t = steps.count() - 1; t >= 0; --t) {
+        const int64_t n = std::min(steps.sizes[t], hi) - lo;
+        if (n <= 0) continue;
+        const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
+        over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
+          const int64_t ob = o + b;
+          rnnkit::gru_backward_after_rows<T>(e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(act) + ob * 3 * H,
+                                             ptr<T>(states) + (p + b) * H, ptr<T>(n_term) + ob * H,
+                                             zone ? ptr<T>(zone) + ob * H : nullptr, ptr<T>(grad_hidden) + ob * 3 * H,
+                                             ptr<T>(grad_n) + ob * H, ptr<T>(grad_in) + (p + b) * H);
+        });
+        proj.grad_into<T>(Block(grad_in, p, n), Block(grad_hidden, o, n), o, recurrent);
+      }
+    });
   });
 }
 
@@ -616,29 +696,35 @@ void gru_backward_before(Tensor grad_in, Tensor act, Tensor states, Tensor grad_
   for (const auto& t : {recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  Projection first(projection.slice(0, split), H, eps, true, steps.batch, steps.count()),
-      second(projection.slice(split), H, eps, true, steps.batch, steps.count());
+  const Split rows(steps.batch, splittable(projection, true));
+  Projection first(projection.slice(0, split), H, eps, true, rows.rows(), steps.count(), rows.threads > 1),
+      second(projection.slice(split), H, eps, true, rows.rows(), steps.count(), rows.threads > 1);
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward_before", [&] {
     using T = scalar_t;
-    for (int64_t t = steps.count() - 1; t >= 0; --t) {
-      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      T* gp = ptr<T>(grad_in) + p * H;
-      T* gg = ptr<T>(grad_gates) + o * 3 * H;
-      over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
-        rnnkit::gru_backward_before_zn_rows<T>(e - b, H, ptr<T>(grad_in) + (q + b) * H, ptr<T>(act) + (o + b) * 3 * H,
-                                               ptr<T>(states) + (p + b) * H, zone ? ptr<T>(zone) + (o + b) * H : nullptr,
-                                               gg + b * 3 * H, gp + b * H);
-      });
-      Tensor grad_rh = second.grad_inputs<T>(Block(grad_gates, o, n).columns(2 * H, H), o);
-      const T* grh = grad_rh.data_ptr<T>();
-      over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
-        rnnkit::gru_backward_before_r_rows<T>(e - b, H, grh + b * H, ptr<T>(act) + (o + b) * 3 * H,
-                                              ptr<T>(states) + (p + b) * H,
-                                              recurrent ? ptr<T>(recurrent) + (o + b) * H : nullptr, gg + b * 3 * H,
-                                              gp + b * H);
-      });
-      first.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n).columns(0, 2 * H), o, recurrent);
-    }
+    rows.run([&](int64_t lo, int64_t hi) {
+      for (int64_t t = steps.count() - 1; t >= 0; --t) {
+        const int64_t n = std::min(steps.sizes[t], hi) - lo;
+        if (n <= 0) continue;
+        const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
+        T* gp = ptr<T>(grad_in) + p * H;
+        T* gg = ptr<T>(grad_gates) + o * 3 * H;
+        over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
+          rnnkit::gru_backward_before_zn_rows<T>(e - b, H, ptr<T>(grad_in) + (q + b) * H,
+                                                 ptr<T>(act) + (o + b) * 3 * H, ptr<T>(states) + (p + b) * H,
+                                                 zone ? ptr<T>(zone) + (o + b) * H : nullptr, gg + b * 3 * H,
+                                                 gp + b * H);
+        });
+        Tensor grad_rh = second.grad_inputs<T>(Block(grad_gates, o, n).columns(2 * H, H), o);
+        const T* grh = grad_rh.data_ptr<T>();
+        over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
+          rnnkit::gru_backward_before_r_rows<T>(e - b, H, grh + b * H, ptr<T>(act) + (o + b) * 3 * H,
+                                                ptr<T>(states) + (p + b) * H,
+                                                recurrent ? ptr<T>(recurrent) + (o + b) * H : nullptr, gg + b * 3 * H,
+                                                gp + b * H);
+        });
+        first.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n).columns(0, 2 * H), o, recurrent);
+      }
+    });
   });
 }
 
@@ -649,18 +735,24 @@ void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTen
   for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
-  Projection proj(projection, H, eps, false, steps.batch, steps.count());
+  const Split split(steps.batch, splittable(projection, false));
+  Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1);
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_simple_forward", [&] {
     using T = scalar_t;
-    for (int64_t t = 0; t < steps.count(); ++t) {
-      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      proj.add_into<T>(Block(pre, o, n), recurrent_input(Block(states, p, n), recurrent, scratch, o), o);
-      over_rows(n, H, [&](int64_t b, int64_t e) {
-        rnnkit::simple_forward_rows<T>(e - b, H, ptr<T>(pre) + (o + b) * H, ptr<T>(states) + (p + b) * H,
-                                       ptr<T>(states) + (q + b) * H, relu, zone ? ptr<T>(zone) + (o + b) * H : nullptr);
-      });
-    }
+    split.run([&](int64_t lo, int64_t hi) {
+      for (int64_t t = 0; t < steps.count(); ++t) {
+        const int64_t n = std::min(steps.sizes[t], hi) - lo;
+        if (n <= 0) break;
+        const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
+        proj.add_into<T>(Block(pre, o, n), recurrent_input(Block(states, p, n), recurrent, scratch, o, lo), o);
+        over_rows(n, H, [&](int64_t b, int64_t e) {
+          rnnkit::simple_forward_rows<T>(e - b, H, ptr<T>(pre) + (o + b) * H, ptr<T>(states) + (p + b) * H,
+                                         ptr<T>(states) + (q + b) * H, relu,
+                                         zone ? ptr<T>(zone) + (o + b) * H : nullptr);
+        });
+      }
+    });
   });
 }
 
@@ -672,24 +764,29 @@ void simple_backward(Tensor grad_in, Tensor act, Tensor grad_pre, at::TensorList
   for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  Projection proj(projection, H, eps, true, steps.batch, steps.count());
+  const Split split(steps.batch, splittable(projection, true));
+  Projection proj(projection, H, eps, true, split.rows(), steps.count(), split.threads > 1);
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_simple_backward", [&] {
     using T = scalar_t;
-    for (int64_t t = steps.count() - 1; t >= 0; --t) {
-      const int64_t n = steps.sizes[t], o = steps.offsets[t], p = steps.previous(t), q = steps.next(t);
-      const T* gh = ptr<T>(grad_in) + q * H;
-      over_rows(n, H, [&](int64_t b, int64_t e) {
-        rnnkit::simple_backward_rows<T>(e - b, H, gh + b * H, ptr<T>(act) + (o + b) * H,
-                                        zone ? ptr<T>(zone) + (o + b) * H : nullptr, relu,
-                                        ptr<T>(grad_pre) + (o + b) * H);
-      });
-      proj.grad_into<T>(Block(grad_in, p, n), Block(grad_pre, o, n), o, recurrent);
-      if (zone) {
+    split.run([&](int64_t lo, int64_t hi) {
+      for (int64_t t = steps.count() - 1; t >= 0; --t) {
+        const int64_t n = std::min(steps.sizes[t], hi) - lo;
+        if (n <= 0) continue;
+        const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
+        const T* gh = ptr<T>(grad_in) + q * H;
         over_rows(n, H, [&](int64_t b, int64_t e) {
-          rnnkit::addcmul_rows<T>(e - b, H, ptr<T>(grad_in) + (p + b) * H, gh + b * H, H, ptr<T>(zone) + (o + b) * H);
+          rnnkit::simple_backward_rows<T>(e - b, H, gh + b * H, ptr<T>(act) + (o + b) * H,
+                                          zone ? ptr<T>(zone) + (o + b) * H : nullptr, relu,
+                                          ptr<T>(grad_pre) + (o + b) * H);
         });
+        proj.grad_into<T>(Block(grad_in, p, n), Block(grad_pre, o, n), o, recurrent);
+        if (zone) {
+          over_rows(n, H, [&](int64_t b, int64_t e) {
+            rnnkit::addcmul_rows<T>(e - b, H, ptr<T>(grad_in) + (p + b) * H, gh + b * H, H, ptr<T>(zone) + (o + b) * H);
+          });
+        }
       }
-    }
+    });
   });
 }
 
@@ -759,6 +856,8 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("set_parallel_min(int elements) -> int", &set_parallel_min);
   m.def("set_packed_gemm(bool on) -> int", &set_packed_gemm);
   m.def("set_small_products(bool on) -> int", &set_small_products);
+  m.def("set_batch_split(bool on) -> int", &set_batch_split);
+  m.def("batch_threads(int batch) -> int", &batch_threads);
   m.def("threaded() -> bool", &threaded);
   m.def("layer_norm_gates(Tensor pre, Tensor gain, Tensor(a!) target, Tensor(b!) mean, Tensor(c!) rstd, "
         "int hidden, float eps) -> ()",
