@@ -41,7 +41,9 @@ def run_direction(
     # (in all but the reset-after GRU, which scales part of it by r): the input projection may add it with b_ih,
     # and then the Function gets none
     additive = not (isinstance(cell, GRUCell) and cell.reset_after)
-    gates, folded = input_gates(cell, packing.pack(x), cell.bias_hh if additive else None)
+    # a time-major input that is no [N, I] view goes in as it is: the projection copies it into a pooled buffer
+    as_is = packing.gather is None and x.dim() == 3 and not x.is_contiguous() and x.shape[1] > 1
+    gates, folded = input_gates(cell, x if as_is else packing.pack(x), cell.bias_hh if additive else None)
     bias_hh = None if folded else cell.bias_hh
     initial = tuple(packing.sort(s) for s in state)
     masks = Masks.pack(noise, packing)

@@ -17,7 +17,8 @@ from rnnkit.engine.fused import compiled, workspace
 _linear = torch.ops.mkldnn._linear_pointwise if hasattr(torch.ops.mkldnn, "_linear_pointwise") else None
 
 
-def _onednn(a: Tensor, macs: int) -> bool:
+def through_onednn(a: Tensor, macs: int) -> bool:
+    """Whether a product of ``macs`` multiply-adds with first operand ``a`` goes through oneDNN here."""
     least = compiled.onednn_min_macs()
     return least is not None and _linear is not None and a.dtype == torch.float32 and a.device.type == "cpu" \
         and macs >= least
@@ -25,7 +26,7 @@ def _onednn(a: Tensor, macs: int) -> bool:
 
 def times_weight(grad: Tensor, weight: Tensor) -> Tensor:
     """``grad [N, K] @ weight [K, M]``."""
-    if _onednn(grad, grad.shape[0] * grad.shape[1] * weight.shape[1]):
+    if through_onednn(grad, grad.shape[0] * grad.shape[1] * weight.shape[1]):
         return _linear(grad, weight.t().contiguous(), None, "none", [], "")
     return grad @ weight
 
@@ -34,7 +35,7 @@ def weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
     """``grad^T @ inputs`` for ``grad [N, M]``, ``inputs [N, K]``: a sum over all N rows, ``[M, K]``."""
     # grad's transposed view must be dense for oneDNN: a column slice (the GRU reset-before's [N, 2H] of
     # [N, 3H]) sends it down a generic reorder path, measured at 565 ms for a product MKL does in ~2 ms
-    if grad.is_contiguous() and _onednn(grad, grad.shape[0] * grad.shape[1] * inputs.shape[1]):
+    if grad.is_contiguous() and through_onednn(grad, grad.shape[0] * grad.shape[1] * inputs.shape[1]):
         # (inputs^T grad)^T, this order being oneDNN's fast one. oneDNN reads the second operand's transposed
         # view as it is, but makes the first contiguous in a fresh buffer, whose page faults cost more than
         # the product here (4 ms of 6 for [12800, 128] operands in a training step): it gets a pooled copy.

@@ -8,6 +8,12 @@ with autograd, here with the ``[N, G*H]`` buffers taken from :mod:`~rnnkit.engin
 fresh page faults), the layer norm and its backward done by the compiled loops in one pass over the rows
 (split over torch's threads), and the gain's gradient summed in that same pass. Used when the compiled loops
 are; the tests hold it equal to the autograd version (the Python-loops path).
+
+A time-major ``[T, B, I]`` input that is no ``[N, I]`` view (a batch-first layer's input, transposed) is
+copied into a pooled buffer here rather than by a reshape into a fresh one, and its gradient is written in the
+input's own layout by one batched product per sequence, ``dX_b = dG_b W``, so that autograd hands it on as it
+is instead of copying it into that layout. Training, in-process A/B against reshaping and copying (all four
+benchmark shapes with B > 1): the LSTM and GRU 1-3.5% less time, the Elman RNN 0-3.5%.
 """
 
 from __future__ import annotations
@@ -18,12 +24,19 @@ from torch import Tensor
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
 from rnnkit.engine.fused.common import first_order_only
-from rnnkit.engine.fused.gemm import times_weight, weight_grad
+from rnnkit.engine.fused.gemm import through_onednn, times_weight, weight_grad
 
 
 class InputProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, gain, hidden: int, kernels):
+        ctx.layout = None
+        if x.dim() == 3:  # [T, B, I], no [N, I] view: a pooled copy; the gradient goes back in x's layout
+            steps, batch = x.shape[0], x.shape[1]
+            ctx.layout = (steps, batch, x.transpose(0, 1).is_contiguous())
+            flat = workspace.empty((steps * batch, x.shape[2]), x)
+            flat.view(x.shape).copy_(x)
+            x = flat
         rows, width = x.shape[0], weight.shape[0]
         gates = workspace.empty((rows, width), x)
         if gain is None:
@@ -60,14 +73,26 @@ class InputProjection(torch.autograd.Function):
         else:
             grad_pre = grad
         needs = ctx.needs_input_grad
-        grad_x = times_weight(grad_pre, weight) if needs[0] else None
+        grad_x = None
+        if needs[0]:
+            grad_x = times_weight(grad_pre, weight) if ctx.layout is None else _in_layout(grad_pre, weight, *ctx.layout)
         grad_weight = weight_grad(grad_pre, x) if needs[1] else None
         grad_bias = grad.sum(0) if has_bias and needs[2] else None
         return grad_x, grad_weight, grad_bias, grad_gain, None, None
 
 
+def _in_layout(grad: Tensor, weight: Tensor, steps: int, batch: int, batch_first: bool) -> Tensor:
+    """``grad [N, G] @ weight [G, I]`` as a ``[T, B, I]`` tensor, laid out batch-first when the input was."""
+    if batch_first and not through_onednn(grad, grad.shape[0] * grad.shape[1] * weight.shape[1]):
+        out = grad.new_empty(batch, steps, weight.shape[1])
+        torch.bmm(grad.view(steps, batch, -1).transpose(0, 1), weight.expand(batch, *weight.shape), out=out)
+        return out.transpose(0, 1)
+    return times_weight(grad, weight).view(steps, batch, -1)
+
+
 def input_gates(cell, x: Tensor, recurrent_bias: Tensor | None = None) -> tuple[Tensor, bool]:
-    """``cell.input_gates(x)`` for packed rows ``x [N, I]``, and whether ``recurrent_bias`` is added in too.
+    """``cell.input_gates(x)`` for packed rows ``x [N, I]`` (or ``[T, B, I]`` time-major, no lengths), and
+    whether ``recurrent_bias`` is added in too.
 
     Through :class:`InputProjection` when the compiled loops run, else with autograd. A ``recurrent_bias``
     (``b_hh`` of a cell whose recurrence adds it straight to the gates) is added to ``b_ih`` first, so that
@@ -81,5 +106,5 @@ def input_gates(cell, x: Tensor, recurrent_bias: Tensor | None = None) -> tuple[
         bias, folded = bias + recurrent_bias, True
     kernels = compiled.ops() if compiled.usable_for(x) else None
     if kernels is None:
-        return cell.project(x, cell.weight_ih, bias, gain), folded
+        return cell.project(x.reshape(-1, x.shape[-1]), cell.weight_ih, bias, gain), folded
     return InputProjection.apply(x, cell.weight_ih, bias, gain, cell.hidden_size, kernels), folded
