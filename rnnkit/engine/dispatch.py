@@ -21,16 +21,31 @@ from rnnkit.engine.fused import compiled as fused_compiled
 BACKENDS = ("auto", "reference", "native", "fused")
 
 #: from this batch on, ``auto`` trains an LSTM on CPU with the fused engine's compiled loops rather than
-#: oneDNN's LSTM: measured 0.72-0.88x torch.nn's time at B = 64-256 (H 128-256), against 0.93-1.8x at B <= 32
-#: (where the per-step products are too small to run efficiently op by op; benchmarks/RESULTS.md)
+#: oneDNN's LSTM, where the loops' products go through oneDNN (AVX-512 CPUs): on a Zen 4 the fused LSTM took
+#: 0.72-0.88x torch.nn's time at B = 64-256 (H 128-256), against 0.93-1.8x at B <= 32 (benchmarks/RESULTS.md)
 LSTM_FUSED_MIN_BATCH = 64
+#: the same where the products go through MKL (AVX2 CPUs), with the loops' batch split over threads: on a
+#: 2-vCPU AVX2 EPYC (T=100, I=32), the fused LSTM's training time over oneDNN's LSTM was 0.96-1.00 at B = 32,
+#: 0.80-0.96 at B = 48-64 (H 64-256), 0.95 at B = 16 with H = 64 (and 0.69 against 1.01 torch.nn's time at
+#: (B, T, I, H) = (16, 1000, 16, 64)), but 1.02-1.12 at B = 16 with H = 128-256 and 1.01-1.07 at B = 8
+LSTM_FUSED_MIN_BATCH_MKL = 32
+#: ... and from this batch when the hidden size is at most LSTM_SMALL_HIDDEN
+LSTM_FUSED_MIN_BATCH_MKL_SMALL = 16
+LSTM_SMALL_HIDDEN = 64
+
+
+def lstm_fused_min_batch(hidden_size: int) -> int:
+    """From what batch ``auto`` trains a plain LSTM on CPU with the fused engine (given its compiled loops)."""
+    if fused_compiled.onednn_min_macs() is not None:
+        return LSTM_FUSED_MIN_BATCH
+    return LSTM_FUSED_MIN_BATCH_MKL_SMALL if hidden_size <= LSTM_SMALL_HIDDEN else LSTM_FUSED_MIN_BATCH_MKL
 
 
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
     """The backend ``auto`` runs for these cells, noise and input (measurements: benchmarks/RESULTS.md).
 
     - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN on CPU and LSTM
-      training on CPU from a batch of :data:`LSTM_FUSED_MIN_BATCH` in float32 with the compiled loops: on GPU
+      training on CPU from a batch of :func:`lstm_fused_min_batch` in float32 with the compiled loops: on GPU
       cuDNN runs a whole sequence in one kernel; on CPU oneDNN's LSTM is the faster one for inference and
       for small training batches;
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
@@ -45,7 +60,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
             return "native"
         compiled = fused_compiled.ops() is not None and fused_compiled.usable_for(x)
         if cells[0].kind == "lstm":
-            if not (training and compiled and x.shape[1] >= LSTM_FUSED_MIN_BATCH and x.dtype == torch.float32):
+            if not (training and compiled and x.dtype == torch.float32
+                    and x.shape[1] >= lstm_fused_min_batch(cells[0].hidden_size)):
                 return "native"
         elif not (training or compiled):
             return "native"

@@ -1,5 +1,6 @@
 """Layer behaviour that torch.nn cannot check: dropout between layers, options reaching every cell."""
 
+import pytest
 import torch
 
 import rnnkit as rk
@@ -22,6 +23,17 @@ def test_interlayer_dropout_masks_are_the_same_for_every_backend():
     assert torch.equal(native(x)[0], native(x)[0])
 
 
+@pytest.mark.parametrize(("onednn", "hidden", "expected"), [
+    (None, 64, 16), (None, 65, 32), (None, 512, 32), (1 << 21, 64, 64), (1 << 21, 512, 64)])
+def test_lstm_training_moves_to_the_fused_engine_from_the_measured_batch(monkeypatch, onednn, hidden, expected):
+    """Where the compiled loops' products go through MKL (AVX2 CPUs): from batch 32, or 16 for hidden sizes up
+    to 64; where they go through oneDNN (AVX-512): from batch 64."""
+    from rnnkit.engine import dispatch
+
+    monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
+    assert dispatch.lstm_fused_min_batch(hidden) == expected
+
+
 def test_cell_options_reach_every_cell_and_layer_sizes_chain():
     layer = rk.LSTM(3, 4, 3, bidirectional=True, layer_norm=True, peepholes=True, zoneout=0.1)
     assert len(layer.cells) == 6
@@ -37,10 +49,11 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "fused"  # training GRU: fused
     assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x) == "fused"
     assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "native"  # oneDNN's LSTM for small batches
-    from rnnkit.engine.dispatch import LSTM_FUSED_MIN_BATCH
+    from rnnkit.engine.dispatch import lstm_fused_min_batch
     from rnnkit.engine.fused import compiled
 
-    big = torch.randn(2, LSTM_FUSED_MIN_BATCH, 3)
+    big = torch.randn(2, lstm_fused_min_batch(4), 3)
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, 1:]) == "native"
     expected = "fused" if compiled.ops() is not None else "native"  # the compiled loops' LSTM for large ones
     assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == expected
     assert choose_backend(rk.LSTM(3, 4).cells, [None], big.double()) == "native"
