@@ -20,37 +20,44 @@ from rnnkit.engine.fused import compiled as fused_compiled
 
 BACKENDS = ("auto", "reference", "native", "fused")
 
-#: from this batch on, ``auto`` trains an LSTM on CPU with the fused engine's compiled loops rather than
-#: oneDNN's LSTM, where the loops' products go through oneDNN (AVX-512 CPUs): on a Zen 4 the fused LSTM took
-#: 0.72-0.88x torch.nn's time at B = 64-256 (H 128-256), against 0.93-1.8x at B <= 32 (benchmarks/RESULTS.md)
-LSTM_FUSED_MIN_BATCH = 64
-#: the same where the products go through MKL (AVX2 CPUs), with the loops' batch split over threads: on a
-#: 2-vCPU AVX2 EPYC (T=100, I=32), the fused LSTM's training time over oneDNN's LSTM was 0.96-1.00 at B = 32,
-#: 0.80-0.96 at B = 48-64 (H 64-256), 0.95 at B = 16 with H = 64 (and 0.69 against 1.01 torch.nn's time at
-#: (B, T, I, H) = (16, 1000, 16, 64)), but 1.02-1.12 at B = 16 with H = 128-256 and 1.01-1.07 at B = 8
+#: where the compiled loops' products go through oneDNN (AVX-512 CPUs), ``auto`` trains a plain float32 LSTM on
+#: CPU with them rather than with oneDNN's LSTM once steps x batch x hidden size reaches this, from a batch of
+#: LSTM_FUSED_MIN_BATCH: oneDNN's LSTM training time per step about doubles somewhere past 512k (its workspace's
+#: size). On an AVX-512 Zen 5 (2 threads, batch split), fused over oneDNN's LSTM time (B, T, H; I = 32): 0.61-0.97
+#: at 614k-3.3M (B 16-128, T 100-800, H 64-256), 0.99-1.01 at (24-32, 100, 256); under 600k 1.08-1.76 but 0.94 at
+#: (16, 200, 64) and 0.82 at (16, 500, 64); batches under 16: 1.32 at (12, 200, 256), 0.79 at (8, 800, 128). On
+#: a Zen 4, before the batch split: 0.72-0.88 at B 64-256 (H 128-256), 0.79 at (16, 1000, 64) (I = 16), 1.77 at
+#: (32, 100, 128), 1.63 at (8, 1000, 64) (benchmarks/RESULTS.md)
+LSTM_FUSED_MIN_WORK = 600_000
+LSTM_FUSED_MIN_BATCH = 16
+#: where the products go through MKL (AVX2 CPUs), with the loops' batch split over threads: on a 2-vCPU AVX2
+#: EPYC (T=100, I=32), the fused LSTM's training time over oneDNN's LSTM was 0.96-1.00 at B = 32, 0.80-0.96 at
+#: B = 48-64 (H 64-256), 0.95 at B = 16 with H = 64 (and 0.69 against 1.01 torch.nn's time at (B, T, I, H) =
+#: (16, 1000, 16, 64)), but 1.02-1.12 at B = 16 with H = 128-256 and 1.01-1.07 at B = 8: from this batch
 LSTM_FUSED_MIN_BATCH_MKL = 32
 #: ... and from this batch when the hidden size is at most LSTM_SMALL_HIDDEN
 LSTM_FUSED_MIN_BATCH_MKL_SMALL = 16
 LSTM_SMALL_HIDDEN = 64
 
 
-def lstm_fused_min_batch(hidden_size: int) -> int:
-    """From what batch ``auto`` trains a plain LSTM on CPU with the fused engine (given its compiled loops)."""
+def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
+    """Whether ``auto`` trains a plain float32 LSTM of this shape on CPU with the fused engine's compiled loops
+    (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
     if fused_compiled.onednn_min_macs() is not None:
-        return LSTM_FUSED_MIN_BATCH
-    return LSTM_FUSED_MIN_BATCH_MKL_SMALL if hidden_size <= LSTM_SMALL_HIDDEN else LSTM_FUSED_MIN_BATCH_MKL
+        return batch >= LSTM_FUSED_MIN_BATCH and steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
+    return batch >= (LSTM_FUSED_MIN_BATCH_MKL_SMALL if hidden_size <= LSTM_SMALL_HIDDEN else LSTM_FUSED_MIN_BATCH_MKL)
 
 
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
     """The backend ``auto`` runs for these cells, noise and input (measurements: benchmarks/RESULTS.md).
 
-    - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN on CPU and LSTM
-      training on CPU from a batch of :func:`lstm_fused_min_batch` in float32 with the compiled loops: on GPU
-      cuDNN runs a whole sequence in one kernel; on CPU oneDNN's LSTM is the faster one for inference and
-      for small training batches;
+    - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN on CPU and float32
+      LSTM training on CPU at the shapes of :func:`lstm_trains_fused` with the compiled loops: on GPU cuDNN
+      runs a whole sequence in one kernel; on CPU oneDNN's LSTM is the faster one for inference and for
+      small training batches and short sequences;
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
       inference on CPU with the compiled loops (0.35-0.85x torch.nn's per-step C++ loop, at every benchmark
-      shape on both CPUs measured), LSTM training on CPU from that batch, and every option torch.nn lacks;
+      shape on both CPUs measured), LSTM training on CPU at those shapes, and every option torch.nn lacks;
     - the reference loop for cells the fused engine does not know.
     """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
@@ -61,7 +68,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
         compiled = fused_compiled.ops() is not None and fused_compiled.usable_for(x)
         if cells[0].kind == "lstm":
             if not (training and compiled and x.dtype == torch.float32
-                    and x.shape[1] >= lstm_fused_min_batch(cells[0].hidden_size)):
+                    and lstm_trains_fused(x.shape[0], x.shape[1], cells[0].hidden_size)):
                 return "native"
         elif not (training or compiled):
             return "native"

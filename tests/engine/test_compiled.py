@@ -301,11 +301,14 @@ def test_steps_split_over_threads_give_the_same_results(case, dtype):
 def test_the_batch_split_over_threads_gives_the_same_results(case, dtype):
     """A loop whose batch is split over threads (each thread all steps of its own rows) computes every row as
     an unsplit loop does. With rnnkit's small-product kernel, which sums each output the same way in products
-    of any size, the results are the same bit for bit (six sequences: 3 + 3 rows); with MKL's packed weight
-    (eighteen sequences, float32: 9 + 9 rows) they agree to rounding."""
+    of any size, the results are the same bit for bit (six sequences: 3 + 3 rows); with MKL's packed weight or
+    oneDNN (eighteen sequences, float32: 9 + 9 rows; oneDNN runs each thread's products on that thread) they
+    agree to rounding."""
     if not compiled.status()["threaded"]:
         pytest.skip("the compiled loops were built without OpenMP")
-    routes = ("small", "packed") if dtype == torch.float32 else ("small",)
+    routes = ("small",)
+    if dtype == torch.float32:
+        routes += ("packed", "onednn") if torch.backends.mkldnn.is_available() else ("packed",)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

@@ -23,15 +23,18 @@ def test_interlayer_dropout_masks_are_the_same_for_every_backend():
     assert torch.equal(native(x)[0], native(x)[0])
 
 
-@pytest.mark.parametrize(("onednn", "hidden", "expected"), [
-    (None, 64, 16), (None, 65, 32), (None, 512, 32), (1 << 21, 64, 64), (1 << 21, 512, 64)])
-def test_lstm_training_moves_to_the_fused_engine_from_the_measured_batch(monkeypatch, onednn, hidden, expected):
+@pytest.mark.parametrize(("onednn", "steps", "batch", "hidden", "expected"), [
+    (None, 5, 16, 64, True), (None, 5, 15, 64, False), (None, 5, 16, 65, False), (None, 5, 32, 65, True),
+    (None, 5, 31, 512, False), (1 << 21, 100, 48, 125, True), (1 << 21, 100, 48, 124, False),
+    (1 << 21, 1000, 16, 64, True), (1 << 21, 100, 32, 128, False), (1 << 21, 10000, 15, 64, False)])
+def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypatch, onednn, steps, batch, hidden,
+                                                                        expected):
     """Where the compiled loops' products go through MKL (AVX2 CPUs): from batch 32, or 16 for hidden sizes up
-    to 64; where they go through oneDNN (AVX-512): from batch 64."""
+    to 64, at any length; where they go through oneDNN (AVX-512): from 600k steps x batch x hidden, batch 16."""
     from rnnkit.engine import dispatch
 
     monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
-    assert dispatch.lstm_fused_min_batch(hidden) == expected
+    assert dispatch.lstm_trains_fused(steps, batch, hidden) is expected
 
 
 def test_cell_options_reach_every_cell_and_layer_sizes_chain():
@@ -49,10 +52,12 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "fused"  # training GRU: fused
     assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x) == "fused"
     assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "native"  # oneDNN's LSTM for small batches
-    from rnnkit.engine.dispatch import lstm_fused_min_batch
+    from rnnkit.engine.dispatch import lstm_trains_fused
     from rnnkit.engine.fused import compiled
 
-    big = torch.randn(2, lstm_fused_min_batch(4), 3)
+    big = torch.randn(2, 16, 3)  # [T, B, I]
+    while not lstm_trains_fused(*big.shape[:2], 4):
+        big = torch.cat([big, big])
     assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, 1:]) == "native"
     expected = "fused" if compiled.ops() is not None else "native"  # the compiled loops' LSTM for large ones
     assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == expected

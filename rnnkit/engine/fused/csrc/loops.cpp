@@ -453,19 +453,25 @@ Block recurrent_input(const Block& h_prev, const OptTensor& mask, const Tensor& 
 // run, with MKL's packed weight, which MKL does not promise (tests hold those to rounding). Each thread takes at
 // least kSplitMinRows rows, and its products go through the small-product kernel below kPackMinRows rows, the
 // packed weight from there (one thread's packed product of 8 rows beat the kernel: (16,1000,16,64) training 23%
-// against 5% less time than unsplit). Not split: projections through oneDNN, and backward loops that sum across
-// rows (layer norm's gain gradients), whose sums go by fixed chunks instead.
+// against 5% less time than unsplit). Where float32 products go through oneDNN (AVX-512 CPUs), a thread's product
+// of at least onednn_min_macs multiply-adds still does, on that thread (oneDNN runs one thread inside a parallel
+// region). Not split: backward loops that sum across rows (layer norm's gain gradients), whose sums go by fixed
+// chunks instead.
 // Training (B,T,I,H), in-process A/B against per-step splitting on an AVX2 EPYC with 2 threads, all four cells:
 // (32,100,32,128) 3-9% less time, (64,200,64,256) 1-4%, (16,1000,16,64) 10-27%, (256,50,64,128) 1-4%, batch
 // 4-24 at T=100 2-15% (batch 7, 3 + 4 rows: 1-3% more). One row per thread (batch 2) gained 2-9%, but batch 3
 // (1 + 2 rows) lost 8-13%, hence two.
+// On an AVX-512 Zen 5 (2 threads), against unsplit loops with oneDNN's two-threaded products, two interleaved
+// runs: training (32,100,32,128) RNN/GRU 16-22% less time, LSTM 10-14%, LN-LSTM 1-8%; (16,1000,16,64) 21-36%
+// (LN-LSTM 8-11%); (256,50,64,128) LSTM/RNN 6-11%, GRU 11% less and 2% more, LN-LSTM 2-4% more; (64,200,64,256)
+// 8% less to 4% more: a tie. Inference (one run): 1-36% less, but (64,200,64,256) LSTM and LN-LSTM 2-5% more.
 std::atomic<bool> batch_split{true};
 int64_t set_batch_split(bool on) { return batch_split.exchange(on) ? 1 : 0; }
 constexpr int64_t kSplitMinRows = 2;
 
 // whether a loop over these projection buffers may split its batch (see BATCH SPLIT)
 bool splittable(at::TensorList projection, bool backward) {
-  return !onednn_on(projection[0].scalar_type()) && !(backward && projection.size() > 1);
+  return !(backward && projection.size() > 1);
 }
 
 struct Split {
