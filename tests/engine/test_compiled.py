@@ -300,8 +300,10 @@ def test_steps_split_over_threads_give_the_same_results(case, dtype):
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
 def test_the_batch_split_over_threads_gives_the_same_results(case, dtype):
     """A loop whose batch is split over threads (each thread all steps of its own rows) computes every row as
-    an unsplit loop does. With rnnkit's small-product kernel, which sums each output the same way in products
-    of any size, the results are the same bit for bit (six sequences: 3 + 3 rows); with MKL's packed weight or
+    an unsplit loop does, and backward loops sum the layer-norm gains' gradients by the same fixed chunks of the
+    batch. With rnnkit's small-product kernel, which sums each output the same way in products of any size, the
+    results are the same bit for bit (six sequences: 3 + 3 rows; dropping a row from a chunk's sums fails the
+    layer-norm cases); with MKL's packed weight or
     oneDNN (eighteen sequences, float32: 9 + 9 rows; oneDNN runs each thread's products on that thread) they
     agree to rounding."""
     if not compiled.status()["threaded"]:

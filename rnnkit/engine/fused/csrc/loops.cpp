@@ -238,6 +238,46 @@ void sum_over_chunks(int64_t n, int64_t chunks, int64_t count, double* total, st
     for (int64_t j = 0; j < count; ++j) total[j] += partial[c * count + j];
 }
 
+// SUMS ACROSS ROWS IN A LOOP (layer norm's gain gradients, in backward). The batch's rows go in kSumChunks fixed
+// chunks, rows [B c / K, B (c + 1) / K), and each chunk sums its rows' share over all the loop's steps into its own
+// float64 row; the chunks are added into the total in chunk order after the loop. No row's share depends on which
+// thread computes it, and a loop whose batch is split over a number of threads dividing K (BATCH SPLIT) gives each
+// thread whole chunks: the sums are the same bit for bit split or not, on any number of threads.
+constexpr int64_t kSumChunks = 8;
+
+struct ChunkSums {
+  int64_t batch = 0, count = 0;
+  std::vector<double> acc;  // [kSumChunks, count]
+  bool on() const { return count > 0; }
+  void init(int64_t rows, int64_t width) {
+    batch = rows;
+    count = width;
+    acc.assign(kSumChunks * width, 0.0);
+  }
+  // rows(b, e, sums) over a step's rows [lo, lo + n) (b and e counted from lo), by chunk, each chunk's share into
+  // its own sums; `work`: elements per row (the chunks are spread over threads from 2 * parallel_min elements)
+  template <typename F>
+  void add(int64_t lo, int64_t n, int64_t work, const F& rows) {
+    auto chunk = [&](int64_t c) {
+      const int64_t b = std::max(batch * c / kSumChunks, lo), e = std::min(batch * (c + 1) / kSumChunks, lo + n);
+      if (e > b) rows(b - lo, e - lo, acc.data() + c * count);
+    };
+    const int64_t min = parallel_min.load(std::memory_order_relaxed);
+    if (min < 0 || n < 2 || n * work < 2 * min || at::in_parallel_region()) {
+      for (int64_t c = 0; c < kSumChunks; ++c) chunk(c);
+      return;
+    }
+    at::parallel_for(0, kSumChunks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t c = first; c < last; ++c) chunk(c);
+    });
+  }
+  // total += the chunks' sums, in chunk order
+  void finish(double* total) const {
+    for (int64_t c = 0; c < kSumChunks && on(); ++c)
+      for (int64_t j = 0; j < count; ++j) total[j] += acc[c * count + j];
+  }
+};
+
 // BELOW AUTOGRAD. Each loop runs under at::AutoDispatchBelowADInplaceOrView: it is called from inside a fused
 // autograd Function, which records the graph itself, so the many small ATen calls of a step (views of the
 // step's rows, the recurrent products, in-place adds) need neither autograd's kernels nor view and version
@@ -294,13 +334,13 @@ struct Projection {
   int64_t groups, hidden;
   bool backward;  // products are g @ W (d loss / d inputs) rather than inputs @ W^T
   double eps;
-  std::vector<double> partial;  // per-chunk sums of grad_gain within a step
+  ChunkSums sums;  // of grad_gain, over the loop (SUMS ACROSS ROWS IN A LOOP); added into grad_gain by finish()
 
   // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre, grad_gain)]; grad_gain (float64) accumulates
   // `rows` and `steps`: the most rows of a product and the number of steps, which decide its route; `split`: the
-  // loop's batch is split over threads (BATCH SPLIT), so each product runs on one thread
+  // loop's batch is split over threads (BATCH SPLIT), so each product runs on one thread; `batch`: the loop's
   Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward, int64_t rows, int64_t steps,
-             bool split)
+             bool split, int64_t batch = 0)
       : hidden(hidden), eps(eps), backward(backward) {
     weight = tensors[0];
     weight_t = weight.t();
@@ -327,7 +367,13 @@ struct Projection {
       }
       for (const auto& t : {gain, pre, mean, rstd, grad_pre, grad_gain}) check_dense(t, "layer-norm buffer");
       TORCH_CHECK(!grad_gain || grad_gain->scalar_type() == at::kDouble, "rnnkit compiled loops: grad_gain must be float64");
+      if (grad_gain) sums.init(batch, groups * hidden);
     }
+  }
+
+  // grad_gain += what the loop summed (call once, after the loop)
+  void finish() const {
+    if (grad_gain) sums.finish(ptr<double>(grad_gain));
   }
 
   // c = (accumulate ? c : 0) + a @ op(W) (forward op(W) = W^T, backward W); from kSmallSplitMacs multiply-adds
@@ -385,9 +431,9 @@ struct Projection {
     });
   }
 
-  // d loss / d (inputs @ W^T) for rows [o, o+n), from grad = d loss / d projection
+  // d loss / d (inputs @ W^T) for rows [o, o+n), from grad = d loss / d projection; `lo`: the batch row of the first
   template <typename T>
-  Block grad_pre_of(const Block& grad, int64_t o) {
+  Block grad_pre_of(const Block& grad, int64_t o, int64_t lo) {
     if (!gain) return grad;
     const int64_t n = grad.n, width = groups * hidden, stride = grad.stride();
     const T* g = grad.data<T>();
@@ -397,7 +443,7 @@ struct Projection {
                                      ptr<T>(grad_pre) + (o + b) * width, into);
     };
     if (grad_gain) {
-      sum_over_chunks(n, sum_chunks(n, width), width, ptr<double>(grad_gain), partial, rows);
+      sums.add(lo, n, width, rows);
     } else {
       over_rows(n, width, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
     }
@@ -414,8 +460,8 @@ struct Projection {
 
   // grad_inputs += d loss / d inputs (times the recurrent-dropout mask rows, if any)
   template <typename T>
-  void grad_into(const Block& grad_inputs, const Block& grad, int64_t o, const OptTensor& mask) {
-    const Block g = grad_pre_of<T>(grad, o);
+  void grad_into(const Block& grad_inputs, const Block& grad, int64_t o, int64_t lo, const OptTensor& mask) {
+    const Block g = grad_pre_of<T>(grad, o, lo);
     if (!mask) {
       multiply<T>(g, grad_inputs, true);
       return;
@@ -429,8 +475,8 @@ struct Projection {
   }
 
   template <typename T>
-  Tensor grad_inputs(const Block& grad, int64_t o) {
-    return times_weight<T>(grad_pre_of<T>(grad, o));
+  Tensor grad_inputs(const Block& grad, int64_t o, int64_t lo) {
+    return times_weight<T>(grad_pre_of<T>(grad, o, lo));
   }
 };
 
@@ -455,8 +501,8 @@ Block recurrent_input(const Block& h_prev, const OptTensor& mask, const Tensor& 
 // packed weight from there (one thread's packed product of 8 rows beat the kernel: (16,1000,16,64) training 23%
 // against 5% less time than unsplit). Where float32 products go through oneDNN (AVX-512 CPUs), a thread's product
 // of at least onednn_min_macs multiply-adds still does, on that thread (oneDNN runs one thread inside a parallel
-// region). Not split: backward loops that sum across rows (layer norm's gain gradients), whose sums go by fixed
-// chunks instead.
+// region). Backward loops that sum across rows (layer norm's gain gradients) split over a number of threads that
+// divides kSumChunks, so that each thread sums whole chunks (SUMS ACROSS ROWS IN A LOOP).
 // Training (B,T,I,H), in-process A/B against per-step splitting on an AVX2 EPYC with 2 threads, all four cells:
 // (32,100,32,128) 3-9% less time, (64,200,64,256) 1-4%, (16,1000,16,64) 10-27%, (256,50,64,128) 1-4%, batch
 // 4-24 at T=100 2-15% (batch 7, 3 + 4 rows: 1-3% more). One row per thread (batch 2) gained 2-9%, but batch 3
@@ -469,18 +515,15 @@ std::atomic<bool> batch_split{true};
 int64_t set_batch_split(bool on) { return batch_split.exchange(on) ? 1 : 0; }
 constexpr int64_t kSplitMinRows = 2;
 
-// whether a loop over these projection buffers may split its batch (see BATCH SPLIT)
-bool splittable(at::TensorList projection, bool backward) {
-  return !(backward && projection.size() > 1);
-}
-
 struct Split {
   int64_t batch, threads = 1;
-  Split(int64_t batch, bool allowed) : batch(batch) {
+  // sums: the loop sums across rows (SUMS ACROSS ROWS IN A LOOP), so the thread count must divide kSumChunks
+  explicit Split(int64_t batch, bool sums = false) : batch(batch) {
     // (without OpenMP, parallel_for would run the parts one after the other, each product on a part of the rows)
-    if (allowed && threaded() && batch_split.load(std::memory_order_relaxed) && !at::in_parallel_region() &&
+    if (threaded() && batch_split.load(std::memory_order_relaxed) && !at::in_parallel_region() &&
         parallel_min.load(std::memory_order_relaxed) >= 0)
       threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch / kSplitMinRows));
+    while (sums && kSumChunks % threads != 0) --threads;
   }
   // the most rows of one thread's step (what a projection's product routing goes by)
   int64_t rows() const { return (batch + threads - 1) / threads; }
@@ -501,7 +544,7 @@ struct Split {
 };
 
 // over how many threads a loop that may split its batch splits one of `batch` rows now (for tests)
-int64_t batch_threads(int64_t batch) { return Split(batch, true).threads; }
+int64_t batch_threads(int64_t batch) { return Split(batch).threads; }
 
 // tanh_c: a [B, H] scratch for each step's tanh(c^) (backward recomputes it from cell_tilde)
 void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
@@ -514,7 +557,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
   const int64_t H = hs.size(1);
-  const Split split(steps.batch, splittable(projection, false));
+  const Split split(steps.batch);
   Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1);
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, hs.options()) : Tensor();
@@ -554,8 +597,8 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  const Split split(steps.batch, splittable(projection, true) && !cell_gain);
-  Projection proj(projection, H, eps, true, split.rows(), steps.count(), split.threads > 1);
+  const Split split(steps.batch, projection.size() > 1 || cell_gain);
+  Projection proj(projection, H, eps, true, split.rows(), steps.count(), split.threads > 1, steps.batch);
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   if (cell_gain) {
     TORCH_CHECK(grad_shown && grad_shown->size(0) >= steps.batch && grad_shown->size(1) == H,
@@ -563,7 +606,8 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
     TORCH_CHECK(grad_cell && grad_cell->scalar_type() == at::kDouble && grad_cell->numel() == 2 * H,
                 "rnnkit compiled loops: grad_cell must be float64 [2, H]");
   }
-  std::vector<double> partial;  // per-chunk sums of the cell norm's parameter gradients within a step
+  ChunkSums cell;  // of the cell norm's parameter gradients (SUMS ACROSS ROWS IN A LOOP)
+  if (cell_gain) cell.init(steps.batch, 2 * H);
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_backward", [&] {
     using T = scalar_t;
     split.run([&](int64_t lo, int64_t hi) {
@@ -582,14 +626,16 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
               cell_sums, zone_h ? ptr<T>(zone_h) + ob * H : nullptr, zone_c ? ptr<T>(zone_c) + ob * H : nullptr);
         };
         if (cell_gain) {
-          sum_over_chunks(n, sum_chunks(n, 4 * H), 2 * H, ptr<double>(grad_cell), partial, rows);
+          cell.add(lo, n, 4 * H, rows);
         } else {
           over_rows(n, 4 * H, [&](int64_t b, int64_t e) { rows(b, e, nullptr); });
         }
-        proj.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n), o, recurrent);
+        proj.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n), o, lo, recurrent);
       }
     });
   });
+  proj.finish();
+  if (cell_gain) cell.finish(ptr<double>(grad_cell));
 }
 
 // reset after: projection = [R]; each step's R(h~) + b_hh (bias: b_hh or none) is formed in a [B, 3H] scratch
@@ -603,7 +649,7 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
   for (const auto& t : {candidate, bias, recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
-  const Split rows(steps.batch, splittable(projection, false));
+  const Split rows(steps.batch);
   Projection first(projection.slice(0, split), H, eps, false, rows.rows(), steps.count(), rows.threads > 1);
   std::optional<Projection> second;
   if (!reset_after)
@@ -670,8 +716,8 @@ void gru_backward_after(Tensor grad_in, Tensor act, Tensor states, Tensor n_term
   for (const auto& t : {recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  const Split split(steps.batch, splittable(projection, true));
-  Projection proj(projection, H, eps, true, split.rows(), steps.count(), split.threads > 1);
+  const Split split(steps.batch, projection.size() > 1);
+  Projection proj(projection, H, eps, true, split.rows(), steps.count(), split.threads > 1, steps.batch);
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward_after", [&] {
     using T = scalar_t;
     split.run([&](int64_t lo, int64_t hi) {
@@ -686,10 +732,11 @@ void gru_backward_after(Tensor grad_in, Tensor act, Tensor states, Tensor n_term
                                              zone ? ptr<T>(zone) + ob * H : nullptr, ptr<T>(grad_hidden) + ob * 3 * H,
                                              ptr<T>(grad_n) + ob * H, ptr<T>(grad_in) + (p + b) * H);
         });
-        proj.grad_into<T>(Block(grad_in, p, n), Block(grad_hidden, o, n), o, recurrent);
+        proj.grad_into<T>(Block(grad_in, p, n), Block(grad_hidden, o, n), o, lo, recurrent);
       }
     });
   });
+  proj.finish();
 }
 
 // Reset before, local derivatives recomputed each step from act (r, z, n), states (h_{t-1} rows), the
@@ -702,9 +749,9 @@ void gru_backward_before(Tensor grad_in, Tensor act, Tensor states, Tensor grad_
   for (const auto& t : {recurrent, zone}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  const Split rows(steps.batch, splittable(projection, true));
-  Projection first(projection.slice(0, split), H, eps, true, rows.rows(), steps.count(), rows.threads > 1),
-      second(projection.slice(split), H, eps, true, rows.rows(), steps.count(), rows.threads > 1);
+  const Split rows(steps.batch, projection.size() > 2);
+  Projection first(projection.slice(0, split), H, eps, true, rows.rows(), steps.count(), rows.threads > 1, steps.batch),
+      second(projection.slice(split), H, eps, true, rows.rows(), steps.count(), rows.threads > 1, steps.batch);
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_gru_backward_before", [&] {
     using T = scalar_t;
     rows.run([&](int64_t lo, int64_t hi) {
@@ -720,7 +767,7 @@ void gru_backward_before(Tensor grad_in, Tensor act, Tensor states, Tensor grad_
                                                  zone ? ptr<T>(zone) + (o + b) * H : nullptr, gg + b * 3 * H,
                                                  gp + b * H);
         });
-        Tensor grad_rh = second.grad_inputs<T>(Block(grad_gates, o, n).columns(2 * H, H), o);
+        Tensor grad_rh = second.grad_inputs<T>(Block(grad_gates, o, n).columns(2 * H, H), o, lo);
         const T* grh = grad_rh.data_ptr<T>();
         over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
           rnnkit::gru_backward_before_r_rows<T>(e - b, H, grh + b * H, ptr<T>(act) + (o + b) * 3 * H,
@@ -728,10 +775,12 @@ void gru_backward_before(Tensor grad_in, Tensor act, Tensor states, Tensor grad_
                                                 recurrent ? ptr<T>(recurrent) + (o + b) * H : nullptr, gg + b * 3 * H,
                                                 gp + b * H);
         });
-        first.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n).columns(0, 2 * H), o, recurrent);
+        first.grad_into<T>(Block(grad_in, p, n), Block(grad_gates, o, n).columns(0, 2 * H), o, lo, recurrent);
       }
     });
   });
+  first.finish();
+  second.finish();
 }
 
 void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTensor recurrent, OptTensor zone,
@@ -741,7 +790,7 @@ void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTen
   for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
-  const Split split(steps.batch, splittable(projection, false));
+  const Split split(steps.batch);
   Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1);
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_simple_forward", [&] {
@@ -770,8 +819,8 @@ void simple_backward(Tensor grad_in, Tensor act, Tensor grad_pre, at::TensorList
   for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
   const Steps steps(batch_sizes);
   const int64_t H = grad_in.size(1);
-  const Split split(steps.batch, splittable(projection, true));
-  Projection proj(projection, H, eps, true, split.rows(), steps.count(), split.threads > 1);
+  const Split split(steps.batch, projection.size() > 1);
+  Projection proj(projection, H, eps, true, split.rows(), steps.count(), split.threads > 1, steps.batch);
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "rnnkit_simple_backward", [&] {
     using T = scalar_t;
     split.run([&](int64_t lo, int64_t hi) {
@@ -785,7 +834,7 @@ void simple_backward(Tensor grad_in, Tensor act, Tensor grad_pre, at::TensorList
                                           zone ? ptr<T>(zone) + (o + b) * H : nullptr, relu,
                                           ptr<T>(grad_pre) + (o + b) * H);
         });
-        proj.grad_into<T>(Block(grad_in, p, n), Block(grad_pre, o, n), o, recurrent);
+        proj.grad_into<T>(Block(grad_in, p, n), Block(grad_pre, o, n), o, lo, recurrent);
         if (zone) {
           over_rows(n, H, [&](int64_t b, int64_t e) {
             rnnkit::addcmul_rows<T>(e - b, H, ptr<T>(grad_in) + (p + b) * H, gh + b * H, H, ptr<T>(zone) + (o + b) * H);
@@ -794,6 +843,7 @@ void simple_backward(Tensor grad_in, Tensor act, Tensor grad_pre, at::TensorList
       }
     });
   });
+  proj.finish();
 }
 
 // Layer norm per gate group over all rows at once (the input side of a layer-norm cell):
