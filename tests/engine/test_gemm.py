@@ -40,3 +40,37 @@ def test_weight_grad_of_a_column_slice_stays_on_aten(monkeypatch):
         part = gemm.weight_grad(grad[:, :256], inputs)
         assert len(calls) == 1  # the slice: not through oneDNN
     torch.testing.assert_close(part, full[:256], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transpose_kernel_equals_torch_transpose(dtype):
+    """The compiled loops' transpose (8 x 8 blocks in registers for float, panels of 64 rows) moves every
+    element where ``.t()`` puts it: full and partial blocks and panels, offset and strided views."""
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    kernels = compiled.ops()
+    torch.manual_seed(0)
+    for rows, cols in [(1, 1), (8, 8), (7, 9), (64, 16), (130, 40), (3000, 37), (200, 128)]:
+        source = torch.randn(rows + 2, cols + 3, dtype=dtype)[2:, 1:cols + 1]  # offset rows, row stride cols + 3
+        into = torch.full((cols, rows + 5), float("nan"), dtype=dtype)
+        kernels.transpose_into(source, into[:, 3:rows + 3])
+        assert torch.equal(into[:, 3:rows + 3], source.t())
+        assert into[:, :3].isnan().all() and into[:, rows + 3:].isnan().all()  # nothing written outside
+    with pytest.raises(RuntimeError, match="transpose's shape|dst must be"):
+        kernels.transpose_into(torch.zeros(4, 3, dtype=dtype), torch.zeros(4, 3, dtype=dtype))
+    with pytest.raises(RuntimeError, match="unit column stride"):
+        kernels.transpose_into(torch.zeros(3, 4, dtype=dtype).t(), torch.zeros(3, 4, dtype=dtype))
+
+
+def test_weight_grad_transposes_a_strided_operand_correctly():
+    """weight_grad's first operand for oneDNN is transposed by the compiled kernel when its rows are dense
+    (a row block of the states buffer), by torch otherwise; both equal the float64 product."""
+    _onednn_or_skip()
+    torch.manual_seed(0)
+    grad = torch.randn(1000, 96)
+    states = torch.randn(1032, 40)
+    for inputs in (states[32:], torch.randn(40, 1000).t()):  # dense rows; a transposed view (column stride 40)
+        truth = grad.double().t() @ inputs.double()
+        with compiled.onednn_gemms(0):
+            got = gemm.weight_grad(grad, inputs)
+        torch.testing.assert_close(got.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max().item())

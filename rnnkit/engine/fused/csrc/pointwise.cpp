@@ -3,7 +3,10 @@
 // float rounding. See pointwise.h for the contracts.
 #include "pointwise.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <cstring>
 
 namespace rnnkit {
@@ -533,6 +536,60 @@ void rows_times_weight_t(int64_t n, int64_t m, int64_t k, const T* W, const T* x
   }
 }
 
+namespace {
+
+// an 8 x 8 block of floats transposed in registers: dst row j = src column j (three rounds of two-vector shuffles,
+// as _mm256_unpack*_ps, _mm256_shuffle_ps and _mm256_permute2f128_ps would do)
+inline void transpose_8x8(const float* src, int64_t ss, float* dst, int64_t ds) {
+  typedef int32_t ivec __attribute__((vector_size(32)));
+  vec<float> r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = load(src + i * ss);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], ivec{0, 8, 1, 9, 4, 12, 5, 13});
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], ivec{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int i = 0; i < 8; i += 4) {
+    for (int h = 0; h < 2; ++h) {
+      r[i + 2 * h] = __builtin_shuffle(t[i + h], t[i + h + 2], ivec{0, 1, 8, 9, 4, 5, 12, 13});
+      r[i + 2 * h + 1] = __builtin_shuffle(t[i + h], t[i + h + 2], ivec{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    const vec<float> low = __builtin_shuffle(r[i], r[i + 4], ivec{0, 1, 2, 3, 8, 9, 10, 11});
+    const vec<float> high = __builtin_shuffle(r[i], r[i + 4], ivec{4, 5, 6, 7, 12, 13, 14, 15});
+    std::memcpy(dst + i * ds, &low, sizeof(low));
+    std::memcpy(dst + (i + 4) * ds, &high, sizeof(high));
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void transpose_rows(int64_t rows, int64_t cols, const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+  // panels of 64 source rows, 8 columns at a time: each step writes 8 destination rows a run of 64 elements, so
+  // that few destination lines are open at once (a step over all columns of 8 source rows opened one line in each
+  // of `cols` destination rows, whose stride maps them onto a few cache sets when it is a multiple of 2 KiB:
+  // 0.82 against 0.08 ms for [12800, 128] and [16000, 64] floats)
+  constexpr int64_t B = 8, P = 64;
+  for (int64_t p = 0; p < rows; p += P) {
+    const int64_t np = std::min(P, rows - p);
+    for (int64_t j = 0; j < cols; j += B) {
+      const int64_t nj = std::min(B, cols - j);
+      for (int64_t i = p; i < p + np; i += B) {
+        const int64_t ni = std::min(B, p + np - i);
+        if constexpr (std::is_same_v<T, float>) {
+          if (ni == B && nj == B) {
+            transpose_8x8(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
+            continue;
+          }
+        }
+        for (int64_t b = 0; b < nj; ++b)
+          for (int64_t a = 0; a < ni; ++a) dst[(j + b) * dst_stride + i + a] = src[(i + a) * src_stride + j + b];
+      }
+    }
+  }
+}
+
 #define RNNKIT_INSTANTIATE(T)                                                                                   \
   template void layer_norm_add<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t, T*, T*, T);      \
   template void layer_norm_backward<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, const T*,       \
@@ -551,7 +608,8 @@ void rows_times_weight_t(int64_t n, int64_t m, int64_t k, const T* W, const T* x
   template void simple_forward_rows<T>(int64_t, int64_t, T*, const T*, T*, bool, const T*);                    \
   template void simple_backward_rows<T>(int64_t, int64_t, const T*, const T*, const T*, bool, T*);               \
   template void addcmul_rows<T>(int64_t, int64_t, T*, const T*, int64_t, const T*);                            \
-  template void rows_times_weight_t<T>(int64_t, int64_t, int64_t, const T*, const T*, int64_t, T*, int64_t, bool);
+  template void rows_times_weight_t<T>(int64_t, int64_t, int64_t, const T*, const T*, int64_t, T*, int64_t, bool); \
+  template void transpose_rows<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);
 
 RNNKIT_INSTANTIATE(float)
 RNNKIT_INSTANTIATE(double)

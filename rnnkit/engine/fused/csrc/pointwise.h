@@ -87,4 +87,9 @@ template <typename T>
 void rows_times_weight_t(int64_t n, int64_t m, int64_t k, const T* W, const T* x, int64_t x_stride, T* y,
                          int64_t y_stride, bool accumulate);
 
+// dst[j, i] = src[i, j] for i < rows, j < cols (rows of src and dst src_stride and dst_stride elements apart):
+// blocks of 8 x 8, transposed in vector registers for float
+template <typename T>
+void transpose_rows(int64_t rows, int64_t cols, const T* src, int64_t src_stride, T* dst, int64_t dst_stride);
+
 }  // namespace rnnkit
