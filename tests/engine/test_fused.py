@@ -197,3 +197,44 @@ def test_a_batch_first_input_gets_its_gradient_in_its_own_layout(case, loops):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     if loops == "compiled":
         assert copies == [], copies
+
+
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_a_batch_first_output_gradient_is_copied_once(case, loops):
+    """The fused Functions hand their outputs out as [T, B, H] with no view op after them, so the gradient of a
+    batch-first layer's output (a transposed view to the engine) is copied once, into the backward's state-gradient buffer,
+    not first into a fresh tensor by a view's backward (forward direction, no lengths). Values as the reference
+    layer's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    name, options = case
+    torch.manual_seed(5)
+    ours = rk.RNN(5, 6, cell=name, backend="fused", **options).double()
+    ref = rk.RNN(5, 6, cell=name, backend="reference", **options).double()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, 5, dtype=torch.float64)
+    copies = []
+
+    class CountCopies(TorchDispatchMode):  # the copies that read the output gradient's memory
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            copying = (torch.ops.aten.copy_.default, torch.ops.aten.clone.default, torch.ops.aten._to_copy.default)
+            reads = [a for a in args if isinstance(a, torch.Tensor)] if func in copying else []
+            reads = reads[1:] if func == torch.ops.aten.copy_.default else reads
+            if any(a.untyped_storage().data_ptr() == grad.untyped_storage().data_ptr() for a in reads):
+                copies.append(func)
+            return func(*args, **(kwargs or {}))
+
+    results = []
+    for layer in (ours, ref):
+        torch.manual_seed(6)
+        out, _ = layer(x)
+        grad = torch.randn(3, 7, 6, dtype=torch.float64)  # batch-first: a transposed view to the engine
+        if layer is ours:
+            with CountCopies():
+                out.backward(grad)
+        else:
+            out.backward(grad)
+        results.append([out, *(p.grad for p in layer.parameters())])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    assert copies == [torch.ops.aten.copy_.default], copies

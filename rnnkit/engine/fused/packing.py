@@ -65,9 +65,9 @@ class Packing:
         return flat if self.gather is None else flat.index_select(0, self.gather)
 
     def unpack(self, packed: Tensor) -> Tensor:
-        """Packed ``[N, F]`` -> ``[T, B, F]`` with zeros on padding."""
+        """Packed ``[N, F]`` -> ``[T, B, F]`` with zeros on padding (``[T, B, F]`` as it is)."""
         if self.gather is None:
-            return packed.view(self.steps, self.batch, -1)
+            return packed if packed.dim() == 3 else packed.view(self.steps, self.batch, -1)
         if self.padded:
             out = packed.new_zeros(self.steps * self.batch, packed.shape[-1]).index_copy(0, self.gather, packed)
         else:  # a permutation: every row is written
