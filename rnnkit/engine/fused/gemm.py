@@ -24,6 +24,25 @@ def through_onednn(a: Tensor, macs: int) -> bool:
         and macs >= least
 
 
+#: the largest output (bytes) the input projection takes from oneDNN, which returns a fresh tensor: glibc hands
+#: blocks up to 32 MiB out again from its heap once one was freed, larger ones are mapped and page-faulted in on
+#: every call ([12800, 1024] floats, 52 MB: 24 ms through oneDNN against 17.7 ms for MKL into a kept buffer)
+PROJECTION_MAX_BYTES = 32 << 20
+
+
+def project(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+    """``x [N, I] @ weight^T [I, G] (+ bias)``: through oneDNN into a new tensor where it is faster (on a Zen 5
+    0.51 against 1.02 ms for [3200, 32] x [32, 512], 4.2 against 8.7 ms for [12800, 64] x [64, 512]), else into
+    ``out`` (a kept ``[N, G]`` buffer). Returns the tensor that holds the product."""
+    rows, width = x.shape[0], weight.shape[0]
+    if (through_onednn(x, rows * x.shape[1] * width) and x.is_contiguous() and weight.is_contiguous()
+            and rows * width * x.element_size() <= PROJECTION_MAX_BYTES):
+        return _linear(x, weight, bias, "none", [], "")
+    if bias is None:
+        return torch.mm(x, weight.t(), out=out)
+    return torch.addmm(bias, x, weight.t(), out=out)
+
+
 def times_weight(grad: Tensor, weight: Tensor) -> Tensor:
     """``grad [N, K] @ weight [K, M]``."""
     if through_onednn(grad, grad.shape[0] * grad.shape[1] * weight.shape[1]):

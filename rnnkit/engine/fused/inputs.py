@@ -24,7 +24,7 @@ from torch import Tensor
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
 from rnnkit.engine.fused.common import first_order_only
-from rnnkit.engine.fused.gemm import through_onednn, times_weight, weight_grad
+from rnnkit.engine.fused.gemm import project, through_onednn, times_weight, weight_grad
 
 
 class InputProjection(torch.autograd.Function):
@@ -38,16 +38,12 @@ class InputProjection(torch.autograd.Function):
             flat.view(x.shape).copy_(x)
             x = flat
         rows, width = x.shape[0], weight.shape[0]
-        gates = workspace.empty((rows, width), x)
         if gain is None:
-            if bias is None:
-                torch.mm(x, weight.t(), out=gates)
-            else:
-                torch.addmm(bias, x, weight.t(), out=gates)
+            gates = project(x, weight, bias, workspace.empty((rows, width), x))
             ctx.save_for_backward(x, weight)
         else:
-            pre = workspace.empty((rows, width), x)
-            torch.mm(x, weight.t(), out=pre)
+            gates = workspace.empty((rows, width), x)
+            pre = project(x, weight, None, workspace.empty((rows, width), x))
             mean, rstd = x.new_empty(rows, width // hidden), x.new_empty(rows, width // hidden)
             if bias is None:
                 gates.zero_()
