@@ -38,6 +38,16 @@ LSTM_FUSED_MIN_BATCH_MKL = 32
 #: ... and from this batch when the hidden size is at most LSTM_SMALL_HIDDEN
 LSTM_FUSED_MIN_BATCH_MKL_SMALL = 16
 LSTM_SMALL_HIDDEN = 64
+#: where the products go through MKL, ``auto`` also runs plain float32 LSTM *inference* with the compiled loops,
+#: from this batch (LSTM_INFER_MIN_BATCH_MKL_SMALL for hidden sizes up to LSTM_INFER_SMALL_HIDDEN). On the AVX2
+#: EPYC (ninth session; T=100, I=32, no grad, time-major), fused over oneDNN's LSTM time: H=64: B8 1.16, B16
+#: 0.95, B32 0.88, B64-256 0.81-0.86; H=128: B8 1.16, B16 0.87, B32 0.87, B64-256 0.77-0.83; H=256: B8 1.15, B16
+#: 1.09, B32 0.975, B64-256 0.86-0.95 (batch 1: 0.79-1.24); batch-first at H=128: B16 0.94, B32 0.86, B256 0.80.
+#: Where they go through oneDNN, the fused LSTM's inference took 1.3-2.6x torch.nn's at the benchmark shapes
+#: (Zen 4 and Zen 5): native there.
+LSTM_INFER_MIN_BATCH_MKL = 32
+LSTM_INFER_MIN_BATCH_MKL_SMALL = 16
+LSTM_INFER_SMALL_HIDDEN = 128
 
 
 def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
@@ -48,16 +58,27 @@ def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
     return batch >= (LSTM_FUSED_MIN_BATCH_MKL_SMALL if hidden_size <= LSTM_SMALL_HIDDEN else LSTM_FUSED_MIN_BATCH_MKL)
 
 
+def lstm_infers_fused(batch: int, hidden_size: int) -> bool:
+    """Whether ``auto`` runs a plain float32 LSTM's inference of this shape on CPU with the fused engine's
+    compiled loops (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
+    if fused_compiled.onednn_min_macs() is not None:
+        return False
+    small = hidden_size <= LSTM_INFER_SMALL_HIDDEN
+    return batch >= (LSTM_INFER_MIN_BATCH_MKL_SMALL if small else LSTM_INFER_MIN_BATCH_MKL)
+
+
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
     """The backend ``auto`` runs for these cells, noise and input (measurements: benchmarks/RESULTS.md).
 
     - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN on CPU and float32
-      LSTM training on CPU at the shapes of :func:`lstm_trains_fused` with the compiled loops: on GPU cuDNN
-      runs a whole sequence in one kernel; on CPU oneDNN's LSTM is the faster one for inference and for
-      small training batches and short sequences;
+      LSTM training and inference on CPU at the shapes of :func:`lstm_trains_fused` and
+      :func:`lstm_infers_fused` with the compiled loops: on GPU cuDNN runs a whole sequence in one kernel; on
+      CPU oneDNN's LSTM is the faster one for small batches and short sequences, and for inference where the
+      compiled loops' products go through oneDNN;
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
-      inference on CPU with the compiled loops (0.35-0.85x torch.nn's per-step C++ loop, at every benchmark
-      shape on both CPUs measured), LSTM training on CPU at those shapes, and every option torch.nn lacks;
+      inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark
+      shape on the three CPUs measured), LSTM training and inference on CPU at those shapes, and every option
+      torch.nn lacks;
     - the reference loop for cells the fused engine does not know.
     """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
@@ -67,8 +88,10 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
             return "native"
         compiled = fused_compiled.ops() is not None and fused_compiled.usable_for(x)
         if cells[0].kind == "lstm":
-            if not (training and compiled and x.dtype == torch.float32
-                    and lstm_trains_fused(x.shape[0], x.shape[1], cells[0].hidden_size)):
+            hidden = cells[0].hidden_size
+            fits = (lstm_trains_fused(x.shape[0], x.shape[1], hidden) if training
+                    else lstm_infers_fused(x.shape[1], hidden))
+            if not (compiled and x.dtype == torch.float32 and fits):
                 return "native"
         elif not (training or compiled):
             return "native"

@@ -37,6 +37,27 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
     assert dispatch.lstm_trains_fused(steps, batch, hidden) is expected
 
 
+@pytest.mark.parametrize(("onednn", "batch", "hidden", "expected"), [
+    (None, 16, 128, True), (None, 15, 128, False), (None, 16, 129, False), (None, 32, 512, True),
+    (None, 31, 256, False), (1 << 21, 256, 128, False), (1 << 21, 4096, 64, False)])
+def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(monkeypatch, onednn, batch, hidden,
+                                                                              expected):
+    """Where the compiled loops' products go through MKL (AVX2 CPUs): from batch 16 for hidden sizes up to 128,
+    32 above; where they go through oneDNN (AVX-512): never (oneDNN's LSTM is 1.3-2.6x faster there)."""
+    from rnnkit.engine import dispatch
+
+    monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
+    assert dispatch.lstm_infers_fused(batch, hidden) is expected
+    if dispatch.fused_compiled.ops() is not None:
+        with torch.no_grad():
+            chosen = dispatch.choose_backend(rk.LSTM(3, hidden).cells, [None], torch.randn(5, batch, 3))
+        assert chosen == ("fused" if expected else "native")
+        with torch.no_grad():  # float64: torch.nn's kernels
+            chosen = dispatch.choose_backend(rk.LSTM(3, hidden).double().cells, [None],
+                                             torch.randn(5, batch, 3, dtype=torch.float64))
+        assert chosen == "native"
+
+
 def test_cell_options_reach_every_cell_and_layer_sizes_chain():
     layer = rk.LSTM(3, 4, 3, bidirectional=True, layer_norm=True, peepholes=True, zoneout=0.1)
     assert len(layer.cells) == 6
@@ -64,8 +85,8 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     assert choose_backend(rk.LSTM(3, 4).cells, [None], big.double()) == "native"
     with compiled.python_loops():
         assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"
-    with torch.no_grad():
-        assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"  # inference
+    with torch.no_grad():  # inference: see test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster
+        assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, :15]) == "native"
     with torch.no_grad():  # GRU/SimpleRNN inference: the compiled loops beat torch.nn's per-step loop
         assert choose_backend(rk.GRU(3, 4).cells, [None], x) == expected
         assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x.double()) == expected
