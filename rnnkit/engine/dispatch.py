@@ -50,18 +50,41 @@ LSTM_INFER_MIN_BATCH_MKL_SMALL = 16
 LSTM_INFER_SMALL_HIDDEN = 128
 
 
+def cpu_runs_avx512() -> bool:
+    """Whether torch runs AVX-512 code on this CPU (its oneDNN LSTM too)."""
+    try:
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    except Exception:  # noqa: BLE001 - an older torch without the query
+        return False
+
+
+def _lstm_regime() -> str | None:
+    """Which measured case this CPU and the compiled loops' settings are: "onednn" (AVX-512 CPU, the loops'
+    products through oneDNN), "mkl" (AVX2 CPU, products through MKL), or None where ``RNNKIT_ONEDNN`` forced the
+    other route, which no LSTM measurement covers (on a Zen 5 with MKL products the fused LSTM's inference took
+    1.5-2.6x oneDNN's LSTM): torch.nn's LSTM then."""
+    onednn = fused_compiled.onednn_min_macs() is not None
+    if onednn == cpu_runs_avx512():
+        return "onednn" if onednn else "mkl"
+    return None
+
+
 def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
     """Whether ``auto`` trains a plain float32 LSTM of this shape on CPU with the fused engine's compiled loops
     (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
-    if fused_compiled.onednn_min_macs() is not None:
+    regime = _lstm_regime()
+    if regime == "onednn":
         return batch >= LSTM_FUSED_MIN_BATCH and steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
-    return batch >= (LSTM_FUSED_MIN_BATCH_MKL_SMALL if hidden_size <= LSTM_SMALL_HIDDEN else LSTM_FUSED_MIN_BATCH_MKL)
+    if regime == "mkl":
+        small = hidden_size <= LSTM_SMALL_HIDDEN
+        return batch >= (LSTM_FUSED_MIN_BATCH_MKL_SMALL if small else LSTM_FUSED_MIN_BATCH_MKL)
+    return False
 
 
 def lstm_infers_fused(batch: int, hidden_size: int) -> bool:
     """Whether ``auto`` runs a plain float32 LSTM's inference of this shape on CPU with the fused engine's
     compiled loops (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
-    if fused_compiled.onednn_min_macs() is not None:
+    if _lstm_regime() != "mkl":
         return False
     small = hidden_size <= LSTM_INFER_SMALL_HIDDEN
     return batch >= (LSTM_INFER_MIN_BATCH_MKL_SMALL if small else LSTM_INFER_MIN_BATCH_MKL)

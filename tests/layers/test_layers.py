@@ -34,7 +34,10 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
     from rnnkit.engine import dispatch
 
     monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
+    monkeypatch.setattr(dispatch, "cpu_runs_avx512", lambda: onednn is not None)
     assert dispatch.lstm_trains_fused(steps, batch, hidden) is expected
+    monkeypatch.setattr(dispatch, "cpu_runs_avx512", lambda: onednn is None)  # RNNKIT_ONEDNN forced: unmeasured
+    assert not dispatch.lstm_trains_fused(steps, batch, hidden)
 
 
 @pytest.mark.parametrize(("onednn", "batch", "hidden", "expected"), [
@@ -47,6 +50,7 @@ def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(mon
     from rnnkit.engine import dispatch
 
     monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
+    monkeypatch.setattr(dispatch, "cpu_runs_avx512", lambda: onednn is not None)
     assert dispatch.lstm_infers_fused(batch, hidden) is expected
     if dispatch.fused_compiled.ops() is not None:
         with torch.no_grad():
@@ -73,15 +77,17 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "fused"  # training GRU: fused
     assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x) == "fused"
     assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "native"  # oneDNN's LSTM for small batches
-    from rnnkit.engine.dispatch import lstm_trains_fused
+    from rnnkit.engine import dispatch
     from rnnkit.engine.fused import compiled
 
     big = torch.randn(2, 16, 3)  # [T, B, I]
-    while not lstm_trains_fused(*big.shape[:2], 4):
+    while dispatch._lstm_regime() is not None and not dispatch.lstm_trains_fused(*big.shape[:2], 4):
         big = torch.cat([big, big])
     assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, 1:]) == "native"
-    expected = "fused" if compiled.ops() is not None else "native"  # the compiled loops' LSTM for large ones
-    assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == expected
+    # the compiled loops' LSTM for large ones (torch.nn's where RNNKIT_ONEDNN forced an unmeasured route)
+    expected = "fused" if compiled.ops() is not None else "native"
+    measured = expected if dispatch._lstm_regime() is not None else "native"
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == measured
     assert choose_backend(rk.LSTM(3, 4).cells, [None], big.double()) == "native"
     with compiled.python_loops():
         assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"
