@@ -50,21 +50,13 @@ LSTM_INFER_MIN_BATCH_MKL_SMALL = 16
 LSTM_INFER_SMALL_HIDDEN = 128
 
 
-def cpu_runs_avx512() -> bool:
-    """Whether torch runs AVX-512 code on this CPU (its oneDNN LSTM too)."""
-    try:
-        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    except Exception:  # noqa: BLE001 - an older torch without the query
-        return False
-
-
 def _lstm_regime() -> str | None:
     """Which measured case this CPU and the compiled loops' settings are: "onednn" (AVX-512 CPU, the loops'
     products through oneDNN), "mkl" (AVX2 CPU, products through MKL), or None where ``RNNKIT_ONEDNN`` forced the
     other route, which no LSTM measurement covers (on a Zen 5 with MKL products the fused LSTM's inference took
     1.5-2.6x oneDNN's LSTM): torch.nn's LSTM then."""
     onednn = fused_compiled.onednn_min_macs() is not None
-    if onednn == cpu_runs_avx512():
+    if onednn == fused_compiled.cpu_runs_avx512():
         return "onednn" if onednn else "mkl"
     return None
 

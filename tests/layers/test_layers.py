@@ -33,10 +33,11 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
     to 64, at any length; where they go through oneDNN (AVX-512): from 600k steps x batch x hidden, batch 16."""
     from rnnkit.engine import dispatch
 
+    dispatch.fused_compiled.ops()  # loaded (if it can be) before the patches: loading reads the CPU's kind
     monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
-    monkeypatch.setattr(dispatch, "cpu_runs_avx512", lambda: onednn is not None)
+    monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: onednn is not None)
     assert dispatch.lstm_trains_fused(steps, batch, hidden) is expected
-    monkeypatch.setattr(dispatch, "cpu_runs_avx512", lambda: onednn is None)  # RNNKIT_ONEDNN forced: unmeasured
+    monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: onednn is None)  # RNNKIT_ONEDNN forced: unmeasured
     assert not dispatch.lstm_trains_fused(steps, batch, hidden)
 
 
@@ -49,8 +50,9 @@ def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(mon
     32 above; where they go through oneDNN (AVX-512): never (oneDNN's LSTM is 1.3-2.6x faster there)."""
     from rnnkit.engine import dispatch
 
+    dispatch.fused_compiled.ops()  # loaded (if it can be) before the patches: loading reads the CPU's kind
     monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
-    monkeypatch.setattr(dispatch, "cpu_runs_avx512", lambda: onednn is not None)
+    monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: onednn is not None)
     assert dispatch.lstm_infers_fused(batch, hidden) is expected
     if dispatch.fused_compiled.ops() is not None:
         with torch.no_grad():

@@ -77,9 +77,15 @@ def _onednn_by_default() -> bool:
         return False
     if setting in ("1", "true", "on", "yes"):
         return True
+    return cpu_runs_avx512()
+
+
+def cpu_runs_avx512() -> bool:
+    """Whether torch runs AVX-512 code on this CPU (``torch.backends.cpu.get_cpu_capability()``; False where
+    this torch cannot say)."""
     try:
         return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    except Exception:  # noqa: BLE001 - an older torch without the query: keep ATen
+    except Exception:  # noqa: BLE001 - an older torch without the query
         return False
 
 
