@@ -158,6 +158,16 @@ def test_gradients_when_only_some_outputs_are_used(name, lengths, loops):
             torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-10)
 
 
+def _batch_first_pair(case, seed):
+    """A fused and a reference batch-first layer with the same weights (float64), and an input [3, 7, 5]."""
+    name, options = case
+    torch.manual_seed(seed)
+    ours = rk.RNN(5, 6, cell=name, backend="fused", **options).double()
+    ref = rk.RNN(5, 6, cell=name, backend="reference", **options).double()
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref, torch.randn(3, 7, 5, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
 def test_a_batch_first_input_gets_its_gradient_in_its_own_layout(case, loops):
     """A batch-first layer's input goes to the fused engine transposed; the engine copies it time-major itself
@@ -166,12 +176,7 @@ def test_a_batch_first_input_gets_its_gradient_in_its_own_layout(case, loops):
     (A reverse direction reads the input through a gather, time reversed, and its gradient is copied.)"""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    name, options = case
-    torch.manual_seed(4)
-    ours = rk.RNN(5, 6, cell=name, backend="fused", **options).double()
-    ref = rk.RNN(5, 6, cell=name, backend="reference", **options).double()
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(3, 7, 5, dtype=torch.float64)
+    ours, ref, x = _batch_first_pair(case, seed=4)
     copies = []
 
     class CountCopies(TorchDispatchMode):
@@ -207,12 +212,7 @@ def test_a_batch_first_output_gradient_is_copied_once(case, loops):
     layer's."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    name, options = case
-    torch.manual_seed(5)
-    ours = rk.RNN(5, 6, cell=name, backend="fused", **options).double()
-    ref = rk.RNN(5, 6, cell=name, backend="reference", **options).double()
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(3, 7, 5, dtype=torch.float64)
+    ours, ref, x = _batch_first_pair(case, seed=5)
     copies = []
 
     class CountCopies(TorchDispatchMode):  # the copies that read the output gradient's memory
