@@ -39,11 +39,11 @@ class InputProjection(torch.autograd.Function):
             x = flat
         rows, width = x.shape[0], weight.shape[0]
         if gain is None:
-            gates = project(x, weight, bias, workspace.empty((rows, width), x))
+            gates = project(x, weight, bias)
             ctx.save_for_backward(x, weight)
         else:
             gates = workspace.empty((rows, width), x)
-            pre = project(x, weight, None, workspace.empty((rows, width), x))
+            pre = project(x, weight, None)
             mean, rstd = x.new_empty(rows, width // hidden), x.new_empty(rows, width // hidden)
             if bias is None:
                 gates.zero_()

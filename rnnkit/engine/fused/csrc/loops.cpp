@@ -248,7 +248,6 @@ constexpr int64_t kSumChunks = 8;
 struct ChunkSums {
   int64_t batch = 0, count = 0;
   std::vector<double> acc;  // [kSumChunks, count]
-  bool on() const { return count > 0; }
   void init(int64_t rows, int64_t width) {
     batch = rows;
     count = width;
@@ -273,7 +272,7 @@ struct ChunkSums {
   }
   // total += the chunks' sums, in chunk order
   void finish(double* total) const {
-    for (int64_t c = 0; c < kSumChunks && on(); ++c)
+    for (int64_t c = 0; c < kSumChunks; ++c)
       for (int64_t j = 0; j < count; ++j) total[j] += acc[c * count + j];
   }
 };
@@ -339,6 +338,7 @@ struct Projection {
   // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre, grad_gain)]; grad_gain (float64) accumulates
   // `rows` and `steps`: the most rows of a product and the number of steps, which decide its route; `split`: the
   // loop's batch is split over threads (BATCH SPLIT), so each product runs on one thread; `batch`: the loop's
+  // batch, whose fixed chunks sum grad_gain (needed where there is one)
   Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward, int64_t rows, int64_t steps,
              bool split, int64_t batch = 0)
       : hidden(hidden), eps(eps), backward(backward) {
@@ -367,7 +367,10 @@ struct Projection {
       }
       for (const auto& t : {gain, pre, mean, rstd, grad_pre, grad_gain}) check_dense(t, "layer-norm buffer");
       TORCH_CHECK(!grad_gain || grad_gain->scalar_type() == at::kDouble, "rnnkit compiled loops: grad_gain must be float64");
-      if (grad_gain) sums.init(batch, groups * hidden);
+      if (grad_gain) {
+        TORCH_CHECK(batch > 0, "rnnkit compiled loops: a projection that sums gain gradients needs the batch");
+        sums.init(batch, groups * hidden);
+      }
     }
   }
 
