@@ -26,6 +26,15 @@ class ModelFileError(ValueError):
     """A model directory that cannot be loaded; the message says what is wrong and where."""
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain ``open``/``mkdir`` would give under the process's umask (0o644 and 0o755 under
+    the usual 022): ``tempfile`` makes its files 0o600 and directories 0o700, which would otherwise reach the
+    renamed result."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (a reader sees the old file or the new one, never a part)."""
     path = Path(path)
@@ -36,6 +45,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, default_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -49,6 +59,7 @@ def save_model(directory: str | os.PathLike, task: str, config: dict, state_dict
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
+        staging.chmod(default_mode(directory=True))
         document = {"schema_version": SCHEMA_VERSION, "task": task, "rnnkit_version": _version(), **config}
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True), encoding="utf-8")
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(staging / WEIGHTS_FILE))

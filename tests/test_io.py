@@ -61,3 +61,29 @@ def test_damaged_or_foreign_files_are_named(tmp_path, damage, message):
 def test_atomic_text_write(tmp_path):
     path = atomic_write_text(tmp_path / "a" / "b.md", "hello")
     assert path.read_text() == "hello" and [p.name for p in path.parent.iterdir()] == ["b.md"]
+
+
+def test_atomic_writes_get_the_permissions_a_plain_write_would(tmp_path):
+    """tempfile makes 0o600 files and 0o700 directories; what rnnkit writes atomically gets what open() and
+    mkdir() give under the umask instead (files, model directories, figures)."""
+    import os
+    import stat
+
+    import matplotlib.pyplot as plt
+
+    from rnnkit.plots.gradients import save_figure
+
+    previous = os.umask(0o027)
+    try:
+        text = atomic_write_text(tmp_path / "report.md", "hello")
+        model = save(tmp_path)
+        figure, _ = plt.subplots()
+        picture = save_figure(figure, tmp_path / "flow.png")
+        plt.close(figure)
+        (tmp_path / "plain.txt").write_text("x")
+        (tmp_path / "plain_dir").mkdir()
+    finally:
+        os.umask(previous)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(text) == mode(picture) == mode(model / "config.json") == mode(tmp_path / "plain.txt") == 0o640
+    assert mode(model) == mode(tmp_path / "plain_dir") == 0o750

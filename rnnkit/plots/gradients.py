@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from rnnkit.diagnostics.flow import GradientFlow  # noqa: E402
+from rnnkit.io import default_mode  # noqa: E402
 
 
 def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
@@ -23,6 +24,7 @@ def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     os.close(handle)
     try:
         figure.savefig(temporary, dpi=120, bbox_inches="tight")
+        os.chmod(temporary, default_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
