@@ -207,9 +207,9 @@ def test_a_batch_first_input_gets_its_gradient_in_its_own_layout(case, loops):
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
 def test_a_batch_first_output_gradient_is_copied_once(case, loops):
     """The fused Functions hand their outputs out as [T, B, H] with no view op after them, so the gradient of a
-    batch-first layer's output (a transposed view to the engine) is copied once, into the backward's state-gradient buffer,
-    not first into a fresh tensor by a view's backward (forward direction, no lengths). Values as the reference
-    layer's."""
+    batch-first layer's output (a transposed view to the engine) is copied once, into the backward's
+    state-gradient buffer, not first into a fresh tensor by a view's backward (forward direction, no lengths).
+    Values as the reference layer's."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     ours, ref, x = _batch_first_pair(case, seed=5)

@@ -56,7 +56,7 @@ def test_transpose_kernel_equals_torch_transpose(dtype):
         kernels.transpose_into(source, into[:, 3:rows + 3])
         assert torch.equal(into[:, 3:rows + 3], source.t())
         assert into[:, :3].isnan().all() and into[:, rows + 3:].isnan().all()  # nothing written outside
-    with pytest.raises(RuntimeError, match="transpose's shape|dst must be"):
+    with pytest.raises(RuntimeError, match="dst must be src's transpose"):
         kernels.transpose_into(torch.zeros(4, 3, dtype=dtype), torch.zeros(4, 3, dtype=dtype))
     with pytest.raises(RuntimeError, match="unit column stride"):
         kernels.transpose_into(torch.zeros(3, 4, dtype=dtype).t(), torch.zeros(3, 4, dtype=dtype))

@@ -37,7 +37,8 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
     monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
     monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: onednn is not None)
     assert dispatch.lstm_trains_fused(steps, batch, hidden) is expected
-    monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: onednn is None)  # RNNKIT_ONEDNN forced: unmeasured
+    # RNNKIT_ONEDNN forced the other route: no LSTM measurement covers it
+    monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: onednn is None)
     assert not dispatch.lstm_trains_fused(steps, batch, hidden)
 
 

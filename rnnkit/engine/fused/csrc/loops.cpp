@@ -862,7 +862,8 @@ void transpose_into(Tensor src, Tensor dst) {
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "rnnkit_transpose_into", [&] {
     const scalar_t* from = src.data_ptr<scalar_t>();
     scalar_t* to = dst.data_ptr<scalar_t>();
-    at::parallel_for(0, blocks, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 8 * cols)), [&](int64_t b, int64_t e) {
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 8 * cols));  // ~16k elements a task
+    at::parallel_for(0, blocks, grain, [&](int64_t b, int64_t e) {
       const int64_t first = 8 * b, last = std::min(rows, 8 * e);
       rnnkit::transpose_rows<scalar_t>(last - first, cols, from + first * src.stride(0), src.stride(0), to + first,
                                        dst.stride(0));
