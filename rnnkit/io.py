@@ -30,9 +30,22 @@ def default_mode(directory: bool = False) -> int:
     """The permissions a plain ``open``/``mkdir`` would give under the process's umask (0o644 and 0o755 under
     the usual 022): ``tempfile`` makes its files 0o600 and directories 0o700, which would otherwise reach the
     renamed result."""
-    mask = os.umask(0)
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it can be: setting it to read it (the only portable way)
+    would leave it 0 for an instant, and a file another thread creates then would be world-writable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # briefly the strictest mask rather than none
     os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -87,3 +87,25 @@ def test_atomic_writes_get_the_permissions_a_plain_write_would(tmp_path):
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     assert mode(text) == mode(picture) == mode(model / "config.json") == mode(tmp_path / "plain.txt") == 0o640
     assert mode(model) == mode(tmp_path / "plain_dir") == 0o750
+
+
+def test_the_umask_is_read_without_changing_it(monkeypatch):
+    """Where /proc says it, the umask is read there (os.umask is never called); elsewhere it is read by setting
+    it, and left as it was."""
+    import os
+
+    from rnnkit import io
+
+    previous = os.umask(0o027)
+    try:
+        if os.path.exists("/proc/self/status"):
+            monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("os.umask called"))
+            assert io.default_mode() == 0o640 and io.default_mode(directory=True) == 0o750
+            monkeypatch.undo()
+        real_open = open
+        monkeypatch.setattr("builtins.open", lambda path, *a, **k: (_ for _ in ()).throw(OSError("no /proc"))
+                            if str(path).startswith("/proc") else real_open(path, *a, **k))
+        assert io.default_mode() == 0o640
+        assert os.umask(0o027) == 0o027  # left as it was
+    finally:
+        os.umask(previous)
