@@ -415,8 +415,13 @@ def bench(
                    if onednn is not None else ", products through ATen (MKL)")
     if loops["small_products"]:
         loops_line += ", batches under 16: per-step products in rnnkit's own kernel"
-    if loops["packed_gemm"]:
+    if loops["panel_gemm"]:
         loops_line += ((", from batch 16" if loops["small_products"] else "")
+                       + ", per-step products of under 64 rows a thread in rnnkit's panel kernel")
+    if loops["packed_gemm"]:
+        loops_line += (", larger per-step float32 products from a weight MKL packs once per call"
+                       if loops["panel_gemm"] else
+                       (", from batch 16" if loops["small_products"] else "")
                        + (", per-step float32 products from a weight MKL packs once per call" if onednn is None
                           else ", smaller per-step float32 products from a weight MKL packs once per call"))
     limit = workspace.limit_bytes()

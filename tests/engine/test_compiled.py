@@ -50,11 +50,13 @@ def _gemms(route):
     """aten: every recurrent product through ATen's mm, of a whole step's rows as in the Python loops (no batch
     split: MKL may round a row differently in products of other sizes); onednn: every float32 one through
     oneDNN; packed: every float32 one from an MKL-packed weight (skips where this torch exports no packed GEMM;
-    products of under 8 rows stay on ATen); small: those of batches under 16 through rnnkit's small-product
-    kernel."""
+    products of under 8 rows stay on ATen); panel: those from rnnkit's panels (float64 too; calls whose widest
+    step has under 8 rows, or 64 or more, stay on ATen); small: those of batches under 16 through rnnkit's
+    small-product kernel."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(compiled.onednn_gemms(0 if route == "onednn" else None))
         stack.enter_context(compiled.small_products(route == "small"))
+        stack.enter_context(compiled.panel_gemms(route == "panel"))
         stack.enter_context(compiled.batch_split(route != "aten"))
         try:
             stack.enter_context(compiled.packed_gemms(route == "packed"))
@@ -85,8 +87,8 @@ def test_compiled_loops_can_be_turned_off(monkeypatch):
     assert compiled.ops() is None
     assert compiled.status() == {"in_use": False, "library": compiled.status()["library"],
                                  "why_not": "turned off by RNNKIT_COMPILED=0", "onednn_min_macs": None,
-                                 "threaded": False, "packed_gemm": False, "small_products": False,
-                                 "batch_split": False}
+                                 "threaded": False, "packed_gemm": False, "panel_gemm": False,
+                                 "small_products": False, "batch_split": False}
     layer = rk.GRU(3, 4, backend="fused")
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
 
@@ -135,6 +137,74 @@ def test_float32_from_a_packed_weight_is_as_accurate_as_through_aten(case):
     assert errors["packed"] <= max(2 * errors["aten"], 2e-6), errors
     assert errors["packed"] < 1e-4, errors
     assert any(not torch.equal(a, b) for a, b in zip(results["packed"], results["aten"]))
+
+
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_float32_panel_products_are_as_accurate_as_through_aten(case):
+    """rnnkit's panel kernel sums each output in its own order too: held to the float64 truth like the BLAS
+    routes, and it really runs (its results differ from ATen's by rounding somewhere). Eighteen sequences, so
+    that each of two threads' products has 8 rows or more."""
+    if compiled.ops() is None:
+        pytest.skip("compiled loops unavailable")
+    results, errors = _float32_routes(case, ("aten", "panel"),
+                                      lengths=(7, 3, 7, 1, 5, 6, 7, 7, 4, 6, 7, 2, 7, 6, 5, 7, 3, 7))
+    assert errors["panel"] <= max(2 * errors["aten"], 2e-6), errors
+    assert errors["panel"] < 1e-4, errors
+    assert any(not torch.equal(a, b) for a, b in zip(results["panel"], results["aten"]))
+
+
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_float64_panel_products_equal_the_python_loops(case):
+    """In float64 the panel kernel's results equal torch.mm's to rounding, at a hidden size that fills no panel
+    (13: every gate block ends mid-panel, the last panel is zero-padded), with steps of 18 rows down to a few, so
+    that each thread's products run register blocks of several heights (9 rows: 4 + 5, 7: 3 + 4, 6, 5, ...)."""
+    if compiled.ops() is None:
+        pytest.skip("compiled loops unavailable")
+    name, options = case
+    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=13,
+                     dtype=torch.float64)
+    lengths = (9, 3, 7, 1, 5, 6, 9, 7, 4, 6, 8, 2, 7, 6, 5, 9, 3, 7)
+    x = torch.randn(9, len(lengths), 5, dtype=torch.float64)
+    noise = cell.sample_noise(9, len(lengths))
+    with _gemms("panel"):
+        fast = _run(cell, x, torch.tensor(lengths), noise)
+    with compiled.python_loops():
+        slow = _run(cell, x, torch.tensor(lengths), noise)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-12 * b.abs().max().item(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize(("rows", "k", "m"), [(1, 1, 1), (2, 9, 20), (5, 3, 17), (6, 64, 16), (7, 13, 40), (13, 130, 512),
+                                                (16, 128, 512), (31, 70, 33)])
+def test_the_panel_kernel_multiplies_like_a_float64_matmul(rows, k, m, transposed, dtype):
+    """x @ op(w) through the panel kernel (op(w) = w^T or w), into and added to a buffer with strided rows, against
+    a float64 matmul; each row's result is the same bit for bit whatever other rows share its product (a row's
+    sum does not depend on the height of its register block: the batch split relies on it)."""
+    kernels = compiled.ops()
+    if kernels is None:
+        pytest.skip("compiled loops unavailable")
+    generator = torch.Generator().manual_seed(rows * 1000 + k * 10 + m)
+    x = torch.randn(rows, k + 3, dtype=dtype, generator=generator)[:, 2: k + 2]  # rows k + 3 apart
+    w = torch.randn((m, k) if transposed else (k, m), dtype=dtype, generator=generator)
+    truth = x.double() @ (w.double().t() if transposed else w.double())
+    start = torch.randn(rows, m + 5, dtype=dtype, generator=generator)
+    out = start.clone()
+    kernels.panel_mm(x, w, transposed, out[:, 1: m + 1], False)
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    scale = truth.abs().max().item() + 1
+    torch.testing.assert_close(out[:, 1: m + 1].double(), truth, atol=tol * scale, rtol=tol)
+    assert torch.equal(out[:, 0], start[:, 0]) and torch.equal(out[:, m + 1:], start[:, m + 1:])  # nothing else written
+    added = start.clone()
+    kernels.panel_mm(x, w, transposed, added[:, 1: m + 1], True)
+    torch.testing.assert_close(added[:, 1: m + 1].double(), truth + start[:, 1: m + 1].double(), atol=tol * scale,
+                               rtol=tol)
+    for first, last in ((0, 1), (rows // 2, rows), (1, min(rows, 8))):
+        if first < last:
+            part = torch.empty(last - first, m, dtype=dtype)
+            kernels.panel_mm(x[first:last], w, transposed, part, False)
+            assert torch.equal(part, out[first:last, 1: m + 1])
 
 
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
@@ -200,6 +270,33 @@ def test_onednn_is_the_default_only_where_torch_runs_avx512_code(monkeypatch, se
         monkeypatch.setenv("RNNKIT_ONEDNN", setting)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert compiled._onednn_by_default() is expected
+
+
+@pytest.mark.parametrize(("setting", "capability", "expected"), [
+    (None, "AVX512", False), (None, "AVX2", True), (None, "DEFAULT", True),
+    ("0", "AVX2", False), ("off", "AVX2", False), ("1", "AVX512", True), ("on", "AVX512", True)])
+def test_panel_products_are_the_default_only_where_torch_runs_no_avx512_code(monkeypatch, setting, capability,
+                                                                              expected):
+    if setting is None:
+        monkeypatch.delenv("RNNKIT_PANEL_GEMM", raising=False)
+    else:
+        monkeypatch.setenv("RNNKIT_PANEL_GEMM", setting)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert compiled._panels_by_default() is expected
+
+
+def test_panel_products_follow_the_cpu_and_can_be_turned_off_from_the_environment():
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    assert compiled.status()["panel_gemm"] is compiled._panels_by_default()
+    with compiled.panel_gemms(True):
+        assert compiled.status()["panel_gemm"]
+    code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
+            "rk.GRU(3, 4, backend='fused')(torch.randn(20, 5, 3)); print(compiled.status()['panel_gemm'])")
+    for setting, shown in (("0", "False"), ("1", "True")):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "RNNKIT_PANEL_GEMM": setting}, check=True)
+        assert done.stdout.strip() == shown
 
 
 def test_onednn_products_follow_the_cpu_from_the_documented_size_and_can_be_turned_off():
@@ -301,14 +398,14 @@ def test_steps_split_over_threads_give_the_same_results(case, dtype):
 def test_the_batch_split_over_threads_gives_the_same_results(case, dtype):
     """A loop whose batch is split over threads (each thread all steps of its own rows) computes every row as
     an unsplit loop does, and backward loops sum the layer-norm gains' gradients by the same fixed chunks of the
-    batch. With rnnkit's small-product kernel, which sums each output the same way in products of any size, the
-    results are the same bit for bit (six sequences: 3 + 3 rows; dropping a row from a chunk's sums fails the
-    layer-norm cases); with MKL's packed weight or
-    oneDNN (eighteen sequences, float32: 9 + 9 rows; oneDNN runs each thread's products on that thread) they
-    agree to rounding."""
+    batch. With rnnkit's small-product and panel kernels, which sum each output the same way in products of any
+    size, the results are the same bit for bit (small: six sequences, 3 + 3 rows; dropping a row from a chunk's
+    sums fails the layer-norm cases; panel: eighteen sequences, 9 + 9 rows against 18); with MKL's packed weight
+    or oneDNN (eighteen sequences, float32; oneDNN runs each thread's products on that thread) they agree to
+    rounding."""
     if not compiled.status()["threaded"]:
         pytest.skip("the compiled loops were built without OpenMP")
-    routes = ("small",)
+    routes = ("small", "panel")
     if dtype == torch.float32:
         routes += ("packed", "onednn") if torch.backends.mkldnn.is_available() else ("packed",)
     threads = torch.get_num_threads()
@@ -319,13 +416,14 @@ def test_the_batch_split_over_threads_gives_the_same_results(case, dtype):
         with compiled.batch_split(False):
             assert kernels.batch_threads(6) == 1
         for route in routes:
-            lengths = (7, 3, 7, 1, 5, 6) if route == "small" else (7, 3, 7, 1, 5, 6, 7, 7, 4, 6, 7, 2, 7, 6, 5, 7, 3, 7)
+            lengths = ((7, 3, 7, 1, 5, 6) if route == "small"
+                       else (7, 3, 7, 1, 5, 6, 7, 7, 4, 6, 7, 2, 7, 6, 5, 7, 3, 7))
             cell, x, lengths, noise = _noisy_case(case, dtype, lengths)
             runs = []
             for on in (True, False):
                 with _gemms(route), compiled.batch_split(on):
                     runs.append(_run(cell, x, lengths, noise))
-            if route == "small":
+            if route in ("small", "panel"):
                 assert all(torch.equal(a, b) for a, b in zip(*runs))
             tol = 1e-12 if dtype == torch.float64 else 1e-5
             for a, b in zip(*runs):

@@ -61,7 +61,8 @@ ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False,
-                "packed": False, "small": False, "split": False}
+                "packed": False, "panel": False, "small": False,
+          "split": False}
 _forced_off = threading.local()
 
 
@@ -78,6 +79,18 @@ def _onednn_by_default() -> bool:
     if setting in ("1", "true", "on", "yes"):
         return True
     return cpu_runs_avx512()
+
+
+def _panels_by_default() -> bool:
+    """Whether the recurrent products that would read MKL's packed weight read rnnkit's panels instead unless
+    ``RNNKIT_PANEL_GEMM`` says otherwise (loops.cpp, PANEL PRODUCTS): where torch runs no AVX-512 code, the only
+    CPUs where it was measured (an AVX2 EPYC: 0.7-0.9x MKL's time for one thread's step product)."""
+    setting = os.environ.get("RNNKIT_PANEL_GEMM", "").strip().lower()
+    if setting in ("0", "false", "off", "no"):
+        return False
+    if setting in ("1", "true", "on", "yes"):
+        return True
+    return not cpu_runs_avx512()
 
 
 def cpu_runs_avx512() -> bool:
@@ -197,6 +210,8 @@ def _load() -> None:
     _state["threaded"] = bool(torch.ops.rnnkit_fused.threaded())
     wanted = not _env_off("RNNKIT_PACKED_GEMM")
     _state["packed"] = torch.ops.rnnkit_fused.set_packed_gemm(wanted) != -1 and wanted
+    _state["panel"] = _panels_by_default()
+    torch.ops.rnnkit_fused.set_panel_gemm(_state["panel"])
     _state["small"] = not _env_off("RNNKIT_SMALL_PRODUCTS")
     torch.ops.rnnkit_fused.set_small_products(_state["small"])
     _state["split"] = not _env_off("RNNKIT_BATCH_SPLIT")
@@ -227,13 +242,16 @@ def usable_for(*tensors) -> bool:
 
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
-    None, "threaded": bool, "packed_gemm": bool, "small_products": bool, "batch_split": bool}`` (builds on
+    None, "threaded": bool, "packed_gemm": bool, "panel_gemm": bool, "small_products": bool, "batch_split":
+    bool}`` (builds on
     first call).
     ``onednn_min_macs``: from what size float32 recurrent products go through oneDNN (None: never).
     ``threaded``: whether a step's pointwise work can be split over torch's threads (the library was built
     with OpenMP). ``packed_gemm``: whether the other float32 recurrent products read a weight packed once per
     call by MKL (``cblas_sgemm_pack``; needs a torch that exports it, as torch's x86 wheels do;
-    ``RNNKIT_PACKED_GEMM=0`` turns it off). ``small_products``:
+    ``RNNKIT_PACKED_GEMM=0`` turns it off). ``panel_gemm``: whether those products (and float64 ones) read the
+    weight repacked into rnnkit's panels instead (default: on CPUs without AVX-512; ``RNNKIT_PANEL_GEMM=0/1``).
+    ``small_products``:
     whether calls of batches under 16 multiply by the recurrent weight in rnnkit's own kernel instead of
     ATen's mm or a packed weight, whose fixed costs dominate there (``RNNKIT_SMALL_PRODUCTS=0`` turns it
     off; the packed weight then takes the batches from 8). ``batch_split``: whether a threaded loop splits its
@@ -246,7 +264,8 @@ def status() -> dict:
                                else _state["why_not"])
     return {"in_use": in_use, "library": _state["path"], "why_not": why,
             "onednn_min_macs": _state["onednn"] if in_use else None, "threaded": in_use and _state["threaded"],
-            "packed_gemm": in_use and _state["packed"], "small_products": in_use and _state["small"],
+            "packed_gemm": in_use and _state["packed"], "panel_gemm": in_use and _state["panel"],
+            "small_products": in_use and _state["small"],
             "batch_split": in_use and _state["threaded"] and _state["split"]}
 
 
@@ -296,6 +315,13 @@ def packed_gemms(on: bool):
     """Let float32 recurrent products read an MKL-packed weight (True) or go through ATen's mm (False) inside
     the block, for every thread. For tests and benchmarks; results agree to float rounding."""
     return _switch("set_packed_gemm", "packed", on, "this torch exports no MKL packed GEMM (cblas_sgemm_pack)")
+
+
+def panel_gemms(on: bool):
+    """Let the recurrent products that would read MKL's packed weight (float32) or go through ATen's mm (float64)
+    read the weight repacked into rnnkit's panels (True) instead, inside the block, for every thread. For tests
+    and benchmarks; results agree to float rounding."""
+    return _switch("set_panel_gemm", "panel", on)
 
 
 def small_products(on: bool):

@@ -126,6 +126,25 @@ struct PackedWeight {
   }
 };
 
+// PANEL PRODUCTS. Where panel_gemm is on (set from Python: by default on CPUs without AVX-512, the only ones where
+// it was measured), a recurrent product that would read MKL's packed weight reads the weight repacked by rnnkit into
+// panels instead (pointwise.h, pack_panels / panel_product: register blocks of up to 6 rows x 16 floats), in
+// float64 too (where ATen's mm took them). MKL's compute call copies each step's rows into its own layout before it
+// multiplies (mkl_blas_def_sgemm_scopy_down16: 10% of an LSTM inference call's samples at (32,100,32,128)); the
+// panel kernel reads them in place. One thread's product on a Zen 3 EPYC (AVX2), panel over MKL's packed time,
+// interleaved: [8,64]x[64,192] 0.69-0.80, [8,256]x[256,64] 0.57-0.66, [8,128]x[128,512] 0.64-0.71,
+// [16,128]x[128,512] 0.73-0.77, [16,384]x[384,128] 0.73-0.75, [32,128]x[128,512] 0.84-0.91, [64,512]x[512,128]
+// 0.84, [128,128]x[128,512] 0.89-1.09. In the loops (B,T,I,H; training and inference, in-process A/B against MKL's
+// packed weight, 2 threads, batch split, two to four runs each): (32,100,32,128) GRU 1-12% less time, LSTM 4% more
+// to 9% less, LN-LSTM 1-11% less, Elman RNN 7% more to 2% less; (64,200,64,256) 2% more to 17% less (GRU 10-17%
+// less); (16,1000,16,64) 6% more to 13% less (GRU 1-6% more). From 64 rows a thread the LSTM lost ((128,100,32,128)
+// 1-9% more time, (256,50,64,128) 5-15%; GRU and Elman RNN +-5%): there MKL's blocking keeps a product's rows and
+// outputs in cache better than the panel loop, which passes over all rows once per panel, so products of
+// kPanelMaxRows rows or more keep MKL's packed weight.
+constexpr int64_t kPanelMaxRows = 64;
+std::atomic<bool> panel_gemm{false};
+int64_t set_panel_gemm(bool on) { return panel_gemm.exchange(on) ? 1 : 0; }
+
 // A call whose widest step (its batch) has fewer rows than this keeps every product on ATen: there the products
 // are (nearly) matrix-vector ones, which ATen's call ran as fast or faster than the packed one (batch 1:
 // training 1-10% slower packed, AVX2 EPYC). Within a packed call, every step uses the packed weight. While the
@@ -328,6 +347,8 @@ struct Block {
 struct Projection {
   Tensor weight, weight_t, weight_tc;  // [gH, H], its transpose (a view) and, in backward, a contiguous copy
   PackedWeight packed;  // forward: W^T packed for h @ W^T; backward: W packed for g @ W (see PackedWeight)
+  Tensor panels;  // or op(W) in rnnkit's panels (PANEL PRODUCTS), [panel_k, panel_m]
+  int64_t panel_k = 0, panel_m = 0;
   Tensor small;  // calls of small batches (SMALL PRODUCTS): forward W, backward W^T, dense
   OptTensor gain, pre, mean, rstd, grad_pre, grad_gain;
   int64_t groups, hidden;
@@ -351,6 +372,9 @@ struct Projection {
     if (!onednn_takes(weight.scalar_type(), rows * weight.size(0) * weight.size(1))) {
       if (rows < (split ? kPackMinRows : kSmallMaxRows) && small_products.load(std::memory_order_relaxed)) {
         small = backward ? (weight_tc.defined() ? weight_tc : weight_t.contiguous()) : weight.contiguous();
+      } else if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= kPackMinRows &&
+                 rows < kPanelMaxRows) {
+        pack_panels(weight.contiguous());
       } else {
         packed = pack_weight(weight, !backward, rows, steps);
       }
@@ -372,6 +396,18 @@ struct Projection {
         sums.init(batch, groups * hidden);
       }
     }
+  }
+
+  // op(W) into rnnkit's panels: forward W^T ([H, gH] from W [gH, H]), backward W ([gH, H])
+  void pack_panels(const Tensor& w) {
+    panel_k = backward ? w.size(0) : w.size(1);
+    panel_m = backward ? w.size(1) : w.size(0);
+    AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnkit_pack_panels", [&] {
+      const int64_t count = rnnkit::panel_buffer_size<scalar_t>(panel_m, panel_k);
+      panels = pack_buffer(count * int64_t(sizeof(scalar_t)));
+      rnnkit::pack_panels<scalar_t>(panel_m, panel_k, w.data_ptr<scalar_t>(), !backward,
+                                    reinterpret_cast<scalar_t*>(panels.data_ptr()));
+    });
   }
 
   // grad_gain += what the loop summed (call once, after the loop)
@@ -408,6 +444,9 @@ struct Projection {
       accumulate ? out.add_(product) : out.copy_(product);
     } else if (small.defined() && a.cols == small.size(1) && c.cols == small.size(0)) {
       small_product<T>(a, c, accumulate);
+    } else if (panels.defined() && a.cols == panel_k && c.cols == panel_m) {
+      rnnkit::panel_product<T>(a.n, panel_m, panel_k, a.data<T>(), a.stride(), reinterpret_cast<const T*>(panels.data_ptr()),
+                               c.data<T>(), c.stride(), accumulate);
     } else if (packed.defined() && a.cols == packed.k && c.cols == packed.n) {
       packed.multiply(a.n, a.data<float>(), a.stride(), c.data<float>(), c.stride(), accumulate ? 1.0f : 0.0f);
     } else {
@@ -871,6 +910,23 @@ void transpose_into(Tensor src, Tensor dst) {
   });
 }
 
+// out = (accumulate ? out : 0) + x @ op(w) through the panel kernel on this thread (op(w) = w^T when transposed),
+// as the loops' recurrent products run it (PANEL PRODUCTS; for tests)
+void panel_mm(Tensor x, Tensor w, bool transposed, Tensor out, bool accumulate) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2 && w.is_contiguous(),
+              "rnnkit panel_mm: 2-D x and out, contiguous 2-D w");
+  const int64_t k = transposed ? w.size(1) : w.size(0), m = transposed ? w.size(0) : w.size(1);
+  TORCH_CHECK(x.size(1) == k && out.size(0) == x.size(0) && out.size(1) == m && x.stride(1) == 1 &&
+                  out.stride(1) == 1 && x.scalar_type() == w.scalar_type() && out.scalar_type() == w.scalar_type(),
+              "rnnkit panel_mm: shapes or dtypes do not match, or a column stride is not 1");
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnkit_panel_mm", [&] {
+    Tensor panels = at::empty({rnnkit::panel_buffer_size<scalar_t>(m, k)}, w.options());
+    rnnkit::pack_panels<scalar_t>(m, k, w.data_ptr<scalar_t>(), transposed, panels.data_ptr<scalar_t>());
+    rnnkit::panel_product<scalar_t>(x.size(0), m, k, x.data_ptr<scalar_t>(), x.stride(0), panels.data_ptr<scalar_t>(),
+                                    out.data_ptr<scalar_t>(), out.stride(0), accumulate);
+  });
+}
+
 // Layer norm per gate group over all rows at once (the input side of a layer-norm cell):
 // target += LN(pre) * gain, with the statistics of each (row, group) into mean and rstd [N, groups].
 void layer_norm_gates(Tensor pre, Tensor gain, Tensor target, Tensor mean, Tensor rstd, int64_t hidden, double eps) {
@@ -936,11 +992,13 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("set_onednn_min_macs(int macs) -> int", &set_onednn_min_macs);
   m.def("set_parallel_min(int elements) -> int", &set_parallel_min);
   m.def("set_packed_gemm(bool on) -> int", &set_packed_gemm);
+  m.def("set_panel_gemm(bool on) -> int", &set_panel_gemm);
   m.def("set_small_products(bool on) -> int", &set_small_products);
   m.def("set_batch_split(bool on) -> int", &set_batch_split);
   m.def("batch_threads(int batch) -> int", &batch_threads);
   m.def("threaded() -> bool", &threaded);
   m.def("transpose_into(Tensor src, Tensor(a!) dst) -> ()", &transpose_into);
+  m.def("panel_mm(Tensor x, Tensor w, bool transposed, Tensor(a!) out, bool accumulate) -> ()", &panel_mm);
   m.def("layer_norm_gates(Tensor pre, Tensor gain, Tensor(a!) target, Tensor(b!) mean, Tensor(c!) rstd, "
         "int hidden, float eps) -> ()",
         &layer_norm_gates);

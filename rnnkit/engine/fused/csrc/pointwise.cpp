@@ -564,6 +564,100 @@ inline void transpose_8x8(const float* src, int64_t ss, float* dst, int64_t ds) 
 
 }  // namespace
 
+namespace {
+
+// Panels are two vectors wide; a register block is R rows x one panel: 2R vector accumulators, the panel's two
+// vectors and one broadcast row element live in registers (15 of an AVX CPU's 16 at R = 6), so each step over i
+// loads two vectors and R scalars for 2R fused multiply-adds.
+template <typename T>
+constexpr int64_t kPanel = 2 * lanes<T>;
+constexpr int kPanelRows = 6;
+
+template <typename T, int R>
+inline void panel_block(int64_t k, const T* x, int64_t xs, const T* panel, T* y, int64_t ys, int64_t cols,
+                        bool accumulate) {
+  constexpr int64_t L = lanes<T>;
+  vec<T> s[R][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = vec<T>{};
+  for (int64_t i = 0; i < k; ++i) {
+    vec<T> b0 = load(panel + i * 2 * L), b1 = load(panel + i * 2 * L + L);
+#if defined(__AVX__)
+    // the panel's vectors in registers: for R < 5, GCC otherwise folds their loads into every multiply-add (2R
+    // loads a step instead of 2, and half the speed on an AVX2 EPYC)
+    if constexpr (R < 5) asm("" : "+x"(b0), "+x"(b1));
+#endif
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const vec<T> a = vec<T>{} + x[r * xs + i];
+      s[r][0] += a * b0;
+      s[r][1] += a * b1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    T* out = y + r * ys;
+    if (cols == 2 * L) {
+      if (accumulate) {
+        s[r][0] += load(out);
+        s[r][1] += load(out + L);
+      }
+      std::memcpy(out, &s[r][0], sizeof(vec<T>));
+      std::memcpy(out + L, &s[r][1], sizeof(vec<T>));
+    } else {
+      T part[2 * L];
+      std::memcpy(part, &s[r][0], sizeof(vec<T>));
+      std::memcpy(part + L, &s[r][1], sizeof(vec<T>));
+      for (int64_t j = 0; j < cols; ++j) out[j] = accumulate ? out[j] + part[j] : part[j];
+    }
+  }
+}
+
+template <typename T, int R>
+inline void panel_rows(int64_t k, const T* x, int64_t xs, const T* panel, T* y, int64_t ys, int64_t cols,
+                       bool accumulate, int64_t rows) {
+  if constexpr (R > 1) {
+    if (rows < R) return panel_rows<T, R - 1>(k, x, xs, panel, y, ys, cols, accumulate, rows);
+  }
+  panel_block<T, R>(k, x, xs, panel, y, ys, cols, accumulate);
+}
+
+}  // namespace
+
+template <typename T>
+int64_t panel_buffer_size(int64_t m, int64_t k) { return (m + kPanel<T> - 1) / kPanel<T> * kPanel<T> * k; }
+
+template <typename T>
+void pack_panels(int64_t m, int64_t k, const T* W, bool transposed, T* panels) {
+  constexpr int64_t P = kPanel<T>;
+  for (int64_t j = 0; j < m; j += P) {
+    T* panel = panels + j * k;
+    const int64_t cols = std::min(P, m - j);
+    for (int64_t i = 0; i < k; ++i) {
+      T* row = panel + i * P;
+      for (int64_t q = 0; q < cols; ++q) row[q] = transposed ? W[(j + q) * k + i] : W[i * m + j + q];
+      for (int64_t q = cols; q < P; ++q) row[q] = T(0);
+    }
+  }
+}
+
+template <typename T>
+void panel_product(int64_t n, int64_t m, int64_t k, const T* x, int64_t x_stride, const T* panels, T* y,
+                   int64_t y_stride, bool accumulate) {
+  constexpr int64_t P = kPanel<T>;
+  // rows in blocks of at most kPanelRows, as even as can be (16 rows: 5, 5, 6 rather than 6, 6, 4)
+  const int64_t blocks = (n + kPanelRows - 1) / kPanelRows;
+  for (int64_t j = 0; j < m; j += P) {  // each panel stays in cache while every row block passes over it
+    const T* panel = panels + j * k;
+    const int64_t cols = std::min(P, m - j);
+    for (int64_t b = 0, r = 0; b < blocks; ++b) {
+      const int64_t rows = (n - r) / (blocks - b);
+      panel_rows<T, kPanelRows>(k, x + r * x_stride, x_stride, panel, y + r * y_stride + j, y_stride, cols,
+                                accumulate, rows);
+      r += rows;
+    }
+  }
+}
+
 template <typename T>
 void transpose_rows(int64_t rows, int64_t cols, const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
   // panels of 64 source rows, 8 columns at a time: each step writes 8 destination rows a run of 64 elements, so
@@ -609,7 +703,10 @@ void transpose_rows(int64_t rows, int64_t cols, const T* src, int64_t src_stride
   template void simple_backward_rows<T>(int64_t, int64_t, const T*, const T*, const T*, bool, T*);               \
   template void addcmul_rows<T>(int64_t, int64_t, T*, const T*, int64_t, const T*);                            \
   template void rows_times_weight_t<T>(int64_t, int64_t, int64_t, const T*, const T*, int64_t, T*, int64_t, bool); \
-  template void transpose_rows<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);
+  template void transpose_rows<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);                       \
+  template int64_t panel_buffer_size<T>(int64_t, int64_t);                                                      \
+  template void pack_panels<T>(int64_t, int64_t, const T*, bool, T*);                                           \
+  template void panel_product<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, T*, int64_t, bool);
 
 RNNKIT_INSTANTIATE(float)
 RNNKIT_INSTANTIATE(double)

@@ -87,6 +87,21 @@ template <typename T>
 void rows_times_weight_t(int64_t n, int64_t m, int64_t k, const T* W, const T* x, int64_t x_stride, T* y,
                          int64_t y_stride, bool accumulate);
 
+// PANEL PRODUCTS. B [k, m] (op(W): W^T of a dense W [m, k] when `transposed`, else W itself, [k, m]) repacked
+// into panels of two vectors' width (16 floats, 8 doubles), each panel's k rows of that many elements contiguous
+// (columns past m zero): panel_buffer_size<T>(m, k) elements, written by pack_panels.
+template <typename T>
+int64_t panel_buffer_size(int64_t m, int64_t k);
+template <typename T>
+void pack_panels(int64_t m, int64_t k, const T* W, bool transposed, T* panels);
+
+// y[r, j] = (accumulate ? y[r, j] : 0) + sum_i x[r, i] B[i, j] for r < n, j < m, with B packed by pack_panels:
+// register blocks of 6 rows x one panel, each output summed over i in order in one fused multiply-add chain, so
+// a row's result does not depend on the other rows (nor on n)
+template <typename T>
+void panel_product(int64_t n, int64_t m, int64_t k, const T* x, int64_t x_stride, const T* panels, T* y,
+                   int64_t y_stride, bool accumulate);
+
 // dst[j, i] = src[i, j] for i < rows, j < cols (rows of src and dst src_stride and dst_stride elements apart):
 // blocks of 8 x 8, transposed in vector registers for float
 template <typename T>
