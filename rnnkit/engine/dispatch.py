@@ -38,16 +38,19 @@ LSTM_FUSED_MIN_BATCH_MKL = 32
 #: ... and from this batch when the hidden size is at most LSTM_SMALL_HIDDEN
 LSTM_FUSED_MIN_BATCH_MKL_SMALL = 16
 LSTM_SMALL_HIDDEN = 64
-#: where the products go through MKL, ``auto`` also runs plain float32 LSTM *inference* with the compiled loops,
-#: from this batch (LSTM_INFER_MIN_BATCH_MKL_SMALL for hidden sizes up to LSTM_INFER_SMALL_HIDDEN). On the AVX2
-#: EPYC (ninth session; T=100, I=32, no grad, time-major), fused over oneDNN's LSTM time: H=64: B8 1.16, B16
-#: 0.95, B32 0.88, B64-256 0.81-0.86; H=128: B8 1.16, B16 0.87, B32 0.87, B64-256 0.77-0.83; H=256: B8 1.15, B16
-#: 1.09, B32 0.975, B64-256 0.86-0.95 (batch 1: 0.79-1.24); batch-first at H=128: B16 0.94, B32 0.86, B256 0.80.
-#: Where they go through oneDNN, the fused LSTM's inference took 1.3-2.6x torch.nn's at the benchmark shapes
-#: (Zen 4 and Zen 5): native there.
-LSTM_INFER_MIN_BATCH_MKL = 32
-LSTM_INFER_MIN_BATCH_MKL_SMALL = 16
-LSTM_INFER_SMALL_HIDDEN = 128
+#: where the products go through MKL, ``auto`` also runs plain float32 LSTM *inference* with the compiled loops for
+#: batches of LSTM_INFER_MIN_BATCH_MKL to LSTM_INFER_MAX_BATCH_MKL at hidden sizes up to LSTM_INFER_MAX_HIDDEN: the
+#: only shapes where it was faster than oneDNN's LSTM on both AVX2 CPUs measured (T=100, I=32, no grad; fused over
+#: oneDNN's time). A Zen 2 EPYC (ninth session, MKL's packed weight): H=64: B8 1.16, B16 0.95, B32 0.88, B64-256
+#: 0.81-0.86; H=128: B8 1.16, B16-32 0.87, B64-256 0.77-0.83; H=256: B16 1.09, B32 0.975, B64-256 0.86-0.95. A
+#: Zen 3 EPYC (eleventh session, with the panel kernel; two sweeps): H=64: B8 0.97, B16 0.90-1.00, B32 0.90-0.95,
+#: B64 0.93-0.95, B128 1.11; H=128: B8 1.11, B16 0.87-0.96, B24 1.03, B32 0.96-1.08, B48 1.14, B64-128 1.03-1.12;
+#: H=256: B16 1.02, B32 1.09-1.17, B64 1.13-1.21 (MKL's packed weight, before the panel kernel: 1.10-1.32 at
+#: H=128-256). Where they go through oneDNN, the fused LSTM's inference took 1.3-2.6x torch.nn's at the
+#: benchmark shapes (Zen 4 and Zen 5): native there.
+LSTM_INFER_MIN_BATCH_MKL = 16
+LSTM_INFER_MAX_BATCH_MKL = 64
+LSTM_INFER_MAX_HIDDEN = 64
 
 
 def _lstm_regime() -> str | None:
@@ -78,8 +81,7 @@ def lstm_infers_fused(batch: int, hidden_size: int) -> bool:
     compiled loops (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
     if _lstm_regime() != "mkl":
         return False
-    small = hidden_size <= LSTM_INFER_SMALL_HIDDEN
-    return batch >= (LSTM_INFER_MIN_BATCH_MKL_SMALL if small else LSTM_INFER_MIN_BATCH_MKL)
+    return LSTM_INFER_MIN_BATCH_MKL <= batch <= LSTM_INFER_MAX_BATCH_MKL and hidden_size <= LSTM_INFER_MAX_HIDDEN
 
 
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
@@ -88,8 +90,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
     - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN on CPU and float32
       LSTM training and inference on CPU at the shapes of :func:`lstm_trains_fused` and
       :func:`lstm_infers_fused` with the compiled loops: on GPU cuDNN runs a whole sequence in one kernel; on
-      CPU oneDNN's LSTM is the faster one for small batches and short sequences, and for inference where the
-      compiled loops' products go through oneDNN;
+      CPU oneDNN's LSTM is the faster one for small batches and short sequences, and for inference outside the
+      few AVX2 shapes of :func:`lstm_infers_fused`;
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
       inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark
       shape on the three CPUs measured), LSTM training and inference on CPU at those shapes, and every option
