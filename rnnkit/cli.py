@@ -416,8 +416,7 @@ def bench(
     if loops["small_products"]:
         loops_line += ", batches under 16: per-step products in rnnkit's own kernel"
     if loops["panel_gemm"]:
-        loops_line += ((", from batch 16" if loops["small_products"] else "")
-                       + ", per-step products of under 64 rows a thread in rnnkit's panel kernel")
+        loops_line += ", per-step products of 3-63 rows a thread in rnnkit's panel kernel"
     if loops["packed_gemm"]:
         loops_line += (", larger per-step float32 products from a weight MKL packs once per call"
                        if loops["panel_gemm"] else

@@ -51,7 +51,7 @@ def _gemms(route):
     split: MKL may round a row differently in products of other sizes); onednn: every float32 one through
     oneDNN; packed: every float32 one from an MKL-packed weight (skips where this torch exports no packed GEMM;
     products of under 8 rows stay on ATen); panel: those from rnnkit's panels (float64 too; calls whose widest
-    step has under 8 rows, or 64 or more, stay on ATen); small: those of batches under 16 through rnnkit's
+    step has under 3 rows, or 64 or more, stay on ATen); small: those of batches under 16 through rnnkit's
     small-product kernel."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(compiled.onednn_gemms(0 if route == "onednn" else None))

@@ -243,15 +243,14 @@ def usable_for(*tensors) -> bool:
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
     None, "threaded": bool, "packed_gemm": bool, "panel_gemm": bool, "small_products": bool, "batch_split":
-    bool}`` (builds on
-    first call).
+    bool}`` (builds on first call).
     ``onednn_min_macs``: from what size float32 recurrent products go through oneDNN (None: never).
     ``threaded``: whether a step's pointwise work can be split over torch's threads (the library was built
     with OpenMP). ``packed_gemm``: whether the other float32 recurrent products read a weight packed once per
     call by MKL (``cblas_sgemm_pack``; needs a torch that exports it, as torch's x86 wheels do;
-    ``RNNKIT_PACKED_GEMM=0`` turns it off). ``panel_gemm``: whether those products (and float64 ones) read the
-    weight repacked into rnnkit's panels instead (default: on CPUs without AVX-512; ``RNNKIT_PANEL_GEMM=0/1``).
-    ``small_products``:
+    ``RNNKIT_PACKED_GEMM=0`` turns it off). ``panel_gemm``: whether a thread's products of 3 to 63 rows (float32
+    and float64) read the weight repacked into rnnkit's panels instead of MKL's packed weight or the
+    small-product kernel (default: on CPUs without AVX-512; ``RNNKIT_PANEL_GEMM=0/1``). ``small_products``:
     whether calls of batches under 16 multiply by the recurrent weight in rnnkit's own kernel instead of
     ATen's mm or a packed weight, whose fixed costs dominate there (``RNNKIT_SMALL_PRODUCTS=0`` turns it
     off; the packed weight then takes the batches from 8). ``batch_split``: whether a threaded loop splits its
@@ -318,9 +317,10 @@ def packed_gemms(on: bool):
 
 
 def panel_gemms(on: bool):
-    """Let the recurrent products that would read MKL's packed weight (float32) or go through ATen's mm (float64)
-    read the weight repacked into rnnkit's panels (True) instead, inside the block, for every thread. For tests
-    and benchmarks; results agree to float rounding."""
+    """Let a thread's recurrent products of 3 to 63 rows, which would otherwise read MKL's packed weight (float32),
+    go through ATen's mm (float64) or the small-product kernel, read the weight repacked into rnnkit's panels
+    (True) instead, inside the block, for every thread. For tests and benchmarks; results agree to float
+    rounding."""
     return _switch("set_panel_gemm", "panel", on)
 
 

@@ -127,10 +127,11 @@ struct PackedWeight {
 };
 
 // PANEL PRODUCTS. Where panel_gemm is on (set from Python: by default on CPUs without AVX-512, the only ones where
-// it was measured), a recurrent product that would read MKL's packed weight reads the weight repacked by rnnkit into
-// panels instead (pointwise.h, pack_panels / panel_product: register blocks of up to 6 rows x 16 floats), in
-// float64 too (where ATen's mm took them). MKL's compute call copies each step's rows into its own layout before it
-// multiplies (mkl_blas_def_sgemm_scopy_down16: 10% of an LSTM inference call's samples at (32,100,32,128)); the
+// it was measured), a recurrent product of kPanelMinRows to kPanelMaxRows - 1 rows that would read MKL's packed
+// weight (or go through the small-product kernel, below) reads the weight repacked by rnnkit into panels instead
+// (pointwise.h, pack_panels / panel_product: register blocks of up to 6 rows x 16 floats), in float64 too (where
+// ATen's mm took them). MKL's compute call copies each step's rows into its own layout before it multiplies
+// (mkl_blas_def_sgemm_scopy_down16: 10% of an LSTM inference call's samples at (32,100,32,128)); the
 // panel kernel reads them in place. One thread's product on a Zen 3 EPYC (AVX2), panel over MKL's packed time,
 // interleaved: [8,64]x[64,192] 0.69-0.80, [8,256]x[256,64] 0.57-0.66, [8,128]x[128,512] 0.64-0.71,
 // [16,128]x[128,512] 0.73-0.77, [16,384]x[384,128] 0.73-0.75, [32,128]x[128,512] 0.84-0.91, [64,512]x[512,128]
@@ -141,7 +142,15 @@ struct PackedWeight {
 // 1-9% more time, (256,50,64,128) 5-15%; GRU and Elman RNN +-5%): there MKL's blocking keeps a product's rows and
 // outputs in cache better than the panel loop, which passes over all rows once per panel, so products of
 // kPanelMaxRows rows or more keep MKL's packed weight.
+// The panel kernel also takes the products of 3 to 7 rows from the small-product kernel (SMALL PRODUCTS), whose
+// dot products it beats 2-3x from 3 rows ([3-7,128]x[128,512]: 7-18 against 14-45 us; at 2 rows it ties forward,
+// [2,128]x[128,512] 8.5 against 14 us, and loses backward, [2,512]x[512,128] 6.4 against 5.2 us). In the loops
+// (T=100, I=32, H=128 and (6,200,16,64), three runs, against the small-product kernel): batch 6-12 (3-6 rows a
+// thread) LSTM training 8-18% less time, inference 17-29%; LN-LSTM 6-13% and 14-24%; GRU 1% more to 10% less and
+// 9-20% less; Elman RNN training 12% more to 5% less, inference 8% more to 11% less; batch 3 (one thread, where
+// the small-product kernel splits each product over two) 5% more to 25% less.
 constexpr int64_t kPanelMaxRows = 64;
+constexpr int64_t kPanelMinRows = 3;
 std::atomic<bool> panel_gemm{false};
 int64_t set_panel_gemm(bool on) { return panel_gemm.exchange(on) ? 1 : 0; }
 
@@ -159,7 +168,7 @@ constexpr int64_t kPackMinRows = 8;
 // from 8 rows, the packed weight): batch 1 3-21% less time for the LSTMs and the GRU, 1-5% for the Elman RNN;
 // batch 4 22-33%; batch 8 3-9%; batch 16 0-6% more, so the packed weight keeps the batches from 16 on. (In a loop
 // whose batch is split over threads, the kernel takes each thread's products of under kPackMinRows rows: see
-// BATCH SPLIT.)
+// BATCH SPLIT. Where the panel kernel is on, it takes the products from kPanelMinRows rows: see PANEL PRODUCTS.)
 // Splitting the product over two threads: 4-8% less at batch 1 from 32k multiply-adds, 3-6% more below.
 constexpr int64_t kSmallMaxRows = 16;
 std::atomic<bool> small_products{true};
@@ -370,11 +379,11 @@ struct Projection {
     // the widest step's product decides between oneDNN, the packed weight and the small-product kernel (oneDNN
     // takes the large ones)
     if (!onednn_takes(weight.scalar_type(), rows * weight.size(0) * weight.size(1))) {
-      if (rows < (split ? kPackMinRows : kSmallMaxRows) && small_products.load(std::memory_order_relaxed)) {
-        small = backward ? (weight_tc.defined() ? weight_tc : weight_t.contiguous()) : weight.contiguous();
-      } else if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= kPackMinRows &&
-                 rows < kPanelMaxRows) {
+      if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= kPanelMinRows &&
+          rows < kPanelMaxRows) {
         pack_panels(weight.contiguous());
+      } else if (rows < (split ? kPackMinRows : kSmallMaxRows) && small_products.load(std::memory_order_relaxed)) {
+        small = backward ? (weight_tc.defined() ? weight_tc : weight_t.contiguous()) : weight.contiguous();
       } else {
         packed = pack_weight(weight, !backward, rows, steps);
       }
