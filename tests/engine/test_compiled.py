@@ -176,8 +176,8 @@ def test_float64_panel_products_equal_the_python_loops(case):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("transposed", [True, False])
-@pytest.mark.parametrize(("rows", "k", "m"), [(1, 1, 1), (2, 9, 20), (5, 3, 17), (6, 64, 16), (7, 13, 40), (13, 130, 512),
-                                                (16, 128, 512), (31, 70, 33)])
+@pytest.mark.parametrize(("rows", "k", "m"), [(1, 1, 1), (2, 9, 20), (5, 3, 17), (6, 64, 16), (7, 13, 40),
+                                                (13, 130, 512), (16, 128, 512), (31, 70, 33)])
 def test_the_panel_kernel_multiplies_like_a_float64_matmul(rows, k, m, transposed, dtype):
     """x @ op(w) through the panel kernel (op(w) = w^T or w), into and added to a buffer with strided rows, against
     a float64 matmul; each row's result is the same bit for bit whatever other rows share its product (a row's

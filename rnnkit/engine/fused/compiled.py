@@ -61,8 +61,7 @@ ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False,
-                "packed": False, "panel": False, "small": False,
-          "split": False}
+                "packed": False, "panel": False, "small": False, "split": False}
 _forced_off = threading.local()
 
 
@@ -84,7 +83,7 @@ def _onednn_by_default() -> bool:
 def _panels_by_default() -> bool:
     """Whether the recurrent products that would read MKL's packed weight read rnnkit's panels instead unless
     ``RNNKIT_PANEL_GEMM`` says otherwise (loops.cpp, PANEL PRODUCTS): where torch runs no AVX-512 code, the only
-    CPUs where it was measured (an AVX2 EPYC: 0.7-0.9x MKL's time for one thread's step product)."""
+    CPUs where it was measured (a Zen 3 EPYC: 0.6-0.9x MKL's time for one thread's step product)."""
     setting = os.environ.get("RNNKIT_PANEL_GEMM", "").strip().lower()
     if setting in ("0", "false", "off", "no"):
         return False

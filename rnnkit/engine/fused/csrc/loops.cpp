@@ -454,8 +454,9 @@ struct Projection {
     } else if (small.defined() && a.cols == small.size(1) && c.cols == small.size(0)) {
       small_product<T>(a, c, accumulate);
     } else if (panels.defined() && a.cols == panel_k && c.cols == panel_m) {
-      rnnkit::panel_product<T>(a.n, panel_m, panel_k, a.data<T>(), a.stride(), reinterpret_cast<const T*>(panels.data_ptr()),
-                               c.data<T>(), c.stride(), accumulate);
+      const T* weight_panels = reinterpret_cast<const T*>(panels.data_ptr());
+      rnnkit::panel_product<T>(a.n, panel_m, panel_k, a.data<T>(), a.stride(), weight_panels, c.data<T>(), c.stride(),
+                               accumulate);
     } else if (packed.defined() && a.cols == packed.k && c.cols == packed.n) {
       packed.multiply(a.n, a.data<float>(), a.stride(), c.data<float>(), c.stride(), accumulate ? 1.0f : 0.0f);
     } else {
@@ -923,11 +924,14 @@ void transpose_into(Tensor src, Tensor dst) {
 // as the loops' recurrent products run it (PANEL PRODUCTS; for tests)
 void panel_mm(Tensor x, Tensor w, bool transposed, Tensor out, bool accumulate) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2 && w.is_contiguous(),
-              "rnnkit panel_mm: 2-D x and out, contiguous 2-D w");
+              "rnnkit panel_mm: needs 2-D x and out and a contiguous 2-D w; got x ", x.sizes(), ", w ", w.sizes(),
+              ", out ", out.sizes());
   const int64_t k = transposed ? w.size(1) : w.size(0), m = transposed ? w.size(0) : w.size(1);
   TORCH_CHECK(x.size(1) == k && out.size(0) == x.size(0) && out.size(1) == m && x.stride(1) == 1 &&
                   out.stride(1) == 1 && x.scalar_type() == w.scalar_type() && out.scalar_type() == w.scalar_type(),
-              "rnnkit panel_mm: shapes or dtypes do not match, or a column stride is not 1");
+              "rnnkit panel_mm: x must be [rows, ", k, "] and out [rows, ", m, "], one dtype, unit column strides; ",
+              "got x ", x.sizes(), " ", x.scalar_type(), ", w ", w.sizes(), " ", w.scalar_type(), ", out ",
+              out.sizes(), " ", out.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnkit_panel_mm", [&] {
     Tensor panels = at::empty({rnnkit::panel_buffer_size<scalar_t>(m, k)}, w.options());
     rnnkit::pack_panels<scalar_t>(m, k, w.data_ptr<scalar_t>(), transposed, panels.data_ptr<scalar_t>());
