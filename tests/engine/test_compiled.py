@@ -124,54 +124,21 @@ def test_float32_through_onednn_is_as_accurate_as_through_aten(case):
     assert errors["onednn"] < 1e-4, errors
 
 
+@pytest.mark.parametrize("route", ["packed", "panel"])
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
-def test_float32_from_a_packed_weight_is_as_accurate_as_through_aten(case):
-    """MKL's packed products (cblas_sgemm_compute) sum in their own order too; held to the float64 truth like
-    oneDNN's, and they really run: the packed and ATen results differ by rounding somewhere. Eighteen
-    sequences: products of fewer than 8 rows stay on ATen, and with the batch split over two threads each
-    thread's products have half the rows."""
+def test_float32_from_a_packed_weight_or_panels_is_as_accurate_as_through_aten(case, route):
+    """MKL's packed products (cblas_sgemm_compute) and rnnkit's panel kernel sum in their own orders too; held to
+    the float64 truth like oneDNN's, and they really run: their results and ATen's differ by rounding somewhere.
+    Eighteen sequences: with the batch split over two threads each thread's products have half the rows, 8 or
+    more in the first steps (products of fewer than 8 rows stay on ATen in the packed route, under 3 in the
+    panel route)."""
     if compiled.ops() is None:
         pytest.skip("compiled loops unavailable")
-    results, errors = _float32_routes(case, ("aten", "packed"),
+    results, errors = _float32_routes(case, ("aten", route),
                                       lengths=(7, 3, 7, 1, 5, 6, 7, 7, 4, 6, 7, 2, 7, 6, 5, 7, 3, 7))
-    assert errors["packed"] <= max(2 * errors["aten"], 2e-6), errors
-    assert errors["packed"] < 1e-4, errors
-    assert any(not torch.equal(a, b) for a, b in zip(results["packed"], results["aten"]))
-
-
-@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
-def test_float32_panel_products_are_as_accurate_as_through_aten(case):
-    """rnnkit's panel kernel sums each output in its own order too: held to the float64 truth like the BLAS
-    routes, and it really runs (its results differ from ATen's by rounding somewhere). Eighteen sequences, so
-    that each of two threads' products has 8 rows or more."""
-    if compiled.ops() is None:
-        pytest.skip("compiled loops unavailable")
-    results, errors = _float32_routes(case, ("aten", "panel"),
-                                      lengths=(7, 3, 7, 1, 5, 6, 7, 7, 4, 6, 7, 2, 7, 6, 5, 7, 3, 7))
-    assert errors["panel"] <= max(2 * errors["aten"], 2e-6), errors
-    assert errors["panel"] < 1e-4, errors
-    assert any(not torch.equal(a, b) for a, b in zip(results["panel"], results["aten"]))
-
-
-@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
-def test_float64_panel_products_equal_the_python_loops(case):
-    """In float64 the panel kernel's results equal torch.mm's to rounding, at a hidden size that fills no panel
-    (13: every gate block ends mid-panel, the last panel is zero-padded), with steps of 18 rows down to a few, so
-    that each thread's products run register blocks of several heights (9 rows: 4 + 5, 7: 3 + 4, 6, 5, ...)."""
-    if compiled.ops() is None:
-        pytest.skip("compiled loops unavailable")
-    name, options = case
-    cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=13,
-                     dtype=torch.float64)
-    lengths = (9, 3, 7, 1, 5, 6, 9, 7, 4, 6, 8, 2, 7, 6, 5, 9, 3, 7)
-    x = torch.randn(9, len(lengths), 5, dtype=torch.float64)
-    noise = cell.sample_noise(9, len(lengths))
-    with _gemms("panel"):
-        fast = _run(cell, x, torch.tensor(lengths), noise)
-    with compiled.python_loops():
-        slow = _run(cell, x, torch.tensor(lengths), noise)
-    for a, b in zip(fast, slow):
-        torch.testing.assert_close(a, b, atol=1e-12 * b.abs().max().item(), rtol=1e-12)
+    assert errors[route] <= max(2 * errors["aten"], 2e-6), errors
+    assert errors[route] < 1e-4, errors
+    assert any(not torch.equal(a, b) for a, b in zip(results[route], results["aten"]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -219,20 +186,24 @@ def test_float32_small_products_are_as_accurate_as_through_aten(case):
     assert any(not torch.equal(a, b) for a, b in zip(results["small"], results["aten"]))
 
 
+@pytest.mark.parametrize(("route", "lengths"), [
+    ("small", (7, 3, 6, 1, 5)),  # steps of 5, 4, 4, 3, 3, 2 and 1 rows (the one-row blocks included)
+    ("panel", (9, 3, 7, 1, 5, 6, 9, 7, 4, 6, 8, 2, 7, 6, 5, 9, 3, 7))])  # 9 + 9 rows down to a few a thread
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
-def test_float64_small_products_equal_the_python_loops(case):
-    """In float64 the kernel's results equal torch.mm's (the Python loops') to rounding, at a hidden size that
-    is no multiple of the vector width or of the kernel's blocks (13: every tail of the kernel runs), with
-    steps of 1 to 5 rows (the one-row blocks included)."""
+def test_float64_small_and_panel_products_equal_the_python_loops(case, route, lengths):
+    """In float64 rnnkit's small-product and panel kernels give torch.mm's results (the Python loops') to
+    rounding, at a hidden size that is no multiple of the vector width or of the kernels' blocks (13: every tail
+    runs; every gate block ends mid-panel and the last panel is zero-padded), with steps of many row counts (the
+    panel route's threads run register blocks of several heights: 9 rows 4 + 5, 7 rows 3 + 4, 6, 5, ...)."""
     if compiled.ops() is None:
         pytest.skip("compiled loops unavailable")
     name, options = case
     cell = make_cell(name, {**options, "recurrent_dropout": 0.2, "zoneout": 0.1}, input_size=5, hidden_size=13,
                      dtype=torch.float64)
-    lengths = (7, 3, 6, 1, 5)  # steps of 5, 4, 4, 3, 3, 2 and 1 rows
-    x = torch.randn(7, len(lengths), 5, dtype=torch.float64)
-    noise = cell.sample_noise(7, len(lengths))
-    with _gemms("small"):
+    steps = max(lengths)
+    x = torch.randn(steps, len(lengths), 5, dtype=torch.float64)
+    noise = cell.sample_noise(steps, len(lengths))
+    with _gemms(route):
         fast = _run(cell, x, torch.tensor(lengths), noise)
     with compiled.python_loops():
         slow = _run(cell, x, torch.tensor(lengths), noise)
@@ -260,29 +231,23 @@ def test_small_products_split_over_threads_give_the_same_results(cell, dtype):
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
-@pytest.mark.parametrize(("setting", "capability", "expected"), [
-    (None, "AVX512", True), (None, "AVX2", False), (None, "DEFAULT", False),
-    ("0", "AVX512", False), ("off", "AVX512", False), ("1", "AVX2", True), ("on", "DEFAULT", True)])
-def test_onednn_is_the_default_only_where_torch_runs_avx512_code(monkeypatch, setting, capability, expected):
+@pytest.mark.parametrize(("variable", "chooser", "on_avx512"), [
+    ("RNNKIT_ONEDNN", "_onednn_by_default", True), ("RNNKIT_PANEL_GEMM", "_panels_by_default", False)])
+@pytest.mark.parametrize(("setting", "capability"), [
+    (None, "AVX512"), (None, "AVX2"), (None, "DEFAULT"), ("0", "AVX512"), ("off", "AVX2"), ("no", "DEFAULT"),
+    ("1", "AVX2"), ("on", "AVX512"), ("yes", "DEFAULT"), ("maybe", "AVX512"), ("maybe", "AVX2")])
+def test_onednn_products_are_the_default_where_torch_runs_avx512_code_and_panels_elsewhere(
+        monkeypatch, variable, chooser, on_avx512, setting, capability):
+    """Unset (or unreadable), the CPU decides: oneDNN where torch runs AVX-512 code, the panel kernel where it
+    does not (the only CPUs each was measured faster on); 0/off/no and 1/on/yes force either way."""
     if setting is None:
-        monkeypatch.delenv("RNNKIT_ONEDNN", raising=False)
+        monkeypatch.delenv(variable, raising=False)
     else:
-        monkeypatch.setenv("RNNKIT_ONEDNN", setting)
+        monkeypatch.setenv(variable, setting)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert compiled._onednn_by_default() is expected
-
-
-@pytest.mark.parametrize(("setting", "capability", "expected"), [
-    (None, "AVX512", False), (None, "AVX2", True), (None, "DEFAULT", True),
-    ("0", "AVX2", False), ("off", "AVX2", False), ("1", "AVX512", True), ("on", "AVX512", True)])
-def test_panel_products_are_the_default_only_where_torch_runs_no_avx512_code(monkeypatch, setting, capability,
-                                                                              expected):
-    if setting is None:
-        monkeypatch.delenv("RNNKIT_PANEL_GEMM", raising=False)
-    else:
-        monkeypatch.setenv("RNNKIT_PANEL_GEMM", setting)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert compiled._panels_by_default() is expected
+    by_cpu = capability.startswith("AVX512") == on_avx512
+    expected = {"0": False, "off": False, "no": False, "1": True, "on": True, "yes": True}.get(setting, by_cpu)
+    assert getattr(compiled, chooser)() is expected
 
 
 def test_panel_products_follow_the_cpu_and_can_be_turned_off_from_the_environment():

@@ -69,27 +69,28 @@ def _env_off(name: str = "RNNKIT_COMPILED") -> bool:
     return os.environ.get(name, "1").strip().lower() in ("0", "false", "off", "no")
 
 
+def _env_switch(name: str, default: bool) -> bool:
+    """The environment variable ``name`` set to 0/false/off/no or 1/true/on/yes decides; anything else leaves
+    ``default``."""
+    setting = os.environ.get(name, "").strip().lower()
+    if setting in ("0", "false", "off", "no"):
+        return False
+    if setting in ("1", "true", "on", "yes"):
+        return True
+    return default
+
+
 def _onednn_by_default() -> bool:
     """Whether float32 products go through oneDNN unless ``RNNKIT_ONEDNN`` says otherwise: where torch runs
     AVX-512 code (``torch.backends.cpu.get_cpu_capability()``), the only CPUs where it was measured faster."""
-    setting = os.environ.get("RNNKIT_ONEDNN", "").strip().lower()
-    if setting in ("0", "false", "off", "no"):
-        return False
-    if setting in ("1", "true", "on", "yes"):
-        return True
-    return cpu_runs_avx512()
+    return _env_switch("RNNKIT_ONEDNN", cpu_runs_avx512())
 
 
 def _panels_by_default() -> bool:
-    """Whether the recurrent products that would read MKL's packed weight read rnnkit's panels instead unless
+    """Whether a thread's per-step products of 3-63 rows go through rnnkit's panel kernel unless
     ``RNNKIT_PANEL_GEMM`` says otherwise (loops.cpp, PANEL PRODUCTS): where torch runs no AVX-512 code, the only
     CPUs where it was measured (a Zen 3 EPYC: 0.6-0.9x MKL's time for one thread's step product)."""
-    setting = os.environ.get("RNNKIT_PANEL_GEMM", "").strip().lower()
-    if setting in ("0", "false", "off", "no"):
-        return False
-    if setting in ("1", "true", "on", "yes"):
-        return True
-    return not cpu_runs_avx512()
+    return _env_switch("RNNKIT_PANEL_GEMM", not cpu_runs_avx512())
 
 
 def cpu_runs_avx512() -> bool:
