@@ -179,9 +179,10 @@ constexpr int64_t kSmallSplitMacs = 1 << 14;
 // the previous setting (0/1)
 int64_t set_small_products(bool on) { return small_products.exchange(on) ? 1 : 0; }
 
-// A buffer of at least `bytes` for a packed weight. Packed weights live for one loop call; their buffers are
-// kept per thread and handed out again once free (the kept tensor is then their only reference), so that the
-// 1-3 MB MKL writes into one are not page-faulted in on every call. At most two are in use at once (the
+// A buffer of at least `bytes` for a packed weight (MKL's layout or rnnkit's panels, never both for one projection).
+// Packed weights live for one loop call; their buffers are kept per thread and handed out again once free (the
+// kept tensor is then their only reference), so that the 1-3 MB written into one are not page-faulted in on every
+// call. At most two are in use at once (the
 // reset-before GRU's two projections), so at most two are kept per thread.
 Tensor pack_buffer(int64_t bytes) {
   thread_local std::vector<Tensor> kept;

@@ -96,7 +96,7 @@ template <typename T>
 void pack_panels(int64_t m, int64_t k, const T* W, bool transposed, T* panels);
 
 // y[r, j] = (accumulate ? y[r, j] : 0) + sum_i x[r, i] B[i, j] for r < n, j < m, with B packed by pack_panels:
-// register blocks of 6 rows x one panel, each output summed over i in order in one fused multiply-add chain, so
+// register blocks of up to 6 rows x one panel, each output summed over i in order in one fused multiply-add chain, so
 // a row's result does not depend on the other rows (nor on n)
 template <typename T>
 void panel_product(int64_t n, int64_t m, int64_t k, const T* x, int64_t x_stride, const T* panels, T* y,
