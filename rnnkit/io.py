@@ -7,10 +7,12 @@ target and renamed into place, so a reader sees the old model or the new one, ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -48,22 +50,31 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (a reader sees the old file or the new one, never a part)."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (ending in ``suffix``) to write; when the block ends without an
+    error, give it the permissions a plain write would (:func:`default_mode`) and rename it onto ``path``, so a
+    reader sees the old file or the new one, never a part; on an error, remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
+        yield Path(temporary)
         os.chmod(temporary, default_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a reader sees the old file or the new one, never a part)."""
+    with atomic_file(path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return Path(path)
 
 
 def save_model(directory: str | os.PathLike, task: str, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:

@@ -63,6 +63,16 @@ def test_atomic_text_write(tmp_path):
     assert path.read_text() == "hello" and [p.name for p in path.parent.iterdir()] == ["b.md"]
 
 
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from rnnkit.io import atomic_file
+
+    path = atomic_write_text(tmp_path / "b.md", "old")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_file(path) as temporary:
+        temporary.write_text("half of the new")
+        raise RuntimeError("disk full")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["b.md"]
+
+
 def test_atomic_writes_get_the_permissions_a_plain_write_would(tmp_path):
     """tempfile makes 0o600 files and 0o700 directories; what rnnkit writes atomically gets what open() and
     mkdir() give under the umask instead (files, model directories, figures)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -13,22 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from rnnkit.diagnostics.flow import GradientFlow  # noqa: E402
-from rnnkit.io import default_mode  # noqa: E402
+from rnnkit.io import atomic_file  # noqa: E402
 
 
 def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     """Write ``figure`` to ``path`` (format from the suffix) via a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    try:
+    with atomic_file(path, suffix=path.suffix) as temporary:
         figure.savefig(temporary, dpi=120, bbox_inches="tight")
-        os.chmod(temporary, default_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 
