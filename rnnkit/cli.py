@@ -415,8 +415,10 @@ def bench(
                    if onednn is not None else ", products through ATen (MKL)")
     if loops["small_products"]:
         loops_line += ", batches under 16: per-step products in rnnkit's own kernel"
-    if loops["panel_gemm"]:
-        loops_line += ", per-step products of 3-63 rows a thread in rnnkit's panel kernel"
+    panels = compiled.panel_limits()
+    if panels is not None:
+        low, high, bits = panels
+        loops_line += f", per-step products of {low}-{high - 1} rows a thread in rnnkit's {bits}-bit panel kernel"
     if loops["packed_gemm"]:
         loops_line += (", larger per-step float32 products from a weight MKL packs once per call"
                        if loops["panel_gemm"] else

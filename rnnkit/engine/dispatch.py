@@ -30,6 +30,14 @@ BACKENDS = ("auto", "reference", "native", "fused")
 #: (32, 100, 128), 1.63 at (8, 1000, 64) (benchmarks/RESULTS.md)
 LSTM_FUSED_MIN_WORK = 600_000
 LSTM_FUSED_MIN_BATCH = 16
+#: where the loops' per-step products go through rnnkit's 512-bit panel kernel (AVX-512 CPUs; twelfth session), the
+#: same work from this batch. On a Zen 5 (2 threads), fused over oneDNN's LSTM training time (T, H: batches; I = 32):
+#: at 600k or more, T=100: H=64 B128-256 0.50-0.55, H=128 B48-256 0.52-0.60, H=256 B24-256 0.62-0.74; T=200 H=256
+#: B12 0.69; T=400 B8-64 0.45-0.68; T=800 H=64 B12 0.41, H=128 B8-12 0.51-0.53. Under 600k about a tie at T=100
+#: (0.87-1.07 from B8, two sweeps; H=256 B8 1.07-1.12) with wins at long sequences (T=400 B8 H=64 0.74, T=800 B8
+#: H=64 0.71); batch 4 1.00-1.93. Inference: oneDNN's LSTM stays faster (fused 1.03-1.37 at T=100-400, B8-256,
+#: one sweep of two at T=100; 0.68-1.02 at T=1000), so native there.
+LSTM_FUSED_MIN_BATCH_WIDE = 8
 #: where the products go through MKL (AVX2 CPUs), with the loops' batch split over threads: on a 2-vCPU AVX2
 #: EPYC (T=100, I=32), the fused LSTM's training time over oneDNN's LSTM was 0.96-1.00 at B = 32, 0.80-0.96 at
 #: B = 48-64 (H 64-256), 0.95 at B = 16 with H = 64 (and 0.69 against 1.01 torch.nn's time at (B, T, I, H) =
@@ -54,10 +62,14 @@ LSTM_INFER_MAX_HIDDEN = 64
 
 
 def _lstm_regime() -> str | None:
-    """Which measured case this CPU and the compiled loops' settings are: "onednn" (AVX-512 CPU, the loops'
-    products through oneDNN), "mkl" (AVX2 CPU, products through MKL), or None where ``RNNKIT_ONEDNN`` forced the
-    other route, which no LSTM measurement covers (on a Zen 5 with MKL products the fused LSTM's inference took
-    1.5-2.6x oneDNN's LSTM): torch.nn's LSTM then."""
+    """Which measured case this CPU and the compiled loops' settings are: "wide" (the loops' per-step products
+    through rnnkit's 512-bit panel kernel: AVX-512 CPUs), "onednn" (AVX-512 CPU with the panel kernel off, the
+    loops' products through oneDNN), "mkl" (AVX2 CPU, products through MKL or the 256-bit panel kernel), or None
+    where ``RNNKIT_ONEDNN`` forced the other route, which no LSTM measurement covers (on a Zen 5 with MKL products
+    the fused LSTM's inference took 1.5-2.6x oneDNN's LSTM): torch.nn's LSTM then."""
+    panels = fused_compiled.panel_limits()
+    if panels is not None and panels[2] == 512:
+        return "wide"
     onednn = fused_compiled.onednn_min_macs() is not None
     if onednn == fused_compiled.cpu_runs_avx512():
         return "onednn" if onednn else "mkl"
@@ -68,8 +80,9 @@ def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
     """Whether ``auto`` trains a plain float32 LSTM of this shape on CPU with the fused engine's compiled loops
     (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
     regime = _lstm_regime()
-    if regime == "onednn":
-        return batch >= LSTM_FUSED_MIN_BATCH and steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
+    if regime in ("onednn", "wide"):
+        least = LSTM_FUSED_MIN_BATCH if regime == "onednn" else LSTM_FUSED_MIN_BATCH_WIDE
+        return batch >= least and steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
     if regime == "mkl":
         small = hidden_size <= LSTM_SMALL_HIDDEN
         return batch >= (LSTM_FUSED_MIN_BATCH_MKL_SMALL if small else LSTM_FUSED_MIN_BATCH_MKL)

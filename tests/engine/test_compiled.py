@@ -144,7 +144,7 @@ def test_float32_from_a_packed_weight_or_panels_is_as_accurate_as_through_aten(c
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize(("rows", "k", "m"), [(1, 1, 1), (2, 9, 20), (5, 3, 17), (6, 64, 16), (7, 13, 40),
-                                                (13, 130, 512), (16, 128, 512), (31, 70, 33)])
+                                                (13, 130, 512), (16, 128, 512), (31, 70, 33), (70, 64, 70)])
 def test_the_panel_kernel_multiplies_like_a_float64_matmul(rows, k, m, transposed, dtype):
     """x @ op(w) through the panel kernel (op(w) = w^T or w), into and added to a buffer with strided rows, against
     a float64 matmul; each row's result is the same bit for bit whatever other rows share its product (a row's
@@ -188,7 +188,8 @@ def test_float32_small_products_are_as_accurate_as_through_aten(case):
 
 @pytest.mark.parametrize(("route", "lengths"), [
     ("small", (7, 3, 6, 1, 5)),  # steps of 5, 4, 4, 3, 3, 2 and 1 rows (the one-row blocks included)
-    ("panel", (9, 3, 7, 1, 5, 6, 9, 7, 4, 6, 8, 2, 7, 6, 5, 9, 3, 7))])  # 9 + 9 rows down to a few a thread
+    ("panel", (9, 3, 7, 1, 5, 6, 9, 7, 4, 6, 8, 2, 7, 6, 5, 9, 3, 7)),  # 9 + 9 rows down to a few a thread
+    ("panel", tuple(1 + (7 * i) % 5 for i in range(150)))])  # 75 + 75 rows: over 63 a thread (AVX-512 CPUs)
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
 def test_float64_small_and_panel_products_equal_the_python_loops(case, route, lengths):
     """In float64 rnnkit's small-product and panel kernels give torch.mm's results (the Python loops') to
@@ -231,26 +232,40 @@ def test_small_products_split_over_threads_give_the_same_results(cell, dtype):
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
-@pytest.mark.parametrize(("variable", "chooser", "on_avx512"), [
-    ("RNNKIT_ONEDNN", "_onednn_by_default", True), ("RNNKIT_PANEL_GEMM", "_panels_by_default", False)])
+@pytest.mark.parametrize(("variable", "chooser", "on_avx512", "elsewhere"), [
+    ("RNNKIT_ONEDNN", "_onednn_by_default", True, False), ("RNNKIT_PANEL_GEMM", "_panels_by_default", True, True)])
 @pytest.mark.parametrize(("setting", "capability"), [
     (None, "AVX512"), (None, "AVX2"), (None, "DEFAULT"), ("0", "AVX512"), ("off", "AVX2"), ("no", "DEFAULT"),
     ("1", "AVX2"), ("on", "AVX512"), ("yes", "DEFAULT"), ("maybe", "AVX512"), ("maybe", "AVX2")])
-def test_onednn_products_are_the_default_where_torch_runs_avx512_code_and_panels_elsewhere(
-        monkeypatch, variable, chooser, on_avx512, setting, capability):
-    """Unset (or unreadable), the CPU decides: oneDNN where torch runs AVX-512 code, the panel kernel where it
-    does not (the only CPUs each was measured faster on); 0/off/no and 1/on/yes force either way."""
+def test_onednn_products_are_the_default_where_torch_runs_avx512_code_and_panels_everywhere(
+        monkeypatch, variable, chooser, on_avx512, elsewhere, setting, capability):
+    """Unset (or unreadable), the CPU decides: oneDNN where torch runs AVX-512 code (the only CPUs it was measured
+    faster on), the panel kernel on every CPU (it beat the libraries on AVX2 and AVX-512 CPUs); 0/off/no and
+    1/on/yes force either way."""
     if setting is None:
         monkeypatch.delenv(variable, raising=False)
     else:
         monkeypatch.setenv(variable, setting)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    by_cpu = capability.startswith("AVX512") == on_avx512
+    by_cpu = on_avx512 if capability.startswith("AVX512") else elsewhere
     expected = {"0": False, "off": False, "no": False, "1": True, "on": True, "yes": True}.get(setting, by_cpu)
     assert getattr(compiled, chooser)() is expected
 
 
-def test_panel_products_follow_the_cpu_and_can_be_turned_off_from_the_environment():
+def test_the_panel_kernel_is_as_wide_as_the_cpu_allows():
+    """The loops are compiled for this CPU (-march=native): 512-bit vectors where it has AVX-512, taking a thread's
+    products of 3 to 511 rows; 256-bit ones elsewhere, to 63 rows. Off, it reports nothing."""
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    with open("/proc/cpuinfo") as handle:
+        wide = any(line.startswith("flags") and " avx512f " in f"{line.rstrip()} " for line in handle)
+    with compiled.panel_gemms(True):
+        assert compiled.panel_limits() == ((3, 512, 512) if wide else (3, 64, 256))
+    with compiled.panel_gemms(False):
+        assert compiled.panel_limits() is None
+
+
+def test_panel_products_are_on_by_default_and_can_be_turned_off_from_the_environment():
     if compiled.ops() is None:
         pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
     assert compiled.status()["panel_gemm"] is compiled._panels_by_default()

@@ -23,38 +23,48 @@ def test_interlayer_dropout_masks_are_the_same_for_every_backend():
     assert torch.equal(native(x)[0], native(x)[0])
 
 
-@pytest.mark.parametrize(("onednn", "steps", "batch", "hidden", "expected"), [
-    (None, 5, 16, 64, True), (None, 5, 15, 64, False), (None, 5, 16, 65, False), (None, 5, 32, 65, True),
-    (None, 5, 31, 512, False), (1 << 21, 100, 48, 125, True), (1 << 21, 100, 48, 124, False),
-    (1 << 21, 1000, 16, 64, True), (1 << 21, 100, 32, 128, False), (1 << 21, 10000, 15, 64, False)])
-def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypatch, onednn, steps, batch, hidden,
+def _regime(monkeypatch, regime):
+    """Make the dispatch see the compiled loops' products as on an AVX2 CPU ("mkl": ATen/MKL and the 256-bit panel
+    kernel), an AVX-512 CPU with the panel kernel off ("onednn") or on ("wide": 512-bit panels)."""
+    from rnnkit.engine import dispatch
+
+    dispatch.fused_compiled.ops()  # loaded (if it can be) before the patches: loading reads the CPU's kind
+    onednn = None if regime == "mkl" else 1 << 21
+    monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
+    monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: regime != "mkl")
+    panels = {"mkl": (3, 64, 256), "onednn": None, "wide": (3, 512, 512)}[regime]
+    monkeypatch.setattr(dispatch.fused_compiled, "panel_limits", lambda: panels)
+    return dispatch
+
+
+@pytest.mark.parametrize(("regime", "steps", "batch", "hidden", "expected"), [
+    ("mkl", 5, 16, 64, True), ("mkl", 5, 15, 64, False), ("mkl", 5, 16, 65, False), ("mkl", 5, 32, 65, True),
+    ("mkl", 5, 31, 512, False), ("onednn", 100, 48, 125, True), ("onednn", 100, 48, 124, False),
+    ("onednn", 1000, 16, 64, True), ("onednn", 100, 32, 128, False), ("onednn", 10000, 15, 64, False),
+    ("wide", 10000, 8, 64, True), ("wide", 10000, 7, 64, False), ("wide", 100, 48, 125, True),
+    ("wide", 100, 48, 124, False), ("wide", 100, 32, 128, False)])
+def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypatch, regime, steps, batch, hidden,
                                                                         expected):
     """Where the compiled loops' products go through MKL (AVX2 CPUs): from batch 32, or 16 for hidden sizes up
-    to 64, at any length; where they go through oneDNN (AVX-512): from 600k steps x batch x hidden, batch 16."""
-    from rnnkit.engine import dispatch
-
-    dispatch.fused_compiled.ops()  # loaded (if it can be) before the patches: loading reads the CPU's kind
-    monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
-    monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: onednn is not None)
+    to 64, at any length; where they go through oneDNN (AVX-512, panel kernel off): from 600k steps x batch x
+    hidden, batch 16; through the 512-bit panel kernel (AVX-512): the same work from batch 8."""
+    dispatch = _regime(monkeypatch, regime)
     assert dispatch.lstm_trains_fused(steps, batch, hidden) is expected
-    # RNNKIT_ONEDNN forced the other route: no LSTM measurement covers it
-    monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: onednn is None)
-    assert not dispatch.lstm_trains_fused(steps, batch, hidden)
+    if regime != "wide":  # RNNKIT_ONEDNN forced the other route: no LSTM measurement covers it
+        monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: regime == "mkl")
+        assert not dispatch.lstm_trains_fused(steps, batch, hidden)
 
 
-@pytest.mark.parametrize(("onednn", "batch", "hidden", "expected"), [
-    (None, 16, 64, True), (None, 64, 64, True), (None, 15, 64, False), (None, 65, 64, False), (None, 32, 65, False),
-    (None, 32, 512, False), (1 << 21, 32, 64, False), (1 << 21, 4096, 64, False)])
-def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(monkeypatch, onednn, batch, hidden,
+@pytest.mark.parametrize(("regime", "batch", "hidden", "expected"), [
+    ("mkl", 16, 64, True), ("mkl", 64, 64, True), ("mkl", 15, 64, False), ("mkl", 65, 64, False),
+    ("mkl", 32, 65, False), ("mkl", 32, 512, False), ("onednn", 32, 64, False), ("onednn", 4096, 64, False),
+    ("wide", 32, 64, False), ("wide", 256, 128, False)])
+def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(monkeypatch, regime, batch, hidden,
                                                                               expected):
     """Where the compiled loops' products go through MKL (AVX2 CPUs): batches of 16 to 64 at hidden sizes up to
-    64 (faster on both AVX2 CPUs measured); where they go through oneDNN (AVX-512): never (oneDNN's LSTM is
-    1.3-2.6x faster there)."""
-    from rnnkit.engine import dispatch
-
-    dispatch.fused_compiled.ops()  # loaded (if it can be) before the patches: loading reads the CPU's kind
-    monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
-    monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: onednn is not None)
+    64 (faster on both AVX2 CPUs measured); on AVX-512 CPUs, through oneDNN or the 512-bit panel kernel: never
+    (oneDNN's LSTM was faster there)."""
+    dispatch = _regime(monkeypatch, regime)
     assert dispatch.lstm_infers_fused(batch, hidden) is expected
     if dispatch.fused_compiled.ops() is not None:
         with torch.no_grad():
@@ -87,7 +97,7 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     big = torch.randn(2, 16, 3)  # [T, B, I]
     while dispatch._lstm_regime() is not None and not dispatch.lstm_trains_fused(*big.shape[:2], 4):
         big = torch.cat([big, big])
-    assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, 1:]) == "native"
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, :7]) == "native"  # under every regime's batch
     # the compiled loops' LSTM for large ones (torch.nn's where RNNKIT_ONEDNN forced an unmeasured route)
     expected = "fused" if compiled.ops() is not None else "native"
     measured = expected if dispatch._lstm_regime() is not None else "native"

@@ -87,10 +87,11 @@ def _onednn_by_default() -> bool:
 
 
 def _panels_by_default() -> bool:
-    """Whether a thread's per-step products of 3-63 rows go through rnnkit's panel kernel unless
-    ``RNNKIT_PANEL_GEMM`` says otherwise (loops.cpp, PANEL PRODUCTS): where torch runs no AVX-512 code, the only
-    CPUs where it was measured (a Zen 3 EPYC: 0.6-0.9x MKL's time for one thread's step product)."""
-    return _env_switch("RNNKIT_PANEL_GEMM", not cpu_runs_avx512())
+    """Whether a thread's per-step products of 3 rows or more (up to 63, or 511 on AVX-512 CPUs) go through
+    rnnkit's panel kernel unless ``RNNKIT_PANEL_GEMM`` says otherwise (loops.cpp, PANEL PRODUCTS): on by default,
+    as on both CPUs it was measured on it beat the libraries (a Zen 3 EPYC, AVX2: 0.6-0.9x MKL's time for one
+    thread's step product; a Zen 5, AVX-512: 0.35-0.8x MKL's and oneDNN's)."""
+    return _env_switch("RNNKIT_PANEL_GEMM", True)
 
 
 def cpu_runs_avx512() -> bool:
@@ -235,6 +236,16 @@ def onednn_min_macs() -> int | None:
     return _state["onednn"] if ops() is not None else None
 
 
+def panel_limits() -> tuple[int, int, int] | None:
+    """(the fewest rows, the most rows + 1 of one thread's product that the panel kernel takes, the width of its
+    vectors in bits: 512 where it was compiled for AVX-512, else 256) while the panel kernel is on; None while it is
+    off or the compiled loops are not in use."""
+    if ops() is None or not _state["panel"]:
+        return None
+    low, high, bits = torch.ops.rnnkit_fused.panel_limits()
+    return int(low), int(high), int(bits)
+
+
 def usable_for(*tensors) -> bool:
     """The compiled loops take float32/float64 CPU tensors."""
     return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
@@ -248,9 +259,10 @@ def status() -> dict:
     ``threaded``: whether a step's pointwise work can be split over torch's threads (the library was built
     with OpenMP). ``packed_gemm``: whether the other float32 recurrent products read a weight packed once per
     call by MKL (``cblas_sgemm_pack``; needs a torch that exports it, as torch's x86 wheels do;
-    ``RNNKIT_PACKED_GEMM=0`` turns it off). ``panel_gemm``: whether a thread's products of 3 to 63 rows (float32
-    and float64) read the weight repacked into rnnkit's panels instead of MKL's packed weight or the
-    small-product kernel (default: on CPUs without AVX-512; ``RNNKIT_PANEL_GEMM=0/1``). ``small_products``:
+    ``RNNKIT_PACKED_GEMM=0`` turns it off). ``panel_gemm``: whether a thread's products of 3 to 63 rows (to 511 on
+    AVX-512 CPUs, where the kernel uses 512-bit vectors; float32 and float64) read the weight repacked into
+    rnnkit's panels instead of going through oneDNN, MKL's packed weight or the small-product kernel (default:
+    on; ``RNNKIT_PANEL_GEMM=0/1``). ``small_products``:
     whether calls of batches under 16 multiply by the recurrent weight in rnnkit's own kernel instead of
     ATen's mm or a packed weight, whose fixed costs dominate there (``RNNKIT_SMALL_PRODUCTS=0`` turns it
     off; the packed weight then takes the batches from 8). ``batch_split``: whether a threaded loop splits its
@@ -317,10 +329,10 @@ def packed_gemms(on: bool):
 
 
 def panel_gemms(on: bool):
-    """Let a thread's recurrent products of 3 to 63 rows, which would otherwise read MKL's packed weight (float32),
-    go through ATen's mm (float64) or the small-product kernel, read the weight repacked into rnnkit's panels
-    (True) instead, inside the block, for every thread. For tests and benchmarks; results agree to float
-    rounding."""
+    """Let a thread's recurrent products of 3 to 63 rows (511 on AVX-512 CPUs), which would otherwise go through
+    oneDNN or read MKL's packed weight (float32), go through ATen's mm (float64) or the small-product kernel, read
+    the weight repacked into rnnkit's panels (True) instead, inside the block, for every thread. For tests and
+    benchmarks; results agree to float rounding."""
     return _switch("set_panel_gemm", "panel", on)
 
 

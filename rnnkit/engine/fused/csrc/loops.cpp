@@ -126,11 +126,21 @@ struct PackedWeight {
   }
 };
 
-// PANEL PRODUCTS. Where panel_gemm is on (set from Python: by default on CPUs without AVX-512, the only ones where
-// it was measured), a recurrent product of kPanelMinRows to kPanelMaxRows - 1 rows that would read MKL's packed
-// weight (or go through the small-product kernel, below) reads the weight repacked by rnnkit into panels instead
-// (pointwise.h, pack_panels / panel_product: register blocks of up to 6 rows x 16 floats), in float64 too (where
-// ATen's mm took them). MKL's compute call copies each step's rows into its own layout before it multiplies
+// PANEL PRODUCTS. Where panel_gemm is on (set from Python: on by default), a recurrent product of kPanelMinRows to
+// kPanelMaxRows - 1 rows (kPanelMaxRowsWide - 1 on AVX-512 CPUs when it runs on one thread anyway) that would go
+// through oneDNN, read MKL's packed weight or go through the small-product kernel (below) reads the weight repacked
+// by rnnkit into panels instead (pointwise.h, pack_panels / panel_product: register blocks of up to 6 rows x 16
+// floats, or 8 rows x 32 floats with AVX-512), in float64 too (where ATen's mm took them).
+// On an AVX-512 Zen 5 (twelfth session), one thread's product ran at 230-250 GFLOP/s: [16,128]x[128,512] 8.5-9.1
+// us (ATen's mm 24, oneDNN 23.5), [32,256]x[256,1024] 69-72 (oneDNN 105), [128,128]x[128,512] 67-72 (oneDNN
+// 85-92), [512,128]x[128,512] 283-302 (oneDNN 303): MKL runs its AVX2 code on AMD CPUs, and oneDNN's calls cost
+// ~10 us each. In the loops (training, in-process A/B against MKL's packed weight under 2M multiply-adds and oneDNN
+// from there; 2 threads, batch split; fraction of the time left): (32,100,32,128) 0.81-0.86 (inference 0.62-0.64),
+// (64,200,64,256) 0.87-0.93 (0.78-0.81), (256,50,64,128) 0.94-0.97 (0.75-0.94), (512,50,64,128) 0.97 (0.87-0.94);
+// against the small-product kernel and MKL's packed weight at batch 3-12 (T=100, I=32, H=128) 0.60-0.82 (LSTM
+// inference at batch 8: 0.49). The loops were measured to 256 rows a thread there, one product alone to 512 rows
+// (a tie with oneDNN), hence kPanelMaxRowsWide.
+// On the AVX2 CPUs: MKL's compute call copies each step's rows into its own layout before it multiplies
 // (mkl_blas_def_sgemm_scopy_down16: 10% of an LSTM inference call's samples at (32,100,32,128)); the
 // panel kernel reads them in place. One thread's product on a Zen 3 EPYC (AVX2), panel over MKL's packed time,
 // interleaved: [8,64]x[64,192] 0.69-0.80, [8,256]x[256,64] 0.57-0.66, [8,128]x[128,512] 0.64-0.71,
@@ -150,7 +160,18 @@ struct PackedWeight {
 // 9-20% less; Elman RNN training 12% more to 5% less, inference 8% more to 11% less; batch 3 (one thread, where
 // the small-product kernel splits each product over two) 5% more to 25% less.
 constexpr int64_t kPanelMaxRows = 64;
+constexpr int64_t kPanelMaxRowsWide = 512;
 constexpr int64_t kPanelMinRows = 3;
+
+// the most rows (exclusive) of a product the panel kernel takes; `one_thread`: the product runs on one thread
+// whatever its route (the batch is split, or torch has one thread), so oneDNN or MKL could not spread it
+int64_t panel_max_rows(bool one_thread) {
+  return rnnkit::panel_vector_bytes() == 64 && one_thread ? kPanelMaxRowsWide : kPanelMaxRows;
+}
+
+// [the fewest rows, the most rows + 1 of a thread's product in a split loop, the width of a vector in bits]
+std::vector<int64_t> panel_limits() { return {kPanelMinRows, panel_max_rows(true), 8 * rnnkit::panel_vector_bytes()}; }
+
 std::atomic<bool> panel_gemm{false};
 int64_t set_panel_gemm(bool on) { return panel_gemm.exchange(on) ? 1 : 0; }
 
@@ -376,19 +397,30 @@ struct Projection {
     weight = tensors[0];
     weight_t = weight.t();
     groups = weight.size(0) / hidden;
-    if (backward && onednn_on(weight.scalar_type())) weight_tc = weight_t.contiguous();
-    // the widest step's product decides between oneDNN, the packed weight and the small-product kernel (oneDNN
-    // takes the large ones)
+    // the widest step's product decides between the panel kernel, oneDNN (the large products), the small-product
+    // kernel and the packed weight
+    if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= kPanelMinRows &&
+        rows < panel_max_rows(split || at::get_num_threads() == 1 || at::in_parallel_region())) {
+      pack_panels(weight.contiguous());
+    } else {
+      if (backward && onednn_on(weight.scalar_type())) weight_tc = weight_t.contiguous();
+      route_without_panels(rows, steps, split);
+    }
+    init_layer_norm(tensors, batch);
+  }
+
+  // oneDNN (the large float32 products), the small-product kernel, the packed weight or ATen
+  void route_without_panels(int64_t rows, int64_t steps, bool split) {
     if (!onednn_takes(weight.scalar_type(), rows * weight.size(0) * weight.size(1))) {
-      if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= kPanelMinRows &&
-          rows < kPanelMaxRows) {
-        pack_panels(weight.contiguous());
-      } else if (rows < (split ? kPackMinRows : kSmallMaxRows) && small_products.load(std::memory_order_relaxed)) {
+      if (rows < (split ? kPackMinRows : kSmallMaxRows) && small_products.load(std::memory_order_relaxed)) {
         small = backward ? (weight_tc.defined() ? weight_tc : weight_t.contiguous()) : weight.contiguous();
       } else {
         packed = pack_weight(weight, !backward, rows, steps);
       }
     }
+  }
+
+  void init_layer_norm(at::TensorList tensors, int64_t batch) {
     if (tensors.size() > 1) {
       TORCH_CHECK(tensors.size() == (backward ? 7u : 5u), "rnnkit compiled loops: bad projection buffers");
       gain = tensors[1];
@@ -449,15 +481,15 @@ struct Projection {
   template <typename T>
   void multiply(const Block& a, const Block& c, bool accumulate) {
     const int64_t macs = a.n * a.cols * c.cols;
-    if ((!backward || weight_tc.defined()) && onednn_takes(weight.scalar_type(), macs)) {
+    if (panels.defined() && a.cols == panel_k && c.cols == panel_m) {
+      const T* weight_panels = reinterpret_cast<const T*>(panels.data_ptr());
+      rnnkit::panel_product<T>(a.n, panel_m, panel_k, a.data<T>(), a.stride(), weight_panels, c.data<T>(), c.stride(),
+                               accumulate);
+    } else if ((!backward || weight_tc.defined()) && onednn_takes(weight.scalar_type(), macs)) {
       Tensor product = onednn_product(a.view(), backward ? weight_tc : weight), out = c.view();
       accumulate ? out.add_(product) : out.copy_(product);
     } else if (small.defined() && a.cols == small.size(1) && c.cols == small.size(0)) {
       small_product<T>(a, c, accumulate);
-    } else if (panels.defined() && a.cols == panel_k && c.cols == panel_m) {
-      const T* weight_panels = reinterpret_cast<const T*>(panels.data_ptr());
-      rnnkit::panel_product<T>(a.n, panel_m, panel_k, a.data<T>(), a.stride(), weight_panels, c.data<T>(), c.stride(),
-                               accumulate);
     } else if (packed.defined() && a.cols == packed.k && c.cols == packed.n) {
       packed.multiply(a.n, a.data<float>(), a.stride(), c.data<float>(), c.stride(), accumulate ? 1.0f : 0.0f);
     } else {
@@ -1007,6 +1039,7 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("set_parallel_min(int elements) -> int", &set_parallel_min);
   m.def("set_packed_gemm(bool on) -> int", &set_packed_gemm);
   m.def("set_panel_gemm(bool on) -> int", &set_panel_gemm);
+  m.def("panel_limits() -> int[]", &panel_limits);
   m.def("set_small_products(bool on) -> int", &set_small_products);
   m.def("set_batch_split(bool on) -> int", &set_batch_split);
   m.def("batch_threads(int batch) -> int", &batch_threads);

@@ -88,16 +88,19 @@ void rows_times_weight_t(int64_t n, int64_t m, int64_t k, const T* W, const T* x
                          int64_t y_stride, bool accumulate);
 
 // PANEL PRODUCTS. B [k, m] (op(W): W^T of a dense W [m, k] when `transposed`, else W itself, [k, m]) repacked
-// into panels of two vectors' width (16 floats, 8 doubles), each panel's k rows of that many elements contiguous
-// (columns past m zero): panel_buffer_size<T>(m, k) elements, written by pack_panels.
+// into panels of two vectors' width (32 floats or 16 doubles where compiled for AVX-512, else 16 or 8), each
+// panel's k rows of that many elements contiguous (columns past m zero): panel_buffer_size<T>(m, k) elements,
+// written by pack_panels.
 template <typename T>
 int64_t panel_buffer_size(int64_t m, int64_t k);
+// the width of the panel kernel's vectors in bytes: 64 where it was compiled for AVX-512, else 32
+int64_t panel_vector_bytes();
 template <typename T>
 void pack_panels(int64_t m, int64_t k, const T* W, bool transposed, T* panels);
 
 // y[r, j] = (accumulate ? y[r, j] : 0) + sum_i x[r, i] B[i, j] for r < n, j < m, with B packed by pack_panels:
-// register blocks of up to 6 rows x one panel, each output summed over i in order in one fused multiply-add chain, so
-// a row's result does not depend on the other rows (nor on n)
+// register blocks of up to 8 rows (6 without AVX-512) x one panel, each output summed over i in order in one fused
+// multiply-add chain, so a row's result does not depend on the other rows (nor on n)
 template <typename T>
 void panel_product(int64_t n, int64_t m, int64_t k, const T* x, int64_t x_stride, const T* panels, T* y,
                    int64_t y_stride, bool accumulate);
