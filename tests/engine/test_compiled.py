@@ -265,6 +265,15 @@ def test_the_panel_kernel_is_as_wide_as_the_cpu_allows():
         assert compiled.panel_limits() is None
 
 
+@pytest.mark.parametrize(("flags", "width"), [
+    ("flags\t\t: fpu sse avx2 avx512f avx512bw\n", 512), ("flags\t\t: fpu avx avx2 fma\n", 256),
+    ("flags\t\t: fpu avx2 avx512f\n", 512), ("flags\t\t: fpu avx2 avx512fp16x\n", 256), ("", 256)])
+def test_the_pointwise_kernels_use_512_bit_vectors_where_the_cpu_has_avx512(monkeypatch, flags, width):
+    monkeypatch.setattr(compiled, "_cpu_signature", lambda: flags)
+    assert f"-mprefer-vector-width={width}" in compiled._pointwise_flags()
+    assert "-march=native" in compiled._pointwise_flags()
+
+
 def test_panel_products_are_on_by_default_and_can_be_turned_off_from_the_environment():
     if compiled.ops() is None:
         pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")

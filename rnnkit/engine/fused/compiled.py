@@ -32,14 +32,6 @@ log = logging.getLogger("rnnkit")
 
 SOURCES = Path(__file__).with_name("csrc")
 _FILES = ("pointwise.h", "pointwise.cpp", "loops.cpp")
-#: pointwise.cpp gets vectorised math (glibc's SIMD exp/tanh need -ffast-math); it is compiled apart and
-#: linked without -ffast-math so that no flush-to-zero start-up code reaches the process (GCC < 13 links it).
-#: 256-bit vectors are asked for explicitly: GCC tunes some AVX2 CPUs (``-march=native`` read as znver1 on an
-#: AVX2 EPYC) for 128-bit vectors and then calls glibc's 4-wide SSE exp/tanh; with 256 the per-step kernels
-#: took 20-28% less time there (LSTM step forward at 32x128: 51 -> 41 us; GRU 46 -> 33 us; the layer-norm
-#: backward +7%, 18 -> 19 us). A CPU without AVX ignores the setting.
-_POINTWISE_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=256", "-ffast-math", "-fopenmp-simd", "-fPIC",
-                    "-std=c++17"]
 _LOOPS_FLAGS = ["-O2", "-fPIC", "-std=c++17", "-w"]
 #: loops.cpp is compiled with OpenMP so that ATen's parallel_for splits a step's pointwise work over torch's
 #: threads (without it, parallel_for is serial); the OpenMP runtime is the libgomp.so.1 torch has loaded.
@@ -124,13 +116,29 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
+def _pointwise_flags() -> list[str]:
+    """pointwise.cpp gets vectorised math (glibc's SIMD exp/tanh need -ffast-math); it is compiled apart and
+    linked without -ffast-math so that no flush-to-zero start-up code reaches the process (GCC < 13 links it).
+
+    The vector width is asked for explicitly: 512 bits where the CPU has AVX-512, else 256. GCC tunes some AVX2
+    CPUs (``-march=native`` read as znver1 on an AVX2 EPYC) for 128-bit vectors and then calls glibc's 4-wide SSE
+    exp/tanh; with 256 the per-step kernels took 20-28% less time there (LSTM step forward at 32x128: 51 -> 41 us;
+    GRU 46 -> 33 us; the layer-norm backward +7%, 18 -> 19 us). Against 256 on a
+    Zen 5 (an AVX-512 CPU with full-width units), 512 took 30-55% less time for one thread's step of 16 rows x 128 units (LSTM forward 5.1 -> 3.2 us,
+    backward 1.8 -> 1.1, with the cell norm 5.9 -> 3.9 and 2.9 -> 1.9; layer-norm backward 2.3 -> 1.6; GRU forward
+    4.7 -> 2.4; Elman RNN forward 1.3 -> 0.6). A CPU without AVX ignores the setting."""
+    width = 512 if " avx512f " in f" {_cpu_signature().strip()} " else 256
+    return ["-O3", "-march=native", f"-mprefer-vector-width={width}", "-ffast-math", "-fopenmp-simd", "-fPIC",
+            "-std=c++17"]
+
+
 def _key(compiler: str) -> str:
     digest = hashlib.sha256()
     for name in _FILES:
         digest.update((SOURCES / name).read_bytes())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=False).stdout
     for part in (torch.__version__, version, _cpu_signature(), platform.machine(), sys.version,
-                 " ".join(_POINTWISE_FLAGS + _LOOPS_FLAGS + _OPENMP_FLAGS)):
+                 " ".join(_pointwise_flags() + _LOOPS_FLAGS + _OPENMP_FLAGS)):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
 
@@ -168,7 +176,7 @@ def _build_with(compiler: str, target: Path, extra: list[str]) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         pointwise, loops, library = Path(tmp, "pointwise.o"), Path(tmp, "loops.o"), Path(tmp, target.name)
         commands = [
-            [compiler, "-c", *_POINTWISE_FLAGS, abi, str(SOURCES / "pointwise.cpp"), "-o", str(pointwise)],
+            [compiler, "-c", *_pointwise_flags(), abi, str(SOURCES / "pointwise.cpp"), "-o", str(pointwise)],
             [compiler, "-c", *_LOOPS_FLAGS, *extra, abi, *includes, str(SOURCES / "loops.cpp"), "-o", str(loops)],
             [compiler, "-shared", *extra, str(pointwise), str(loops), "-o", str(library), f"-L{torch_lib}",
              f"-Wl,-rpath,{torch_lib}", "-ltorch_cpu", "-lc10", "-lmvec", "-lm"],
