@@ -34,8 +34,8 @@ LSTM_FUSED_MIN_BATCH = 16
 #: same work from this batch. On a Zen 5 (2 threads), fused over oneDNN's LSTM training time (T, H: batches; I = 32):
 #: at 600k or more, T=100: H=64 B128-256 0.50-0.55, H=128 B48-256 0.52-0.60, H=256 B24-256 0.62-0.74; T=200 H=256
 #: B12 0.69; T=400 B8-64 0.45-0.68; T=800 H=64 B12 0.41, H=128 B8-12 0.51-0.53. Under 600k about a tie at T=100
-#: (0.87-1.07 from B8, two sweeps; H=256 B8 1.07-1.12) with wins at long sequences (T=400 B8 H=64 0.74, T=800 B8
-#: H=64 0.71); batch 4 1.00-1.93. Inference: oneDNN's LSTM stays faster (fused 1.03-1.37 at T=100-400, B8-256,
+#: (0.76-1.06 from B8, two sweeps; H=256 B8 1.07-1.12) with wins at long sequences (T=400 B8 H=64 0.74, T=800 B8
+#: H=64 0.71); batch 4 0.92-1.93. Inference: oneDNN's LSTM stays faster (fused 0.98-1.37 at T=100-400, B8-256,
 #: one sweep of two at T=100; 0.68-1.02 at T=1000), so native there.
 LSTM_FUSED_MIN_BATCH_WIDE = 8
 #: where the products go through MKL (AVX2 CPUs), with the loops' batch split over threads: on a 2-vCPU AVX2

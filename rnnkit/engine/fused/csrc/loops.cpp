@@ -42,7 +42,8 @@ void check_dense(const OptTensor& t, const char* name) {
 // GEMM routing. ATen's mm goes to MKL, which on AMD CPUs runs its AVX2 code; torch's oneDNN linear
 // (mkldnn::_linear_pointwise) has AVX-512 kernels and measured ~2x faster for float32 products from about
 // 2M multiply-adds (e.g. 76 vs 148 us at [64,256]x[256,768]); below that its fixed cost (~10 us) loses.
-// Products of at least `onednn_min_macs` multiply-adds use it (negative: never; set from Python).
+// Products of at least `onednn_min_macs` multiply-adds use it (negative: never; set from Python), unless the panel
+// kernel takes them (PANEL PRODUCTS: on AVX-512 CPUs, a thread's products of up to 511 rows).
 std::atomic<int64_t> onednn_min_macs{-1};
 
 using LinearFn = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, std::string_view,
@@ -476,8 +477,8 @@ struct Projection {
     }
   }
 
-  // c = (accumulate ? c : 0) + a @ op(W), op(W) = W^T forward and W backward: through oneDNN (large float32
-  // products, see onednn_takes), the small-product kernel, the packed weight, or ATen
+  // c = (accumulate ? c : 0) + a @ op(W), op(W) = W^T forward and W backward: through the panel kernel, oneDNN
+  // (large float32 products, see onednn_takes), the small-product kernel, the packed weight, or ATen
   template <typename T>
   void multiply(const Block& a, const Block& c, bool accumulate) {
     const int64_t macs = a.n * a.cols * c.cols;
@@ -584,9 +585,10 @@ Block recurrent_input(const Block& h_prev, const OptTensor& mask, const Tensor& 
 // run, with MKL's packed weight, which MKL does not promise (tests hold those to rounding). Each thread takes at
 // least kSplitMinRows rows, and its products go through the small-product kernel below kPackMinRows rows, the
 // packed weight from there (one thread's packed product of 8 rows beat the kernel: (16,1000,16,64) training 23%
-// against 5% less time than unsplit). Where float32 products go through oneDNN (AVX-512 CPUs), a thread's product
-// of at least onednn_min_macs multiply-adds still does, on that thread (oneDNN runs one thread inside a parallel
-// region). Backward loops that sum across rows (layer norm's gain gradients) split over a number of threads that
+// against 5% less time than unsplit), and where the panel kernel is on (the default) it takes them from
+// kPanelMinRows rows (PANEL PRODUCTS). Where float32 products go through oneDNN (AVX-512 CPUs), a thread's product
+// of at least onednn_min_macs multiply-adds the panel kernel does not take still does, on that thread (oneDNN runs
+// one thread inside a parallel region). Backward loops that sum across rows (layer norm's gain gradients) split over a number of threads that
 // divides kSumChunks, so that each thread sums whole chunks (SUMS ACROSS ROWS IN A LOOP).
 // Training (B,T,I,H), in-process A/B against per-step splitting on an AVX2 EPYC with 2 threads, all four cells:
 // (32,100,32,128) 3-9% less time, (64,200,64,256) 1-4%, (16,1000,16,64) 10-27%, (256,50,64,128) 1-4%, batch
