@@ -82,7 +82,7 @@ def _panels_by_default() -> bool:
     """Whether a thread's per-step products of 3 rows or more (up to 63, or 511 on AVX-512 CPUs) go through
     rnnkit's panel kernel unless ``RNNKIT_PANEL_GEMM`` says otherwise (loops.cpp, PANEL PRODUCTS): on by default,
     as on both CPUs it was measured on it beat the libraries (a Zen 3 EPYC, AVX2: 0.6-0.9x MKL's time for one
-    thread's step product; a Zen 5, AVX-512: 0.35-0.8x MKL's and oneDNN's)."""
+    thread's step product; a Zen 5, AVX-512: 0.35-0.8x MKL's and oneDNN's up to 128 rows, a tie with oneDNN at 512)."""
     return _env_switch("RNNKIT_PANEL_GEMM", True)
 
 
@@ -123,10 +123,10 @@ def _pointwise_flags() -> list[str]:
     The vector width is asked for explicitly: 512 bits where the CPU has AVX-512, else 256. GCC tunes some AVX2
     CPUs (``-march=native`` read as znver1 on an AVX2 EPYC) for 128-bit vectors and then calls glibc's 4-wide SSE
     exp/tanh; with 256 the per-step kernels took 20-28% less time there (LSTM step forward at 32x128: 51 -> 41 us;
-    GRU 46 -> 33 us; the layer-norm backward +7%, 18 -> 19 us). Against 256 on a
-    Zen 5 (an AVX-512 CPU with full-width units), 512 took 30-55% less time for one thread's step of 16 rows x 128 units (LSTM forward 5.1 -> 3.2 us,
-    backward 1.8 -> 1.1, with the cell norm 5.9 -> 3.9 and 2.9 -> 1.9; layer-norm backward 2.3 -> 1.6; GRU forward
-    4.7 -> 2.4; Elman RNN forward 1.3 -> 0.6). A CPU without AVX ignores the setting."""
+    GRU 46 -> 33 us; the layer-norm backward +7%, 18 -> 19 us). Against 256 on a Zen 5 (an AVX-512 CPU with
+    full-width units), 512 took 30-55% less time for one thread's step of 16 rows x 128 units (LSTM forward 5.1 ->
+    3.2 us, backward 1.8 -> 1.1, with the cell norm 5.9 -> 3.9 and 2.9 -> 1.9; layer-norm backward 2.3 -> 1.6; GRU
+    forward 4.7 -> 2.4; Elman RNN forward 1.3 -> 0.6). A CPU without AVX ignores the setting."""
     width = 512 if " avx512f " in f" {_cpu_signature().strip()} " else 256
     return ["-O3", "-march=native", f"-mprefer-vector-width={width}", "-ffast-math", "-fopenmp-simd", "-fPIC",
             "-std=c++17"]

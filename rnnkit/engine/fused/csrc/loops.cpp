@@ -588,8 +588,9 @@ Block recurrent_input(const Block& h_prev, const OptTensor& mask, const Tensor& 
 // against 5% less time than unsplit), and where the panel kernel is on (the default) it takes them from
 // kPanelMinRows rows (PANEL PRODUCTS). Where float32 products go through oneDNN (AVX-512 CPUs), a thread's product
 // of at least onednn_min_macs multiply-adds the panel kernel does not take still does, on that thread (oneDNN runs
-// one thread inside a parallel region). Backward loops that sum across rows (layer norm's gain gradients) split over a number of threads that
-// divides kSumChunks, so that each thread sums whole chunks (SUMS ACROSS ROWS IN A LOOP).
+// one thread inside a parallel region). Backward loops that sum across rows (layer norm's gain gradients) split
+// over a number of threads that divides kSumChunks, so that each thread sums whole chunks (SUMS ACROSS ROWS IN A
+// LOOP).
 // Training (B,T,I,H), in-process A/B against per-step splitting on an AVX2 EPYC with 2 threads, all four cells:
 // (32,100,32,128) 3-9% less time, (64,200,64,256) 1-4%, (16,1000,16,64) 10-27%, (256,50,64,128) 1-4%, batch
 // 4-24 at T=100 2-15% (batch 7, 3 + 4 rows: 1-3% more). One row per thread (batch 2) gained 2-9%, but batch 3
