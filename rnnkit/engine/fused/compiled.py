@@ -53,7 +53,7 @@ ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False,
-                "packed": False, "panel": False, "small": False, "split": False}
+                "packed": False, "panel": False, "panel_limits": None, "small": False, "split": False}
 _forced_off = threading.local()
 
 
@@ -221,6 +221,7 @@ def _load() -> None:
     _state["packed"] = torch.ops.rnnkit_fused.set_packed_gemm(wanted) != -1 and wanted
     _state["panel"] = _panels_by_default()
     torch.ops.rnnkit_fused.set_panel_gemm(_state["panel"])
+    _state["panel_limits"] = tuple(int(v) for v in torch.ops.rnnkit_fused.panel_limits())  # fixed by the build
     _state["small"] = not _env_off("RNNKIT_SMALL_PRODUCTS")
     torch.ops.rnnkit_fused.set_small_products(_state["small"])
     _state["split"] = not _env_off("RNNKIT_BATCH_SPLIT")
@@ -250,8 +251,7 @@ def panel_limits() -> tuple[int, int, int] | None:
     off or the compiled loops are not in use."""
     if ops() is None or not _state["panel"]:
         return None
-    low, high, bits = torch.ops.rnnkit_fused.panel_limits()
-    return int(low), int(high), int(bits)
+    return _state["panel_limits"]
 
 
 def usable_for(*tensors) -> bool:
