@@ -51,8 +51,10 @@ def times_weight(grad: Tensor, weight: Tensor) -> Tensor:
     return grad @ weight
 
 
-def weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
-    """``grad^T @ inputs`` for ``grad [N, M]``, ``inputs [N, K]``: a sum over all N rows, ``[M, K]``."""
+def weight_grad(grad: Tensor, inputs: Tensor, with_sum: bool = False) -> tuple[Tensor, Tensor | None]:
+    """``grad^T @ inputs`` for ``grad [N, M]``, ``inputs [N, K]``: a sum over all N rows, ``[M, K]``; and, when
+    ``with_sum`` and the product goes through oneDNN, ``grad``'s sum over the rows ``[M]`` from the same product
+    (a row of ones under ``inputs^T``: no second pass over ``grad``), else None."""
     # grad's transposed view must be dense for oneDNN: a column slice (the GRU reset-before's [N, 2H] of
     # [N, 3H]) sends it down a generic reorder path, measured at 565 ms for a product MKL does in ~2 ms
     if grad.is_contiguous() and through_onednn(grad, grad.shape[0] * grad.shape[1] * inputs.shape[1]):
@@ -61,11 +63,15 @@ def weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
         # the product here (4 ms of 6 for [12800, 128] operands in a training step): it gets a pooled copy,
         # transposed by the compiled loops' kernel where it can be (torch's copy of the transposed view took
         # 1.1-3.8 ms for [12800, 128-256] floats on a Zen 5, the kernel 0.17-0.64 ms)
-        first = workspace.empty((inputs.shape[1], inputs.shape[0]), inputs)
+        k = inputs.shape[1]
+        first = workspace.empty((k + 1 if with_sum else k, inputs.shape[0]), inputs)
         kernels = compiled.ops()
         if kernels is not None and inputs.stride(1) == 1:
-            kernels.transpose_into(inputs, first)
+            kernels.transpose_into(inputs, first[:k])
         else:
-            first.copy_(inputs.t())
-        return _linear(first, grad.t(), None, "none", [], "").t()
-    return grad.t() @ inputs
+            first[:k].copy_(inputs.t())
+        if with_sum:
+            first[k].fill_(1.0)
+        product = _linear(first, grad.t(), None, "none", [], "")
+        return product[:k].t(), (product[k] if with_sum else None)
+    return grad.t() @ inputs, None

@@ -60,20 +60,27 @@ class InputProjection(torch.autograd.Function):
         has_bias, has_gain, hidden, kernels = ctx.setup
         x, weight, *norm = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_gain = None
-        if has_gain:
+        needs = ctx.needs_input_grad
+        wants_bias = has_bias and needs[2]
+        grad_gain = grad_bias = None
+        if has_gain:  # the bias's gradient (the sum of grad over the rows) comes from the norm's backward pass
             gain, pre, mean, rstd = norm
             grad_pre, grad_gain = workspace.empty_like(pre), torch.zeros_like(gain, dtype=torch.float64)
-            kernels.layer_norm_gates_backward(grad, pre, gain, mean, rstd, grad_pre, grad_gain, hidden)
+            grad_bias = torch.zeros_like(grad_gain) if wants_bias else None
+            kernels.layer_norm_gates_backward(grad, pre, gain, mean, rstd, grad_pre, grad_gain, grad_bias, hidden)
             grad_gain = grad_gain.to(gain.dtype)
+            grad_bias = grad_bias.to(gain.dtype) if wants_bias else None
         else:
             grad_pre = grad
-        needs = ctx.needs_input_grad
         grad_x = None
         if needs[0]:
             grad_x = times_weight(grad_pre, weight) if ctx.layout is None else _in_layout(grad_pre, weight, *ctx.layout)
-        grad_weight = weight_grad(grad_pre, x) if needs[1] else None
-        grad_bias = grad.sum(0) if has_bias and needs[2] else None
+        grad_weight = None
+        if needs[1]:  # without the norm, the weight's product can give the bias's gradient too
+            grad_weight, summed = weight_grad(grad_pre, x, with_sum=wants_bias and not has_gain)
+            grad_bias = summed if summed is not None else grad_bias
+        if wants_bias and grad_bias is None:
+            grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias, grad_gain, None, None
 
 

@@ -526,7 +526,7 @@ struct Projection {
     auto rows = [&](int64_t b, int64_t e, double* into) {
       rnnkit::layer_norm_backward<T>(e - b, groups, hidden, g + b * stride, stride, ptr<T>(pre) + (o + b) * width,
                                      ptr<T>(gain), ptr<T>(mean) + (o + b) * groups, ptr<T>(rstd) + (o + b) * groups,
-                                     ptr<T>(grad_pre) + (o + b) * width, into);
+                                     ptr<T>(grad_pre) + (o + b) * width, into, nullptr);
     };
     if (grad_gain) {
       sums.add(lo, n, width, rows);
@@ -992,23 +992,37 @@ void layer_norm_gates(Tensor pre, Tensor gain, Tensor target, Tensor mean, Tenso
 }
 
 // grad_pre = d loss / d pre of layer_norm_gates from grad = d loss / d target; grad_gain (float64) += grad * LN(pre).
+// grad_bias (float64, optional) += grad summed over the rows, in the same pass: the bias added after the norm (no
+// separate pass over the [N, gH] gradient for it).
 void layer_norm_gates_backward(Tensor grad, Tensor pre, Tensor gain, Tensor mean, Tensor rstd, Tensor grad_pre,
-                               Tensor grad_gain, int64_t hidden) {
+                               Tensor grad_gain, OptTensor grad_bias, int64_t hidden) {
   for (const Tensor& t : {grad, pre, gain, mean, rstd, grad_pre, grad_gain}) check_dense(t, "layer-norm buffer");
-  TORCH_CHECK(grad_gain.scalar_type() == at::kDouble, "rnnkit compiled loops: grad_gain must be float64");
+  check_dense(grad_bias, "layer-norm buffer");
+  TORCH_CHECK(grad_gain.scalar_type() == at::kDouble && (!grad_bias || grad_bias->scalar_type() == at::kDouble),
+              "rnnkit compiled loops: grad_gain and grad_bias must be float64");
   const int64_t rows = pre.size(0), groups = pre.size(1) / hidden, width = pre.size(1);
-  // rows go in a fixed number of chunks whatever the thread count (see sum_over_chunks)
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(8, rows));
-  std::vector<double> partial;
+  TORCH_CHECK(grad_gain.numel() == width && (!grad_bias || grad_bias->numel() == width),
+              "rnnkit compiled loops: grad_gain and grad_bias must have ", width, " elements");
+  // rows go in a fixed number of chunks whatever the thread count (see sum_over_chunks); each chunk sums the gain's
+  // gradient into the first `width` doubles of its share and the bias's into the next `width`
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(8, rows)), count = grad_bias ? 2 * width : width;
+  std::vector<double> partial, total(count, 0.0);
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_layer_norm_gates_backward", [&] {
     using T = scalar_t;
     auto chunk = [&](int64_t begin, int64_t end, double* into) {
       rnnkit::layer_norm_backward<T>(end - begin, groups, hidden, ptr<T>(grad) + begin * width, width,
                                      ptr<T>(pre) + begin * width, ptr<T>(gain), ptr<T>(mean) + begin * groups,
-                                     ptr<T>(rstd) + begin * groups, ptr<T>(grad_pre) + begin * width, into);
+                                     ptr<T>(rstd) + begin * groups, ptr<T>(grad_pre) + begin * width, into,
+                                     grad_bias ? into + width : nullptr);
     };
-    sum_over_chunks(rows, chunks, width, ptr<double>(grad_gain), partial, chunk);
+    sum_over_chunks(rows, chunks, count, total.data(), partial, chunk);
   });
+  double* gain_sums = ptr<double>(grad_gain);
+  for (int64_t j = 0; j < width; ++j) gain_sums[j] += total[j];
+  if (grad_bias) {
+    double* bias_sums = ptr<double>(grad_bias);
+    for (int64_t j = 0; j < width; ++j) bias_sums[j] += total[width + j];
+  }
 }
 
 }  // namespace
@@ -1053,6 +1067,6 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         "int hidden, float eps) -> ()",
         &layer_norm_gates);
   m.def("layer_norm_gates_backward(Tensor grad, Tensor pre, Tensor gain, Tensor mean, Tensor rstd, "
-        "Tensor(a!) grad_pre, Tensor(b!) grad_gain, int hidden) -> ()",
+        "Tensor(a!) grad_pre, Tensor(b!) grad_gain, Tensor(c!)? grad_bias, int hidden) -> ()",
         &layer_norm_gates_backward);
 }

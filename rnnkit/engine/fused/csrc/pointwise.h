@@ -13,11 +13,12 @@ void layer_norm_add(int64_t n, int64_t groups, int64_t H, const T* pre, const T*
                     int64_t target_stride, T* mean, T* rstd, T eps);
 
 // grad_pre[r, k*H + j] = d loss / d pre through the layer norm, given grad (d loss / d normalised*gain);
-// grad_gain (if not null) += grad * normalised, summed over the rows in double precision (it sums over
-// every row of a sequence: T*B of them).
+// grad_gain (if not null) += grad * normalised and grad_bias (if not null) += grad, summed over the rows in double
+// precision (they sum over every row of a sequence: T*B of them).
 template <typename T>
 void layer_norm_backward(int64_t n, int64_t groups, int64_t H, const T* grad, int64_t grad_stride,
-                         const T* pre, const T* gain, const T* mean, const T* rstd, T* grad_pre, double* grad_gain);
+                         const T* pre, const T* gain, const T* mean, const T* rstd, T* grad_pre, double* grad_gain,
+                         double* grad_bias);
 
 // tanh_c: rows receiving tanh(c^) (the caller's scratch or all-steps buffer)
 template <typename T>
