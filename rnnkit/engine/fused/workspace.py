@@ -52,8 +52,10 @@ def empty(shape: tuple[int, ...] | list[int], like: Tensor) -> Tensor:
     come from an earlier call that no longer uses it."""
     shape = tuple(int(s) for s in shape)
     nbytes = math.prod(shape) * like.element_size()
+    if like.device.type != "cpu" or nbytes < MIN_BYTES or _use_count is None:  # before reading the environment
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
     limit = limit_bytes()
-    if like.device.type != "cpu" or nbytes < MIN_BYTES or nbytes > limit or _use_count is None:
+    if nbytes > limit:
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     with _lock:
         best = None
