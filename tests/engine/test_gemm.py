@@ -13,22 +13,20 @@ def _onednn_or_skip():
 
 
 def test_weight_grad_equals_the_float64_product_on_either_route():
-    """And through oneDNN, asked for, grad's sum over the rows from the same product (a row of ones under the
-    inputs): the bias's gradient without a second pass over grad; on ATen none (the caller sums)."""
+    """With grad's sum over the rows too (a bias's gradient): through oneDNN from the same product (a row of ones
+    under the inputs), on ATen by a sum."""
     _onednn_or_skip()
     torch.manual_seed(0)
     grad, inputs = torch.randn(3000, 96), torch.randn(3000, 40)
     truth, sums = grad.double().t() @ inputs.double(), grad.double().sum(0)
     for route in (0, None):  # every product through oneDNN, then none
-        for with_sum in (False, True):
-            with compiled.onednn_gemms(route):
-                got, summed = gemm.weight_grad(grad, inputs, with_sum=with_sum)
-            assert got.shape == (96, 40)
-            torch.testing.assert_close(got.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max().item())
-            if with_sum and route is not None:
-                torch.testing.assert_close(summed.double(), sums, rtol=1e-5, atol=1e-5 * sums.abs().max().item())
-            else:
-                assert summed is None
+        with compiled.onednn_gemms(route):
+            got = gemm.weight_grad(grad, inputs)
+            both, summed = gemm.weight_grad_and_sum(grad, inputs)
+        for product in (got, both):
+            assert product.shape == (96, 40)
+            torch.testing.assert_close(product.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max().item())
+        torch.testing.assert_close(summed.double(), sums, rtol=1e-5, atol=1e-5 * sums.abs().max().item())
 
 
 def test_weight_grad_of_a_column_slice_stays_on_aten(monkeypatch):
@@ -42,9 +40,9 @@ def test_weight_grad_of_a_column_slice_stays_on_aten(monkeypatch):
     torch.manual_seed(0)
     grad, inputs = torch.randn(2048, 384), torch.randn(2048, 128)
     with compiled.onednn_gemms(0):
-        full, _ = gemm.weight_grad(grad, inputs)
+        full = gemm.weight_grad(grad, inputs)
         assert len(calls) == 1  # dense: through oneDNN
-        part, _ = gemm.weight_grad(grad[:, :256], inputs)
+        part = gemm.weight_grad(grad[:, :256], inputs)
         assert len(calls) == 1  # the slice: not through oneDNN
     torch.testing.assert_close(part, full[:256], rtol=1e-4, atol=1e-3)
 
@@ -79,7 +77,7 @@ def test_weight_grad_transposes_a_strided_operand_correctly():
     for inputs in (states[32:], torch.randn(40, 1000).t()):  # dense rows; a transposed view (column stride 40)
         truth = grad.double().t() @ inputs.double()
         with compiled.onednn_gemms(0):
-            got, _ = gemm.weight_grad(grad, inputs)
+            got = gemm.weight_grad(grad, inputs)
         torch.testing.assert_close(got.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max().item())
 
 

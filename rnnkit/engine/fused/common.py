@@ -217,14 +217,14 @@ class Projection:
     def parameter_grads(self, grad: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(d weight, d gain)`` from ``grad [N, g*H]`` (d loss / d projection) and ``inputs [N, H]``."""
         if self.gain is None:
-            return weight_grad(grad, inputs)[0], None
+            return weight_grad(grad, inputs), None
         if self.grad_gain is not None:  # the compiled loops filled grad_pre and summed the gain's gradient
-            return weight_grad(self.grad_pre_all, inputs)[0], self.grad_gain.to(self.gain.dtype)
+            return weight_grad(self.grad_pre_all, inputs), self.grad_gain.to(self.gain.dtype)
         grad_pre = torch.cat(self.grad_pre[::-1])
         mean, rstd = torch.cat(self.means), torch.cat(self.rstds)
         rows = grad.shape[0]
         normed = normalised(self.pre.view(rows, self.groups, self.hidden), mean, rstd).view(rows, -1)
-        return weight_grad(grad_pre, inputs)[0], (grad * normed).sum(0)
+        return weight_grad(grad_pre, inputs), (grad * normed).sum(0)
 
 
 @dataclass

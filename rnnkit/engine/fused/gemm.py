@@ -51,10 +51,20 @@ def times_weight(grad: Tensor, weight: Tensor) -> Tensor:
     return grad @ weight
 
 
-def weight_grad(grad: Tensor, inputs: Tensor, with_sum: bool = False) -> tuple[Tensor, Tensor | None]:
-    """``grad^T @ inputs`` for ``grad [N, M]``, ``inputs [N, K]``: a sum over all N rows, ``[M, K]``; and, when
-    ``with_sum`` and the product goes through oneDNN, ``grad``'s sum over the rows ``[M]`` from the same product
-    (a row of ones under ``inputs^T``: no second pass over ``grad``), else None."""
+def weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
+    """``grad^T @ inputs`` for ``grad [N, M]``, ``inputs [N, K]``: a sum over all N rows, ``[M, K]``."""
+    return _weight_grad(grad, inputs, with_sum=False)[0]
+
+
+def weight_grad_and_sum(grad: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`weight_grad` and ``grad``'s sum over the rows ``[M]`` (a bias's gradient): through oneDNN from the same
+    product, a row of ones under ``inputs^T`` (no second pass over ``grad``), else ``grad.sum(0)``."""
+    product, summed = _weight_grad(grad, inputs, with_sum=True)
+    return product, grad.sum(0) if summed is None else summed
+
+
+def _weight_grad(grad: Tensor, inputs: Tensor, with_sum: bool) -> tuple[Tensor, Tensor | None]:
+    """``grad^T @ inputs`` and, when ``with_sum`` and the product goes through oneDNN, ``grad``'s row sum."""
     # grad's transposed view must be dense for oneDNN: a column slice (the GRU reset-before's [N, 2H] of
     # [N, 3H]) sends it down a generic reorder path, measured at 565 ms for a product MKL does in ~2 ms
     if grad.is_contiguous() and through_onednn(grad, grad.shape[0] * grad.shape[1] * inputs.shape[1]):

@@ -24,7 +24,7 @@ from torch import Tensor
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
 from rnnkit.engine.fused.common import first_order_only
-from rnnkit.engine.fused.gemm import project, through_onednn, times_weight, weight_grad
+from rnnkit.engine.fused.gemm import project, through_onednn, times_weight, weight_grad, weight_grad_and_sum
 
 
 class InputProjection(torch.autograd.Function):
@@ -76,9 +76,10 @@ class InputProjection(torch.autograd.Function):
         if needs[0]:
             grad_x = times_weight(grad_pre, weight) if ctx.layout is None else _in_layout(grad_pre, weight, *ctx.layout)
         grad_weight = None
-        if needs[1]:  # without the norm, the weight's product can give the bias's gradient too
-            grad_weight, summed = weight_grad(grad_pre, x, with_sum=wants_bias and not has_gain)
-            grad_bias = summed if summed is not None else grad_bias
+        if needs[1] and wants_bias and not has_gain:  # the weight's product gives the bias's gradient too
+            grad_weight, grad_bias = weight_grad_and_sum(grad_pre, x)
+        elif needs[1]:
+            grad_weight = weight_grad(grad_pre, x)
         if wants_bias and grad_bias is None:
             grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias, grad_gain, None, None
