@@ -88,7 +88,7 @@ def test_compiled_loops_can_be_turned_off(monkeypatch):
     assert compiled.status() == {"in_use": False, "library": compiled.status()["library"],
                                  "why_not": "turned off by RNNKIT_COMPILED=0", "onednn_min_macs": None,
                                  "threaded": False, "packed_gemm": False, "panel_gemm": False,
-                                 "small_products": False, "batch_split": False}
+                                 "small_products": False, "batch_split": False, "reuse_saved": False}
     layer = rk.GRU(3, 4, backend="fused")
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
 
@@ -477,6 +477,44 @@ def test_the_batch_split_can_be_turned_off_from_the_environment():
             "rk.GRU(3, 4, backend='fused')(torch.randn(8, 5, 3)); print(compiled.status()['batch_split'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "RNNKIT_BATCH_SPLIT": "0"}, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_saved_buffers_are_reused_only_by_a_backward_that_frees_its_graph():
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(compiled.may_reuse_saved())
+            return grad * 2
+
+    x = torch.randn(3, requires_grad=True)
+    y = Probe.apply(x).sum()
+    y.backward(retain_graph=True)  # kept: a second backward reads the saved buffers again
+    y.backward()  # freed afterwards
+    torch.autograd.grad(Probe.apply(x).sum(), x, create_graph=True)  # kept
+    torch.autograd.grad(Probe.apply(x).sum(), x)
+    with compiled.reuse_saved(False):
+        Probe.apply(x).sum().backward()
+    assert seen == [False, True, False, True, False]
+    assert not compiled.may_reuse_saved()  # no backward running
+    assert compiled.status()["reuse_saved"]
+
+
+def test_reusing_saved_buffers_can_be_turned_off_from_the_environment():
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
+            "rk.GRU(3, 4, backend='fused')(torch.randn(8, 5, 3)); print(compiled.status()['reuse_saved'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RNNKIT_REUSE_SAVED": "0"}, check=True)
     assert done.stdout.strip() == "False"
 
 

@@ -84,6 +84,35 @@ def test_fused_gradcheck_float64(case, loops):
     assert gradcheck_engine(fused.run_direction, case, reverse=True, steps=3, lengths=(3, 1, 2))
 
 
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_a_retained_graph_gives_the_same_gradients_at_every_backward(case):
+    """A compiled backward that frees its graph writes gradients over the buffers it saved (the gates' activations, a
+    layer norm's inputs: compiled.may_reuse_saved); one through a retained graph must leave them for the next. Every
+    backward through a retained graph equals the one through a freed graph, bit for bit."""
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    name, options = case
+    cell = make_cell(name, {**options, "recurrent_dropout": 0.3, "zoneout": 0.25})
+    noise = cell.sample_noise(5, 4)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 4, cell.input_size, generator=gen, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(4, cell.hidden_size, generator=gen, dtype=torch.float64, requires_grad=True)
+                  for _ in range(cell.state_size))
+    weights = torch.randn(5, 4, cell.hidden_size, generator=gen, dtype=torch.float64)
+    inputs = [x, *state, *cell.parameters()]
+
+    def loss():
+        out, final = fused.run_direction(cell, x, state, torch.tensor([5, 2, 4, 5]), False, noise)
+        return (out * weights).sum() + sum(f.sum() for f in final)
+
+    freed = torch.autograd.grad(loss(), inputs)
+    retained = loss()
+    for attempt in range(3):
+        again = torch.autograd.grad(retained, inputs, retain_graph=attempt < 2)
+        for what, ours, expected in zip(names_of(cell)[1 + cell.state_size:], again, freed):
+            assert torch.equal(ours, expected), f"backward {attempt + 1} through a retained graph: {what}"
+
+
 def test_double_backward_raises_a_clear_error():
     cell = make_cell("gru", {})
     x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells.base import LAYER_NORM_EPS, SequenceNoise
-from rnnkit.engine.fused import workspace
+from rnnkit.engine.fused import compiled, workspace
 from rnnkit.engine.fused.gemm import weight_grad
 from rnnkit.engine.fused.packing import Packing
 
@@ -173,7 +173,8 @@ class Projection:
             self.stats = (self.pre.new_empty(rows, self.groups), self.pre.new_empty(rows, self.groups))
         buffers = [self.weight, self.gain, self.pre, *self.stats]
         if backward:
-            self.grad_pre_all = workspace.empty_like(self.pre)
+            # over pre when the graph is freed after this backward (each step's rows read first; lstm.py)
+            self.grad_pre_all = self.pre if compiled.may_reuse_saved() else workspace.empty_like(self.pre)
             self.grad_gain = torch.zeros_like(self.gain, dtype=torch.float64)  # summed over all rows: in float64
             buffers += [self.grad_pre_all, self.grad_gain]
         return buffers

@@ -53,7 +53,8 @@ ONEDNN_MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False,
-                "packed": False, "panel": False, "panel_limits": None, "small": False, "split": False}
+                "packed": False, "panel": False, "panel_limits": None, "small": False, "split": False,
+                "reuse": False}
 _forced_off = threading.local()
 
 
@@ -226,6 +227,7 @@ def _load() -> None:
     torch.ops.rnnkit_fused.set_small_products(_state["small"])
     _state["split"] = not _env_off("RNNKIT_BATCH_SPLIT")
     torch.ops.rnnkit_fused.set_batch_split(_state["split"])
+    _state["reuse"] = not _env_off("RNNKIT_REUSE_SAVED")
     torch.ops.rnnkit_fused.set_parallel_min(PARALLEL_MIN)
 
 
@@ -259,10 +261,25 @@ def usable_for(*tensors) -> bool:
     return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
 
 
+def may_reuse_saved() -> bool:
+    """Whether the fused backward now running on this thread may write its gradients into its Function's saved
+    all-steps buffers (the LSTM and GRU gates' gradient into their activations, a layer norm's input gradient into
+    its pre-normalisation values), each step's rows once it has read them: true when autograd frees the graph as
+    soon as this backward is done (no ``retain_graph``, no ``create_graph``: libtorch's
+    ``get_current_graph_task_keep_graph``), so that nothing reads those buffers again. False while the compiled
+    loops are off, under :func:`reuse_saved` (False) or ``RNNKIT_REUSE_SAVED=0``, and wherever torch cannot tell.
+
+    Each reuse is one ``[N, G*H]`` buffer less to bring through the caches: a layer-norm LSTM's backward makes
+    none of its three (the gates', the recurrent and the input layer norm's input gradients), a plain LSTM's or
+    GRU's none of its one. Training, in-process A/B: 2-9% less time for the layer-norm LSTM, 1-7% for the LSTM,
+    up to 14% for the GRU (benchmarks/RESULTS.md)."""
+    return _state["reuse"] and ops() is not None and not torch.ops.rnnkit_fused.graph_kept()
+
+
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
     None, "threaded": bool, "packed_gemm": bool, "panel_gemm": bool, "small_products": bool, "batch_split":
-    bool}`` (builds on first call).
+    bool, "reuse_saved": bool}`` (builds on first call).
     ``onednn_min_macs``: from what size float32 recurrent products go through oneDNN (None: never).
     ``threaded``: whether a step's pointwise work can be split over torch's threads (the library was built
     with OpenMP). ``packed_gemm``: whether the other float32 recurrent products read a weight packed once per
@@ -276,7 +293,8 @@ def status() -> dict:
     off; the packed weight then takes the batches from 8). ``batch_split``: whether a threaded loop splits its
     batch over torch's threads once for all steps, each thread running every step on its own rows, instead of
     splitting each step's product and pointwise pass (``RNNKIT_BATCH_SPLIT=0`` turns it off; see loops.cpp's
-    BATCH SPLIT)."""
+    BATCH SPLIT). ``reuse_saved``: whether a backward that frees its graph writes gradients into the saved
+    buffers it has read (:func:`may_reuse_saved`; ``RNNKIT_REUSE_SAVED=0`` turns it off)."""
     in_use = ops() is not None
     why = None if in_use else ("turned off by RNNKIT_COMPILED=0" if _env_off() else
                                "turned off by python_loops()" if getattr(_forced_off, "value", False)
@@ -285,7 +303,8 @@ def status() -> dict:
             "onednn_min_macs": _state["onednn"] if in_use else None, "threaded": in_use and _state["threaded"],
             "packed_gemm": in_use and _state["packed"], "panel_gemm": in_use and _state["panel"],
             "small_products": in_use and _state["small"],
-            "batch_split": in_use and _state["threaded"] and _state["split"]}
+            "batch_split": in_use and _state["threaded"] and _state["split"],
+            "reuse_saved": in_use and _state["reuse"]}
 
 
 @contextlib.contextmanager
@@ -356,6 +375,20 @@ def batch_split(on: bool):
     work (False) inside the block, for every thread. For tests and benchmarks; results are the same bit for
     bit."""
     return _switch("set_batch_split", "split", on)
+
+
+@contextlib.contextmanager
+def reuse_saved(on: bool):
+    """Let a fused backward that frees its graph write gradients into its saved buffers (True) or always into
+    buffers of their own (False) inside the block, for every thread (:func:`may_reuse_saved`). For tests and
+    benchmarks; results are the same bit for bit."""
+    _loaded_ops()
+    saved = _state["reuse"]
+    _state["reuse"] = bool(on)
+    try:
+        yield
+    finally:
+        _state["reuse"] = saved
 
 
 @contextlib.contextmanager

@@ -77,7 +77,8 @@ class FusedGRU(torch.autograd.Function):
         h_prev = packing.previous_rows(states)
         h_in = h_prev if masks.recurrent is None else h_prev * masks.recurrent
         grad_in = state_grads(grad_sequence, grad_final, states, packing)  # [B+N, H]
-        grad_gates = workspace.empty_like(act)  # [N, 3H] d loss / d pre-activations (input side)
+        # [N, 3H] d loss / d pre-activations (input side); the compiled steps may write it over act (see lstm.py)
+        grad_gates = act if kernels is not None and compiled.may_reuse_saved() else workspace.empty_like(act)
         zone = None if masks.zoneout is None else masks.zoneout[0]
         if kernels is not None and not reset_after:  # the compiled steps recompute their local derivatives
             kernels.gru_backward_before(grad_in, act, states, grad_gates, *_compiled_buffers(projections, True),

@@ -65,7 +65,9 @@ class InputProjection(torch.autograd.Function):
         grad_gain = grad_bias = None
         if has_gain:  # the bias's gradient (the sum of grad over the rows) comes from the norm's backward pass
             gain, pre, mean, rstd = norm
-            grad_pre, grad_gain = workspace.empty_like(pre), torch.zeros_like(gain, dtype=torch.float64)
+            # grad_pre over pre when the graph is freed after this backward (the pass reads a row before writing it)
+            grad_pre = pre if compiled.may_reuse_saved() else workspace.empty_like(pre)
+            grad_gain = torch.zeros_like(gain, dtype=torch.float64)
             grad_bias = torch.zeros_like(grad_gain) if wants_bias else None
             kernels.layer_norm_gates_backward(grad, pre, gain, mean, rstd, grad_pre, grad_gain, grad_bias, hidden)
             grad_gain = grad_gain.to(gain.dtype)

@@ -77,7 +77,8 @@ class FusedLSTM(torch.autograd.Function):
         h_in = packing.previous_rows(hs)
         if masks.recurrent is not None:
             h_in = h_in * masks.recurrent
-        grad_gates = workspace.empty_like(act)  # [N, 4H]
+        # [N, 4H]; the compiled steps may write it over act, each step's rows once read (compiled.may_reuse_saved)
+        grad_gates = act if kernels is not None and compiled.may_reuse_saved() else workspace.empty_like(act)
         grad_in = state_grads(grad_sequence, grad_final_h, hs, packing)  # [B+N, H]
         grad_c = (torch.zeros_like(h_in[:batch]) if grad_final_c is None  # [B, H] dL/dc_t
                   else grad_final_c.clone(memory_format=torch.contiguous_format))

@@ -57,10 +57,13 @@ class FusedSimpleRNN(torch.autograd.Function):
         packing, masks, relu, projection, has_bias, kernels = ctx.setup
         projection.begin_backward()
         batch = packing.batch
-        activations = activations if activations is not None else states[batch:]
         # [B+N, H]: dL/dh; h_0's gradient in the first block
         grad_in = state_grads(grad_sequence, grad_final, states, packing)
-        grad_pre = workspace.empty_like(activations)  # [N, H]
+        if activations is not None and kernels is not None and compiled.may_reuse_saved():
+            grad_pre = activations  # [N, H], over the activations (with zoneout their own buffer; see lstm.py)
+        else:
+            activations = activations if activations is not None else states[batch:]  # (the outputs: never)
+            grad_pre = workspace.empty_like(activations)
         if kernels is not None:  # each compiled step recomputes f' from the activations
             kernels.simple_backward(grad_in, activations, grad_pre, projection.compiled_buffers(backward=True),
                                     masks.recurrent, None if masks.zoneout is None else masks.zoneout[0],

@@ -19,6 +19,12 @@
 
 #include "pointwise.h"
 
+// libtorch's own query (torch/csrc/autograd/graph_task.h, not included here), declared weak so that this library
+// still loads with a torch that lacks it; see graph_kept
+namespace torch::autograd {
+bool get_current_graph_task_keep_graph() __attribute__((weak));
+}  // namespace torch::autograd
+
 namespace {
 
 using at::Tensor;
@@ -631,6 +637,16 @@ struct Split {
   }
 };
 
+// SAVED BUFFERS REUSED. Whether the autograd graph whose backward runs on this thread is kept after it: with
+// retain_graph (or create_graph) a later backward reads a Function's saved buffers again, without it autograd
+// frees them as soon as the Function's backward returns, which may then write its gradients into them (see
+// rnnkit.engine.fused.compiled.may_reuse_saved). True, the safe answer, when no backward runs on this thread or
+// this torch cannot tell (libtorch answers true itself when there is no graph task).
+bool graph_kept() {
+  return torch::autograd::get_current_graph_task_keep_graph == nullptr ||
+         torch::autograd::get_current_graph_task_keep_graph();
+}
+
 // over how many threads a loop that may split its batch splits one of `batch` rows now (for tests)
 int64_t batch_threads(int64_t batch) { return Split(batch).threads; }
 
@@ -1061,6 +1077,7 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("set_batch_split(bool on) -> int", &set_batch_split);
   m.def("batch_threads(int batch) -> int", &batch_threads);
   m.def("threaded() -> bool", &threaded);
+  m.def("graph_kept() -> bool", &graph_kept);
   m.def("transpose_into(Tensor src, Tensor(a!) dst) -> ()", &transpose_into);
   m.def("panel_mm(Tensor x, Tensor w, bool transposed, Tensor(a!) out, bool accumulate) -> ()", &panel_mm);
   m.def("layer_norm_gates(Tensor pre, Tensor gain, Tensor(a!) target, Tensor(b!) mean, Tensor(c!) rstd, "

@@ -14,7 +14,8 @@ void layer_norm_add(int64_t n, int64_t groups, int64_t H, const T* pre, const T*
 
 // grad_pre[r, k*H + j] = d loss / d pre through the layer norm, given grad (d loss / d normalised*gain);
 // grad_gain (if not null) += grad * normalised and grad_bias (if not null) += grad, summed over the rows in double
-// precision (they sum over every row of a sequence: T*B of them).
+// precision (they sum over every row of a sequence: T*B of them). grad_pre may be pre itself (each element is read
+// before it is written: SAVED BUFFERS REUSED in loops.cpp).
 template <typename T>
 void layer_norm_backward(int64_t n, int64_t groups, int64_t H, const T* grad, int64_t grad_stride,
                          const T* pre, const T* gain, const T* mean, const T* rstd, T* grad_pre, double* grad_gain,
@@ -32,6 +33,7 @@ void lstm_forward_rows(int64_t n, int64_t H, T* act, const T* h_prev, const T* c
 // grad_c is d loss / d c_t in and d loss / d c_{t-1} out, grad_prev += the direct zoneout path of d loss / d h_t.
 // With the cell norm, grad_shown is scratch rows for d loss / d c^, and cell_sums (float64, [2H]) accumulates
 // the norm's parameter gradients: [0, H) += d loss / d c^ * LN(c~) (gain), [H, 2H) += d loss / d c^ (bias).
+// grad_gates may be act itself (each unit's four activations are read before its four gradients are written).
 template <typename T>
 void lstm_backward_rows(int64_t n, int64_t H, const T* grad_h, T* grad_c, T* tanh_c, const T* c_prev,
                         const T* act, T* grad_gates, T* grad_prev, const T* peephole, const T* cell_tilde,
@@ -49,12 +51,14 @@ void gru_forward_rows(int64_t n, int64_t H, T* act, const T* terms, T* n_term, c
 // One reset-after GRU step backward from grad_h = d loss / d h_t, the local derivatives recomputed from
 // act (r, z, n), h_prev, n_term and zone (null: none): grad_hidden [3H rows] receives d loss / d (R(h~) + b_hh),
 // grad_n [H rows] d loss / d (input term of n), and grad_prev += grad_h * d h_t / d h_{t-1} (direct path).
+// grad_hidden may be act itself (each unit's r, z and n are read before its three gradients are written).
 template <typename T>
 void gru_backward_after_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* h_prev, const T* n_term,
                              const T* zone, T* grad_hidden, T* grad_n, T* grad_prev);
 
 // Reset-before GRU step backward, first part, from act (r, z, n) and h_prev: grad_gates [3H rows] receives the
-// z and n pre-activation gradients, grad_prev += grad_h * d h_t / d h_{t-1} along the direct path.
+// z and n pre-activation gradients, grad_prev += grad_h * d h_t / d h_{t-1} along the direct path. grad_gates
+// may be act itself: this part reads z and n before it writes their gradients, and leaves r for the second.
 template <typename T>
 void gru_backward_before_zn_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* h_prev,
                                  const T* zone, T* grad_gates, T* grad_prev);
@@ -73,7 +77,8 @@ void sigmoid_rows(int64_t n, int64_t width, T* x, int64_t stride);
 template <typename T>
 void simple_forward_rows(int64_t n, int64_t H, T* pre, const T* h_prev, T* h_next, bool relu, const T* zone);
 
-// grad_pre = grad_h * f'(pre) (1 - zone) from the activations act = f(pre) (tanh or relu; zone null: none)
+// grad_pre = grad_h * f'(pre) (1 - zone) from the activations act = f(pre) (tanh or relu; zone null: none);
+// grad_pre may be act itself
 template <typename T>
 void simple_backward_rows(int64_t n, int64_t H, const T* grad_h, const T* act, const T* zone, bool relu, T* grad_pre);
 
