@@ -113,6 +113,31 @@ def test_a_retained_graph_gives_the_same_gradients_at_every_backward(case):
             assert torch.equal(ours, expected), f"backward {attempt + 1} through a retained graph: {what}"
 
 
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_a_forward_autograd_does_not_record_keeps_nothing_and_gives_the_same_outputs(case, lengths, loops):
+    """Without autograd recording (no_grad, or nothing requiring grad) the compiled Functions keep nothing for a
+    backward: the recurrent layer norm's values and statistics go in one step's scratch, the input layer norm
+    writes over its own input. Outputs and final states equal a recorded forward's bit for bit, and the
+    reference engine's."""
+    name, options = case
+    cell = make_cell(name, {**options, "recurrent_dropout": 0.3, "zoneout": 0.25}, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 4, cell.input_size, generator=gen)
+    state = tuple(torch.randn(4, cell.hidden_size, generator=gen) for _ in range(cell.state_size))
+    lengths = None if LENGTHS[lengths] is None else torch.tensor(LENGTHS[lengths])
+    for reverse in (False, True):
+        recorded = fused.run_direction(cell, x.clone().requires_grad_(), state, lengths, reverse)
+        with torch.no_grad():
+            unrecorded = fused.run_direction(cell, x, state, lengths, reverse)
+            expected = reference.run_direction(cell, x, state, lengths, reverse)
+        for what, ours, theirs in zip(("outputs", *("final state",) * cell.state_size),
+                                      (unrecorded[0], *unrecorded[1]), (recorded[0], *recorded[1])):
+            assert torch.equal(ours, theirs), f"{what}, reverse={reverse}"
+        tol = tolerance(torch.float32)
+        torch.testing.assert_close(unrecorded[0], expected[0], atol=tol, rtol=tol)
+
+
 def test_double_backward_raises_a_clear_error():
     cell = make_cell("gru", {})
     x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)

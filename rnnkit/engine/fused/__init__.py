@@ -7,6 +7,7 @@ its gradients as large GEMMs too. :func:`run_direction` has the reference engine
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
@@ -43,24 +44,26 @@ def run_direction(
     additive = not (isinstance(cell, GRUCell) and cell.reset_after)
     # a time-major input that is no [N, I] view goes in as it is: the projection copies it into a pooled buffer
     as_is = packing.gather is None and x.dim() == 3 and not x.is_contiguous() and x.shape[1] > 1
-    gates, folded = input_gates(cell, x if as_is else packing.pack(x), cell.bias_hh if additive else None)
+    # whether autograd will record the Functions (a backward may follow): else they keep nothing for one
+    saves = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *cell.parameters()))
+    gates, folded = input_gates(cell, x if as_is else packing.pack(x), cell.bias_hh if additive else None, saves)
     bias_hh = None if folded else cell.bias_hh
     initial = tuple(packing.sort(s) for s in state)
     masks = Masks.pack(noise, packing)
     gain = cell.ln_hh_weight if cell.layer_norm else None
     if isinstance(cell, SimpleRNNCell):
         sequence, final_h, _ = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing,
-                                                    masks, cell.nonlinearity == "relu")
+                                                    masks, cell.nonlinearity == "relu", saves)
         finals = (final_h,)
     elif isinstance(cell, GRUCell):
         sequence, final_h, _ = FusedGRU.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing, masks,
-                                              cell.reset_after)
+                                              cell.reset_after, saves)
         finals = (final_h,)
     else:
         sequence, final_h, final_c, _ = FusedLSTM.apply(
             gates, *initial, cell.weight_hh, bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
             cell.ln_cell_weight if cell.layer_norm else None, cell.ln_cell_bias if cell.layer_norm else None,
-            packing, masks)
+            packing, masks, saves)
         finals = (final_h, final_c)
     outputs = packing.unpack(sequence)
     return outputs, tuple(packing.unsort(f) for f in finals)

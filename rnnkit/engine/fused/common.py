@@ -132,7 +132,11 @@ class Projection:
     (one GEMM over all steps).
     """
 
-    def __init__(self, weight: Tensor, gain: Tensor | None, packing: Packing, hidden: int) -> None:
+    def __init__(self, weight: Tensor, gain: Tensor | None, packing: Packing, hidden: int,
+                 per_step: bool = False) -> None:
+        """``per_step``: no backward will run (inference) and the compiled loops will, so that with layer norm
+        ``pre`` and the statistics hold one step's rows ``[B, ...]`` (the loops index them by batch row),
+        not every step's: one ``[N, g*H]`` buffer less to stream through memory."""
         self.weight = weight  # [g*H, H]
         self.weight_t = weight.t()
         self.gain = gain
@@ -142,7 +146,8 @@ class Projection:
         self.grad_pre_all: Tensor | None = None  # compiled loops: [N, g*H]
         self.grad_gain: Tensor | None = None  # compiled loops: [g*H] float64, accumulated step by step
         if gain is not None:
-            self.pre = workspace.empty((packing.rows, weight.shape[0]), weight)  # [N, g*H] before normalisation
+            rows = packing.batch if per_step else packing.rows
+            self.pre = workspace.empty((rows, weight.shape[0]), weight)  # [N or B, g*H] before normalisation
             self._packing = packing
             self.means: list[Tensor] = []
             self.rstds: list[Tensor] = []

@@ -29,7 +29,7 @@ from rnnkit.engine.fused.gemm import project, through_onednn, times_weight, weig
 
 class InputProjection(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, gain, hidden: int, kernels):
+    def forward(ctx, x, weight, bias, gain, hidden: int, kernels, saves: bool):
         ctx.layout = None
         if x.dim() == 3:  # [T, B, I], no [N, I] view: a pooled copy; the gradient goes back in x's layout
             steps, batch = x.shape[0], x.shape[1]
@@ -41,15 +41,11 @@ class InputProjection(torch.autograd.Function):
         if gain is None:
             gates = project(x, weight, bias)
             ctx.save_for_backward(x, weight)
-        else:
-            gates = workspace.empty((rows, width), x)
+        else:  # gates = LN(pre) gain + bias; in inference over pre itself (no backward reads it)
             pre = project(x, weight, None)
+            gates = workspace.empty((rows, width), x) if saves else pre
             mean, rstd = x.new_empty(rows, width // hidden), x.new_empty(rows, width // hidden)
-            if bias is None:
-                gates.zero_()
-            else:
-                gates.copy_(bias.expand(rows, width))
-            kernels.layer_norm_gates(pre, gain, gates, mean, rstd, hidden, LAYER_NORM_EPS)
+            kernels.layer_norm_gates(pre, gain, bias, gates, mean, rstd, hidden, LAYER_NORM_EPS)
             ctx.save_for_backward(x, weight, gain, pre, mean, rstd)
         ctx.setup = (bias is not None, gain is not None, hidden, kernels)
         return gates
@@ -84,7 +80,7 @@ class InputProjection(torch.autograd.Function):
             grad_weight = weight_grad(grad_pre, x)
         if wants_bias and grad_bias is None:
             grad_bias = grad.sum(0)
-        return grad_x, grad_weight, grad_bias, grad_gain, None, None
+        return grad_x, grad_weight, grad_bias, grad_gain, None, None, None
 
 
 def _in_layout(grad: Tensor, weight: Tensor, steps: int, batch: int, batch_first: bool) -> Tensor:
@@ -96,7 +92,7 @@ def _in_layout(grad: Tensor, weight: Tensor, steps: int, batch: int, batch_first
     return times_weight(grad, weight).view(steps, batch, -1)
 
 
-def input_gates(cell, x: Tensor, recurrent_bias: Tensor | None = None) -> tuple[Tensor, bool]:
+def input_gates(cell, x: Tensor, recurrent_bias: Tensor | None = None, saves: bool = True) -> tuple[Tensor, bool]:
     """``cell.input_gates(x)`` for packed rows ``x [N, I]`` (or ``[T, B, I]`` time-major, no lengths), and
     whether ``recurrent_bias`` is added in too.
 
@@ -113,4 +109,4 @@ def input_gates(cell, x: Tensor, recurrent_bias: Tensor | None = None) -> tuple[
     kernels = compiled.ops() if compiled.usable_for(x) else None
     if kernels is None:
         return cell.project(x.reshape(-1, x.shape[-1]), cell.weight_ih, bias, gain), folded
-    return InputProjection.apply(x, cell.weight_ih, bias, gain, cell.hidden_size, kernels), folded
+    return InputProjection.apply(x, cell.weight_ih, bias, gain, cell.hidden_size, kernels, saves), folded

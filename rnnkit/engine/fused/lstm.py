@@ -40,15 +40,15 @@ from rnnkit.engine.fused.common import (
 class FusedLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates, h0, c0, weight_hh, bias_hh, ln_gain, peephole, cell_gain, cell_bias,
-                packing, masks: Masks):
+                packing, masks: Masks, saves: bool):
         batch, hidden, rows_total = packing.batch, h0.shape[1], packing.rows
         act = take_gates(ctx, gates, bias_hh)  # [N, 4H] pre-activations -> i, f, g, o
         hs = workspace.empty((batch + rows_total, hidden), act)  # [B+N, H]
         cs = workspace.empty((batch + rows_total, hidden), act)
         hs[:batch], cs[:batch] = h0, c0
         cell_tilde = cs[batch:] if masks.zoneout is None else workspace.empty((rows_total, hidden), act)  # c~ [N, H]
-        projection = Projection(weight_hh, ln_gain, packing, hidden)
         kernels = compiled.ops() if compiled.usable_for(act) else None
+        projection = Projection(weight_hh, ln_gain, packing, hidden, per_step=kernels is not None and not saves)
         if kernels is not None:  # cell_stats: (mean, rstd) [N] each; tanh(c^) only per step (backward recomputes it)
             cell_stats = (act.new_empty(rows_total), act.new_empty(rows_total)) if cell_gain is not None else None
             tanh_c = None
@@ -120,7 +120,7 @@ class FusedLSTM(torch.autograd.Function):
             grad_cell_gain = (grad_shown * normalised(cell_tilde, mean, rstd)).sum(0)
             grad_cell_bias = grad_shown.sum(0)
         return (grad_gates, grad_in[:batch], grad_c, grad_weight, grad_bias, grad_gain, grad_peephole,
-                grad_cell_gain, grad_cell_bias, None, None)
+                grad_cell_gain, grad_cell_bias, None, None, None)
 
 
 def _forward_steps(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias, packing, masks):

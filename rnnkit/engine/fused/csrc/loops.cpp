@@ -389,6 +389,8 @@ struct Projection {
   int64_t panel_k = 0, panel_m = 0;
   Tensor small;  // calls of small batches (SMALL PRODUCTS): forward W, backward W^T, dense
   OptTensor gain, pre, mean, rstd, grad_pre, grad_gain;
+  // inference: pre, mean and rstd hold one step's rows (indexed by batch row), not every step's (by packed row)
+  bool per_step = false;
   int64_t groups, hidden;
   bool backward;  // products are g @ W (d loss / d inputs) rather than inputs @ W^T
   double eps;
@@ -397,9 +399,10 @@ struct Projection {
   // tensors: [weight] or [weight, gain, pre, mean, rstd(, grad_pre, grad_gain)]; grad_gain (float64) accumulates
   // `rows` and `steps`: the most rows of a product and the number of steps, which decide its route; `split`: the
   // loop's batch is split over threads (BATCH SPLIT), so each product runs on one thread; `batch`: the loop's
-  // batch, whose fixed chunks sum grad_gain (needed where there is one)
+  // batch, whose fixed chunks sum grad_gain (needed where there is one), and, in forward, pre, mean and rstd of
+  // `batch` rows only are one step's scratch (no backward will read them: see per_step)
   Projection(at::TensorList tensors, int64_t hidden, double eps, bool backward, int64_t rows, int64_t steps,
-             bool split, int64_t batch = 0)
+             bool split, int64_t batch)
       : hidden(hidden), eps(eps), backward(backward) {
     weight = tensors[0];
     weight_t = weight.t();
@@ -444,6 +447,8 @@ struct Projection {
         TORCH_CHECK(batch > 0, "rnnkit compiled loops: a projection that sums gain gradients needs the batch");
         sums.init(batch, groups * hidden);
       }
+      // (with one step, the packed rows are the batch's rows: either reading indexes the same rows)
+      per_step = !backward && pre->size(0) == batch;
     }
   }
 
@@ -506,20 +511,21 @@ struct Projection {
     }
   }
 
-  // target (rows [o, o+n) of a buffer, possibly a column block) += projection(inputs)
+  // target (packed rows [o, o+n) of a buffer, possibly a column block, batch rows [lo, lo+n)) += projection(inputs)
   template <typename T>
-  void add_into(const Block& target, const Block& inputs, int64_t o) {
+  void add_into(const Block& target, const Block& inputs, int64_t o, int64_t lo) {
     if (!gain) {
       multiply<T>(inputs, target, true);
       return;
     }
-    const int64_t n = inputs.n, width = groups * hidden;
-    multiply<T>(inputs, Block(*pre, o, n), false);
+    const int64_t n = inputs.n, width = groups * hidden, r = per_step ? lo : o;  // row of pre, mean and rstd
+    multiply<T>(inputs, Block(*pre, r, n), false);
     T* into = target.data<T>();
     const int64_t stride = target.stride();
     over_rows(n, width, [&](int64_t b, int64_t e) {
-      rnnkit::layer_norm_add<T>(e - b, groups, hidden, ptr<T>(pre) + (o + b) * width, ptr<T>(gain), into + b * stride,
-                                stride, ptr<T>(mean) + (o + b) * groups, ptr<T>(rstd) + (o + b) * groups, T(eps));
+      rnnkit::layer_norm_add<T>(e - b, groups, hidden, ptr<T>(pre) + (r + b) * width, ptr<T>(gain), nullptr,
+                                into + b * stride, stride, ptr<T>(mean) + (r + b) * groups,
+                                ptr<T>(rstd) + (r + b) * groups, T(eps), true);
     });
   }
 
@@ -662,7 +668,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
   const Steps steps(batch_sizes);
   const int64_t H = hs.size(1);
   const Split split(steps.batch);
-  Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1);
+  Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1, steps.batch);
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, hs.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_forward", [&] {
@@ -672,7 +678,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
         const int64_t n = std::min(steps.sizes[t], hi) - lo;
         if (n <= 0) break;
         const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
-        proj.add_into<T>(Block(act, o, n), recurrent_input(Block(hs, p, n), recurrent, scratch, o, lo), o);
+        proj.add_into<T>(Block(act, o, n), recurrent_input(Block(hs, p, n), recurrent, scratch, o, lo), o, lo);
         over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
           const int64_t ob = o + b, pb = p + b, qb = q + b;
           rnnkit::lstm_forward_rows<T>(
@@ -754,10 +760,11 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
   const Split rows(steps.batch);
-  Projection first(projection.slice(0, split), H, eps, false, rows.rows(), steps.count(), rows.threads > 1);
+  Projection first(projection.slice(0, split), H, eps, false, rows.rows(), steps.count(), rows.threads > 1,
+                   steps.batch);
   std::optional<Projection> second;
   if (!reset_after)
-    second.emplace(projection.slice(split), H, eps, false, rows.rows(), steps.count(), rows.threads > 1);
+    second.emplace(projection.slice(split), H, eps, false, rows.rows(), steps.count(), rows.threads > 1, steps.batch);
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   Tensor hidden = reset_after ? at::empty({steps.batch, 3 * H}, states.options()) : Tensor();
   TORCH_CHECK(!bias || bias->numel() == 3 * H, "rnnkit compiled loops: the GRU's b_hh must have 3H entries");
@@ -781,7 +788,7 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
               std::fill(into + r * 3 * H, into + (r + 1) * 3 * H, T(0));
             }
           }
-          first.add_into<T>(Block(hidden, lo, n), h_in, o);
+          first.add_into<T>(Block(hidden, lo, n), h_in, o, lo);
           over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
             rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, into + b * 3 * H,
                                         ptr<T>(terms) + (o + b) * H, ptr<T>(states) + (p + b) * H,
@@ -790,13 +797,13 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
           });
         } else {
           const Block block(act, o, n);
-          first.add_into<T>(block.columns(0, 2 * H), h_in, o);
+          first.add_into<T>(block.columns(0, 2 * H), h_in, o, lo);
           over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
             rnnkit::sigmoid_rows<T>(e - b, 2 * H, ptr<T>(act) + (o + b) * 3 * H, 3 * H);
           });
           Tensor term = terms.narrow(0, o, n);
           at::mul_out(term, block.columns(0, H).view(), h_in.view());
-          second->add_into<T>(block.columns(2 * H, H), Block(terms, o, n), o);
+          second->add_into<T>(block.columns(2 * H, H), Block(terms, o, n), o, lo);
           over_rows(n, H, [&](int64_t b, int64_t e) {
             rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, nullptr, nullptr,
                                         ptr<T>(states) + (p + b) * H,
@@ -895,7 +902,7 @@ void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTen
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
   const Split split(steps.batch);
-  Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1);
+  Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1, steps.batch);
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_simple_forward", [&] {
     using T = scalar_t;
@@ -904,7 +911,7 @@ void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTen
         const int64_t n = std::min(steps.sizes[t], hi) - lo;
         if (n <= 0) break;
         const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
-        proj.add_into<T>(Block(pre, o, n), recurrent_input(Block(states, p, n), recurrent, scratch, o, lo), o);
+        proj.add_into<T>(Block(pre, o, n), recurrent_input(Block(states, p, n), recurrent, scratch, o, lo), o, lo);
         over_rows(n, H, [&](int64_t b, int64_t e) {
           rnnkit::simple_forward_rows<T>(e - b, H, ptr<T>(pre) + (o + b) * H, ptr<T>(states) + (p + b) * H,
                                          ptr<T>(states) + (q + b) * H, relu,
@@ -993,16 +1000,19 @@ void panel_mm(Tensor x, Tensor w, bool transposed, Tensor out, bool accumulate) 
 }
 
 // Layer norm per gate group over all rows at once (the input side of a layer-norm cell):
-// target += LN(pre) * gain, with the statistics of each (row, group) into mean and rstd [N, groups].
-void layer_norm_gates(Tensor pre, Tensor gain, Tensor target, Tensor mean, Tensor rstd, int64_t hidden, double eps) {
+// target = LN(pre) * gain (+ bias), with the statistics of each (row, group) into mean and rstd [N, groups]; target
+// may be pre (inference: nothing reads pre again).
+void layer_norm_gates(Tensor pre, Tensor gain, OptTensor bias, Tensor target, Tensor mean, Tensor rstd, int64_t hidden,
+                      double eps) {
   for (const Tensor& t : {pre, gain, target, mean, rstd}) check_dense(t, "layer-norm buffer");
+  check_dense(bias, "layer-norm bias");
   const int64_t rows = pre.size(0), groups = pre.size(1) / hidden, width = pre.size(1);
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_layer_norm_gates", [&] {
     using T = scalar_t;
     at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-      rnnkit::layer_norm_add<T>(end - begin, groups, hidden, ptr<T>(pre) + begin * width, ptr<T>(gain),
+      rnnkit::layer_norm_add<T>(end - begin, groups, hidden, ptr<T>(pre) + begin * width, ptr<T>(gain), ptr<T>(bias),
                                 ptr<T>(target) + begin * width, width, ptr<T>(mean) + begin * groups,
-                                ptr<T>(rstd) + begin * groups, T(eps));
+                                ptr<T>(rstd) + begin * groups, T(eps), false);
     });
   });
 }
@@ -1080,8 +1090,8 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("graph_kept() -> bool", &graph_kept);
   m.def("transpose_into(Tensor src, Tensor(a!) dst) -> ()", &transpose_into);
   m.def("panel_mm(Tensor x, Tensor w, bool transposed, Tensor(a!) out, bool accumulate) -> ()", &panel_mm);
-  m.def("layer_norm_gates(Tensor pre, Tensor gain, Tensor(a!) target, Tensor(b!) mean, Tensor(c!) rstd, "
-        "int hidden, float eps) -> ()",
+  m.def("layer_norm_gates(Tensor pre, Tensor gain, Tensor? bias, Tensor(a!) target, Tensor(b!) mean, "
+        "Tensor(c!) rstd, int hidden, float eps) -> ()",
         &layer_norm_gates);
   m.def("layer_norm_gates_backward(Tensor grad, Tensor pre, Tensor gain, Tensor mean, Tensor rstd, "
         "Tensor(a!) grad_pre, Tensor(b!) grad_gain, Tensor(c!)? grad_bias, int hidden) -> ()",

@@ -35,19 +35,28 @@ inline void moments(const T* x, int64_t H, T eps, T& mean, T& rstd) {
 }  // namespace
 
 template <typename T>
-void layer_norm_add(int64_t n, int64_t groups, int64_t H, const T* pre, const T* gain, T* target,
-                    int64_t target_stride, T* mean, T* rstd, T eps) {
+void layer_norm_add(int64_t n, int64_t groups, int64_t H, const T* pre, const T* gain, const T* bias, T* target,
+                    int64_t target_stride, T* mean, T* rstd, T eps, bool accumulate) {
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t k = 0; k < groups; ++k) {
       const T* x = pre + (r * groups + k) * H;
       const T* w = gain + k * H;
       T* out = target + r * target_stride + k * H;
       T m, s;
-      moments(x, H, eps, m, s);
+      moments(x, H, eps, m, s);  // (all of the group read before any of it is written: out may be x)
       mean[r * groups + k] = m;
       rstd[r * groups + k] = s;
+      if (accumulate) {
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) out[j] += (x[j] - m) * s * w[j];
+        for (int64_t j = 0; j < H; ++j) out[j] += (x[j] - m) * s * w[j];
+      } else if (bias) {
+        const T* b = bias + k * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) out[j] = (x[j] - m) * s * w[j] + b[j];
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) out[j] = (x[j] - m) * s * w[j];
+      }
     }
   }
 }
@@ -766,7 +775,8 @@ void transpose_rows(int64_t rows, int64_t cols, const T* src, int64_t src_stride
 }
 
 #define RNNKIT_INSTANTIATE(T)                                                                                   \
-  template void layer_norm_add<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t, T*, T*, T);      \
+  template void layer_norm_add<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*, T*, int64_t, T*, T*, T, \
+                                  bool);                                                                        \
   template void layer_norm_backward<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, const T*,       \
                                        const T*, const T*, T*, double*, double*);                               \
   template void lstm_forward_rows<T>(int64_t, int64_t, T*, const T*, const T*, T*, T*, T*, T*, const T*,        \

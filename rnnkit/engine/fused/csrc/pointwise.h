@@ -6,11 +6,12 @@
 
 namespace rnnkit {
 
-// target[r, k*H + j] += (pre[r, k*H + j] - mean) * rstd * gain[k*H + j], per gate group k of H units;
-// the statistics of each (row, group) are written to mean[r*groups + k], rstd[r*groups + k].
+// target[r, k*H + j] = (accumulate ? target[r, k*H + j] : 0) + (pre[r, k*H + j] - mean) * rstd * gain[k*H + j]
+// (+ bias[k*H + j] when bias is not null), per gate group k of H units; the statistics of each (row, group) are
+// written to mean[r*groups + k], rstd[r*groups + k]. Without accumulate, target may be pre itself.
 template <typename T>
-void layer_norm_add(int64_t n, int64_t groups, int64_t H, const T* pre, const T* gain, T* target,
-                    int64_t target_stride, T* mean, T* rstd, T eps);
+void layer_norm_add(int64_t n, int64_t groups, int64_t H, const T* pre, const T* gain, const T* bias, T* target,
+                    int64_t target_stride, T* mean, T* rstd, T eps, bool accumulate);
 
 // grad_pre[r, k*H + j] = d loss / d pre through the layer norm, given grad (d loss / d normalised*gain);
 // grad_gain (if not null) += grad * normalised and grad_bias (if not null) += grad, summed over the rows in double
