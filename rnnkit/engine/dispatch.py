@@ -59,6 +59,16 @@ LSTM_SMALL_HIDDEN = 64
 LSTM_INFER_MIN_BATCH_MKL = 16
 LSTM_INFER_MAX_BATCH_MKL = 64
 LSTM_INFER_MAX_HIDDEN = 64
+#: where they go through the 512-bit panel kernel, with each step projecting its inputs in the loop (loops.cpp's
+#: INPUTS STEP BY STEP), ``auto`` runs plain float32 LSTM inference fused from batch LSTM_FUSED_MIN_BATCH_WIDE
+#: once steps x batch x hidden reaches LSTM_INFER_MIN_WORK_WIDE, and below that at batches up to
+#: LSTM_INFER_MAX_BATCH_WIDE with hidden sizes up to LSTM_INFER_MAX_HIDDEN_WIDE. A Zen 5 (thirteenth session, two
+#: threads, I=32), fused over oneDNN's LSTM inference time: from 3M, 0.57-0.88 (T=50-1000, B32-256, H=64-256); under
+#: it at B8-16 with H <= 128, 0.70-0.96; elsewhere under it 0.92-1.20 (H=256 B8-64 at T=50-100: 1.04-1.20) and at
+#: batch 4 1.35-2.75.
+LSTM_INFER_MIN_WORK_WIDE = 3_000_000
+LSTM_INFER_MAX_BATCH_WIDE = 16
+LSTM_INFER_MAX_HIDDEN_WIDE = 128
 
 
 def _lstm_regime() -> str | None:
@@ -89,10 +99,15 @@ def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
     return False
 
 
-def lstm_infers_fused(batch: int, hidden_size: int) -> bool:
+def lstm_infers_fused(steps: int, batch: int, hidden_size: int) -> bool:
     """Whether ``auto`` runs a plain float32 LSTM's inference of this shape on CPU with the fused engine's
     compiled loops (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
-    if _lstm_regime() != "mkl":
+    regime = _lstm_regime()
+    if regime == "wide":
+        return batch >= LSTM_FUSED_MIN_BATCH_WIDE and (
+            steps * batch * hidden_size >= LSTM_INFER_MIN_WORK_WIDE
+            or (batch <= LSTM_INFER_MAX_BATCH_WIDE and hidden_size <= LSTM_INFER_MAX_HIDDEN_WIDE))
+    if regime != "mkl":
         return False
     return LSTM_INFER_MIN_BATCH_MKL <= batch <= LSTM_INFER_MAX_BATCH_MKL and hidden_size <= LSTM_INFER_MAX_HIDDEN
 
@@ -104,7 +119,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
       LSTM training and inference on CPU at the shapes of :func:`lstm_trains_fused` and
       :func:`lstm_infers_fused` with the compiled loops: on GPU cuDNN runs a whole sequence in one kernel; on
       CPU oneDNN's LSTM is the faster one for small batches and short sequences, and for inference outside the
-      few AVX2 shapes of :func:`lstm_infers_fused`;
+      shapes of :func:`lstm_infers_fused`;
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
       inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark
       shape on the three CPUs measured), LSTM training and inference on CPU at those shapes, and every option
@@ -120,7 +135,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
         if cells[0].kind == "lstm":
             hidden = cells[0].hidden_size
             fits = (lstm_trains_fused(x.shape[0], x.shape[1], hidden) if training
-                    else lstm_infers_fused(x.shape[1], hidden))
+                    else lstm_infers_fused(x.shape[0], x.shape[1], hidden))
             if not (compiled and x.dtype == torch.float32 and fits):
                 return "native"
         elif not (training or compiled):

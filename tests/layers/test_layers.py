@@ -55,24 +55,27 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
         assert not dispatch.lstm_trains_fused(steps, batch, hidden)
 
 
-@pytest.mark.parametrize(("regime", "batch", "hidden", "expected"), [
-    ("mkl", 16, 64, True), ("mkl", 64, 64, True), ("mkl", 15, 64, False), ("mkl", 65, 64, False),
-    ("mkl", 32, 65, False), ("mkl", 32, 512, False), ("onednn", 32, 64, False), ("onednn", 4096, 64, False),
-    ("wide", 32, 64, False), ("wide", 256, 128, False)])
-def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(monkeypatch, regime, batch, hidden,
-                                                                              expected):
+@pytest.mark.parametrize(("regime", "steps", "batch", "hidden", "expected"), [
+    ("mkl", 5, 16, 64, True), ("mkl", 5, 64, 64, True), ("mkl", 5, 15, 64, False), ("mkl", 5, 65, 64, False),
+    ("mkl", 5, 32, 65, False), ("mkl", 5, 32, 512, False), ("onednn", 5, 32, 64, False),
+    ("onednn", 5, 4096, 64, False), ("wide", 5, 8, 128, True), ("wide", 5, 16, 64, True), ("wide", 5, 7, 64, False),
+    ("wide", 5, 17, 128, False), ("wide", 5, 16, 129, False), ("wide", 100, 256, 118, True),
+    ("wide", 100, 256, 117, False), ("wide", 1000, 7, 1024, False)])
+def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(monkeypatch, regime, steps, batch,
+                                                                              hidden, expected):
     """Where the compiled loops' products go through MKL (AVX2 CPUs): batches of 16 to 64 at hidden sizes up to
-    64 (faster on both AVX2 CPUs measured); on AVX-512 CPUs, through oneDNN or the 512-bit panel kernel: never
-    (oneDNN's LSTM was faster there)."""
+    64 (faster on both AVX2 CPUs measured); through oneDNN (AVX-512, panel kernel off): never (oneDNN's LSTM was
+    faster there); through the 512-bit panel kernel: from batch 8, at 3M steps x batch x hidden or more, or at
+    batches up to 16 with hidden sizes up to 128."""
     dispatch = _regime(monkeypatch, regime)
-    assert dispatch.lstm_infers_fused(batch, hidden) is expected
+    assert dispatch.lstm_infers_fused(steps, batch, hidden) is expected
     if dispatch.fused_compiled.ops() is not None:
         with torch.no_grad():
-            chosen = dispatch.choose_backend(rk.LSTM(3, hidden).cells, [None], torch.randn(5, batch, 3))
+            chosen = dispatch.choose_backend(rk.LSTM(3, hidden).cells, [None], torch.randn(steps, batch, 3))
         assert chosen == ("fused" if expected else "native")
         with torch.no_grad():  # float64: torch.nn's kernels
             chosen = dispatch.choose_backend(rk.LSTM(3, hidden).double().cells, [None],
-                                             torch.randn(5, batch, 3, dtype=torch.float64))
+                                             torch.randn(steps, batch, 3, dtype=torch.float64))
         assert chosen == "native"
 
 
@@ -106,7 +109,7 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     with compiled.python_loops():
         assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"
     with torch.no_grad():  # inference: see test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster
-        assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, :15]) == "native"
+        assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, :4]) == "native"  # under every regime's batch
     with torch.no_grad():  # GRU/SimpleRNN inference: the compiled loops beat torch.nn's per-step loop
         assert choose_backend(rk.GRU(3, 4).cells, [None], x) == expected
         assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x.double()) == expected

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
 from rnnkit.cells.base import SequenceNoise, State
+from rnnkit.engine.fused import compiled, lstm
 from rnnkit.engine.fused.common import Masks
 from rnnkit.engine.fused.gru import FusedGRU
 from rnnkit.engine.fused.inputs import input_gates
@@ -46,10 +47,14 @@ def run_direction(
     as_is = packing.gather is None and x.dim() == 3 and not x.is_contiguous() and x.shape[1] > 1
     # whether autograd will record the Functions (a backward may follow): else they keep nothing for one
     saves = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *cell.parameters()))
-    gates, folded = input_gates(cell, x if as_is else packing.pack(x), cell.bias_hh if additive else None, saves)
-    bias_hh = None if folded else cell.bias_hh
     initial = tuple(packing.sort(s) for s in state)
     masks = Masks.pack(noise, packing)
+    kernels = compiled.ops() if compiled.usable_for(x) else None
+    if not saves and isinstance(cell, LSTMCell) and kernels is not None:  # the input projection step by step
+        sequence, final_h, final_c = lstm.infer(cell, packing.pack(x), *initial, packing, masks, kernels)
+        return packing.unpack(sequence), (packing.unsort(final_h), packing.unsort(final_c))
+    gates, folded = input_gates(cell, x if as_is else packing.pack(x), cell.bias_hh if additive else None, saves)
+    bias_hh = None if folded else cell.bias_hh
     gain = cell.ln_hh_weight if cell.layer_norm else None
     if isinstance(cell, SimpleRNNCell):
         sequence, final_h, _ = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing,

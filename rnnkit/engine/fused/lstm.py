@@ -18,6 +18,7 @@ four pointwise ops and one recurrent GEMM.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
@@ -54,7 +55,8 @@ class FusedLSTM(torch.autograd.Function):
             tanh_c = None
             kernels.lstm_forward(act, hs, cs, cell_tilde, act.new_empty(batch, hidden), projection.compiled_buffers(),
                                  peephole, cell_gain, cell_bias, *(cell_stats or (None, None)), masks.recurrent,
-                                 *(masks.zoneout or (None, None)), packing.batch_sizes, LAYER_NORM_EPS)
+                                 *(masks.zoneout or (None, None)), None, [], None, packing.batch_sizes,
+                                 LAYER_NORM_EPS)
         else:  # cell_stats: a (mean, rstd) pair per step; tanh_c: tanh(LN(c~)) of every row
             tanh_c = workspace.empty((rows_total, hidden), act)
             cell_stats = _forward_steps(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias,
@@ -121,6 +123,30 @@ class FusedLSTM(torch.autograd.Function):
             grad_cell_bias = grad_shown.sum(0)
         return (grad_gates, grad_in[:batch], grad_c, grad_weight, grad_bias, grad_gain, grad_peephole,
                 grad_cell_gain, grad_cell_bias, None, None, None)
+
+
+def infer(cell, x, h0, c0, packing, masks: Masks, kernels) -> tuple[Tensor, Tensor, Tensor]:
+    """:class:`FusedLSTM`'s forward where autograd records nothing, with each step's input projection done in the
+    compiled loop (loops.cpp's INPUTS STEP BY STEP) instead of one GEMM over all packed rows ``x [N, I]`` up front:
+    the gates live in a ``[B, 4H]`` scratch, not an ``[N, 4H]`` buffer. Returns every step's ``h [N, H]`` (a view)
+    and the final ``h``, ``c``."""
+    batch, hidden, rows_total = packing.batch, cell.hidden_size, packing.rows
+    hs = workspace.empty((batch + rows_total, hidden), x)
+    cs = workspace.empty((batch + rows_total, hidden), x)
+    hs[:batch], cs[:batch] = h0, c0
+    cell_tilde = cs[batch:] if masks.zoneout is None else workspace.empty((rows_total, hidden), x)
+    norm = cell.layer_norm
+    inputs = Projection(cell.weight_ih, cell.ln_ih_weight if norm else None, packing, hidden, per_step=True)
+    recurrent = Projection(cell.weight_hh, cell.ln_hh_weight if norm else None, packing, hidden, per_step=True)
+    biases = [b for b in (cell.bias_ih, cell.bias_hh) if b is not None]
+    bias = None if not biases else biases[0] if len(biases) == 1 else biases[0] + biases[1]
+    kernels.lstm_forward(x.new_empty(batch, 4 * hidden), hs, cs, cell_tilde, x.new_empty(batch, hidden),
+                         recurrent.compiled_buffers(), cell.weight_peephole if cell.peepholes else None,
+                         cell.ln_cell_weight if norm else None, cell.ln_cell_bias if norm else None,
+                         *((x.new_empty(rows_total), x.new_empty(rows_total)) if norm else (None, None)),
+                         masks.recurrent, *(masks.zoneout or (None, None)), x.contiguous(), inputs.compiled_buffers(),
+                         bias, packing.batch_sizes, LAYER_NORM_EPS)
+    return *state_outputs(hs, packing), final_states(cs, packing)
 
 
 def _forward_steps(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias, packing, masks):

@@ -512,10 +512,11 @@ struct Projection {
   }
 
   // target (packed rows [o, o+n) of a buffer, possibly a column block, batch rows [lo, lo+n)) += projection(inputs)
+  // (= without accumulate)
   template <typename T>
-  void add_into(const Block& target, const Block& inputs, int64_t o, int64_t lo) {
+  void add_into(const Block& target, const Block& inputs, int64_t o, int64_t lo, bool accumulate = true) {
     if (!gain) {
-      multiply<T>(inputs, target, true);
+      multiply<T>(inputs, target, accumulate);
       return;
     }
     const int64_t n = inputs.n, width = groups * hidden, r = per_step ? lo : o;  // row of pre, mean and rstd
@@ -525,7 +526,7 @@ struct Projection {
     over_rows(n, width, [&](int64_t b, int64_t e) {
       rnnkit::layer_norm_add<T>(e - b, groups, hidden, ptr<T>(pre) + (r + b) * width, ptr<T>(gain), nullptr,
                                 into + b * stride, stride, ptr<T>(mean) + (r + b) * groups,
-                                ptr<T>(rstd) + (r + b) * groups, T(eps), true);
+                                ptr<T>(rstd) + (r + b) * groups, T(eps), accumulate);
     });
   }
 
@@ -656,19 +657,31 @@ bool graph_kept() {
 // over how many threads a loop that may split its batch splits one of `batch` rows now (for tests)
 int64_t batch_threads(int64_t batch) { return Split(batch).threads; }
 
+// INPUTS STEP BY STEP. Where no backward will run, the LSTM's forward takes the packed inputs x [N, I] and the input
+// projection (`input`: [W_ih] or, with layer norm, [W_ih, gain, pre, mean, rstd] of one step's rows, see
+// Projection::per_step; `input_bias`: b_ih + b_hh or none) instead of every step's gates from one GEMM up front:
+// each step forms its gates in act, then a [B, 4H] scratch, as input_bias + x_t W_ih^T (or LN(x_t W_ih^T) gain),
+// and goes on as before. The all-steps GEMM wrote an [N, 4H] buffer that the loop then read back through memory.
 // tanh_c: a [B, H] scratch for each step's tanh(c^) (backward recomputes it from cell_tilde)
 void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
                   OptTensor peephole, OptTensor cell_gain, OptTensor cell_bias, OptTensor cell_mean,
-                  OptTensor cell_rstd, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c,
-                  at::IntArrayRef batch_sizes, double eps) {
+                  OptTensor cell_rstd, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, OptTensor x,
+                  at::TensorList input, OptTensor input_bias, at::IntArrayRef batch_sizes, double eps) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see BELOW AUTOGRAD above
   for (const Tensor& t : {act, hs, cs, cell_tilde, tanh_c}) check_dense(t, "LSTM buffer");
-  for (const auto& t : {peephole, cell_gain, cell_bias, cell_mean, cell_rstd, recurrent, zone_h, zone_c})
+  for (const auto& t : {peephole, cell_gain, cell_bias, cell_mean, cell_rstd, recurrent, zone_h, zone_c, x, input_bias})
     check_dense(t, "LSTM option");
   const Steps steps(batch_sizes);
   const int64_t H = hs.size(1);
   const Split split(steps.batch);
   Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1, steps.batch);
+  std::optional<Projection> inputs;  // INPUTS STEP BY STEP
+  if (x) {
+    TORCH_CHECK(!input.empty() && act.size(0) == steps.batch && act.size(1) == 4 * H,
+                "rnnkit compiled loops: with x, act must be a [B, 4H] scratch and input the input projection");
+    TORCH_CHECK(!input_bias || input_bias->numel() == 4 * H, "rnnkit compiled loops: input_bias must have 4H entries");
+    inputs.emplace(input, H, eps, false, split.rows(), steps.count(), split.threads > 1, steps.batch);
+  }
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, hs.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_forward", [&] {
@@ -678,11 +691,19 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
         const int64_t n = std::min(steps.sizes[t], hi) - lo;
         if (n <= 0) break;
         const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
-        proj.add_into<T>(Block(act, o, n), recurrent_input(Block(hs, p, n), recurrent, scratch, o, lo), o, lo);
+        const int64_t a = inputs ? lo : o;  // act's first row for this step
+        if (inputs) {
+          if (input_bias) {
+            T* rows = ptr<T>(act) + a * 4 * H;
+            for (int64_t r = 0; r < n; ++r) std::copy_n(ptr<T>(input_bias), 4 * H, rows + r * 4 * H);
+          }
+          inputs->add_into<T>(Block(act, a, n), Block(*x, o, n), o, lo, input_bias.has_value());
+        }
+        proj.add_into<T>(Block(act, a, n), recurrent_input(Block(hs, p, n), recurrent, scratch, o, lo), o, lo);
         over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
           const int64_t ob = o + b, pb = p + b, qb = q + b;
           rnnkit::lstm_forward_rows<T>(
-              e - b, H, ptr<T>(act) + ob * 4 * H, ptr<T>(hs) + pb * H, ptr<T>(cs) + pb * H,
+              e - b, H, ptr<T>(act) + (a + b) * 4 * H, ptr<T>(hs) + pb * H, ptr<T>(cs) + pb * H,
               ptr<T>(cell_tilde) + ob * H, ptr<T>(tanh_c) + (lo + b) * H, ptr<T>(hs) + qb * H, ptr<T>(cs) + qb * H,
               ptr<T>(peephole), ptr<T>(cell_gain), ptr<T>(cell_bias), cell_gain ? ptr<T>(cell_mean) + ob : nullptr,
               cell_gain ? ptr<T>(cell_rstd) + ob : nullptr, zone_h ? ptr<T>(zone_h) + ob * H : nullptr,
@@ -1056,7 +1077,8 @@ void layer_norm_gates_backward(Tensor grad, Tensor pre, Tensor gain, Tensor mean
 TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("lstm_forward(Tensor(a!) act, Tensor(b!) hs, Tensor(c!) cs, Tensor(d!) cell_tilde, Tensor(e!) tanh_c, "
         "Tensor[] projection, Tensor? peephole, Tensor? cell_gain, Tensor? cell_bias, Tensor? cell_mean, "
-        "Tensor? cell_rstd, Tensor? recurrent, Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
+        "Tensor? cell_rstd, Tensor? recurrent, Tensor? zone_h, Tensor? zone_c, Tensor? x, Tensor[] input, "
+        "Tensor? input_bias, int[] batch_sizes, float eps) -> ()",
         &lstm_forward);
   m.def("lstm_backward(Tensor(a!) grad_in, Tensor(b!) grad_c, Tensor(d!) tanh_c, Tensor cs, "
         "Tensor act, Tensor(c!) grad_gates, Tensor[] projection, Tensor? peephole, Tensor cell_tilde, "
