@@ -35,9 +35,14 @@ LSTM_FUSED_MIN_BATCH = 16
 #: at 600k or more, T=100: H=64 B128-256 0.50-0.55, H=128 B48-256 0.52-0.60, H=256 B24-256 0.62-0.74; T=200 H=256
 #: B12 0.69; T=400 B8-64 0.45-0.68; T=800 H=64 B12 0.41, H=128 B8-12 0.51-0.53. Under 600k about a tie at T=100
 #: (0.76-1.06 from B8, two sweeps; H=256 B8 1.07-1.12) with wins at long sequences (T=400 B8 H=64 0.74, T=800 B8
-#: H=64 0.71); batch 4 0.92-1.93. Inference: oneDNN's LSTM stays faster (fused 0.98-1.37 at T=100-400, B8-256,
-#: one sweep of two at T=100; 0.68-1.02 at T=1000), so native there.
+#: H=64 0.71); batch 4 0.92-1.93. (Inference: see LSTM_INFER_MIN_WORK_WIDE.)
 LSTM_FUSED_MIN_BATCH_WIDE = 8
+#: ... and under that work from LSTM_FUSED_MIN_STEPS_WIDE steps at hidden sizes up to LSTM_FUSED_MAX_HIDDEN_WIDE. On
+#: the Zen 5 with the backward writing over its saved buffers (compiled.may_reuse_saved; thirteenth session), fused
+#: over oneDNN's LSTM training time under 600k, two sweeps: T=100 H=64 B8-48 0.83-0.97, H=128 B8-32 0.90-0.99
+#: (H=256 B8-16 1.01-1.11); T=200 H=32-128 B8-32 0.74-0.89; T=50-75 H=64-128 about a tie (0.96-1.07).
+LSTM_FUSED_MIN_STEPS_WIDE = 100
+LSTM_FUSED_MAX_HIDDEN_WIDE = 128
 #: where the products go through MKL (AVX2 CPUs), with the loops' batch split over threads: on a 2-vCPU AVX2
 #: EPYC (T=100, I=32), the fused LSTM's training time over oneDNN's LSTM was 0.96-1.00 at B = 32, 0.80-0.96 at
 #: B = 48-64 (H 64-256), 0.95 at B = 16 with H = 64 (and 0.69 against 1.01 torch.nn's time at (B, T, I, H) =
@@ -90,9 +95,12 @@ def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
     """Whether ``auto`` trains a plain float32 LSTM of this shape on CPU with the fused engine's compiled loops
     (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
     regime = _lstm_regime()
-    if regime in ("onednn", "wide"):
-        least = LSTM_FUSED_MIN_BATCH if regime == "onednn" else LSTM_FUSED_MIN_BATCH_WIDE
-        return batch >= least and steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
+    if regime == "wide":
+        return batch >= LSTM_FUSED_MIN_BATCH_WIDE and (
+            steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
+            or (steps >= LSTM_FUSED_MIN_STEPS_WIDE and hidden_size <= LSTM_FUSED_MAX_HIDDEN_WIDE))
+    if regime == "onednn":
+        return batch >= LSTM_FUSED_MIN_BATCH and steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
     if regime == "mkl":
         small = hidden_size <= LSTM_SMALL_HIDDEN
         return batch >= (LSTM_FUSED_MIN_BATCH_MKL_SMALL if small else LSTM_FUSED_MIN_BATCH_MKL)
