@@ -417,8 +417,9 @@ def bench(
         loops_line += ", batches under 16: per-step products in rnnkit's own kernel"
     panels = compiled.panel_limits()
     if panels is not None:
-        low, high, bits = panels
-        loops_line += f", per-step products of {low}-{high - 1} rows a thread in rnnkit's {bits}-bit panel kernel"
+        low, high, bits, small_weight = panels
+        fewer = f" (1-{low - 1} from a weight of up to {small_weight >> 10} KiB)" if small_weight else ""
+        loops_line += f", per-step products of {low}-{high - 1} rows a thread{fewer} in rnnkit's {bits}-bit panel kernel"
     if loops["packed_gemm"]:
         loops_line += (", larger per-step float32 products from a weight MKL packs once per call"
                        if loops["panel_gemm"] else

@@ -254,13 +254,14 @@ def test_onednn_products_are_the_default_where_torch_runs_avx512_code_and_panels
 
 def test_the_panel_kernel_is_as_wide_as_the_cpu_allows():
     """The loops are compiled for this CPU (-march=native): 512-bit vectors where it has AVX-512, taking a thread's
-    products of 3 to 511 rows; 256-bit ones elsewhere, to 63 rows. Off, it reports nothing."""
+    products of 3 to 511 rows (of 1 and 2 too from weights of up to 256 KiB); 256-bit ones elsewhere, 3 to 63 rows.
+    Off, it reports nothing."""
     if compiled.ops() is None:
         pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
     with open("/proc/cpuinfo") as handle:
         wide = any(line.startswith("flags") and " avx512f " in f"{line.rstrip()} " for line in handle)
     with compiled.panel_gemms(True):
-        assert compiled.panel_limits() == ((3, 512, 512) if wide else (3, 64, 256))
+        assert compiled.panel_limits() == ((3, 512, 512, 256 << 10) if wide else (3, 64, 256, 0))
     with compiled.panel_gemms(False):
         assert compiled.panel_limits() is None
 

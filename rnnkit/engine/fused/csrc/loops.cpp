@@ -134,7 +134,8 @@ struct PackedWeight {
 };
 
 // PANEL PRODUCTS. Where panel_gemm is on (set from Python: on by default), a recurrent product of kPanelMinRows to
-// kPanelMaxRows - 1 rows (kPanelMaxRowsWide - 1 on AVX-512 CPUs when it runs on one thread anyway) that would go
+// kPanelMaxRows - 1 rows (kPanelMaxRowsWide - 1 on AVX-512 CPUs when it runs on one thread anyway; on those, from one
+// row for a weight of up to kPanelSmallWeightBytes) that would go
 // through oneDNN, read MKL's packed weight or go through the small-product kernel (below) reads the weight repacked
 // by rnnkit into panels instead (pointwise.h, pack_panels / panel_product: register blocks of up to 6 rows x 16
 // floats, or 8 rows x 32 floats with AVX-512), in float64 too (where ATen's mm took them).
@@ -169,6 +170,17 @@ struct PackedWeight {
 constexpr int64_t kPanelMaxRows = 64;
 constexpr int64_t kPanelMaxRowsWide = 512;
 constexpr int64_t kPanelMinRows = 3;
+// With 512-bit vectors the kernel also takes products of 1 and 2 rows from a weight of at most this many bytes,
+// which the small-product kernel would split over two threads from 32k multiply-adds: one core streams the weight's
+// panels from its own L2 with no join per step. In-process A/B on an AVX-512 Zen 5 (T=100, 2 threads): batch 1-2,
+// H=64-128, inference 0.52-0.91 of the time, training 0.82-0.99 (LSTM, LN-LSTM, GRU, Elman RNN); larger weights
+// lost at one row (LSTM/GRU H=192, 432-576 KB: 1.03-1.07; H=256: 1.14-1.45) and were mixed at two.
+constexpr int64_t kPanelSmallWeightBytes = 256 << 10;
+
+// the fewest rows of a product the panel kernel takes from a weight of `weight_bytes`
+int64_t panel_min_rows(int64_t weight_bytes) {
+  return rnnkit::panel_vector_bytes() == 64 && weight_bytes <= kPanelSmallWeightBytes ? 1 : kPanelMinRows;
+}
 
 // the most rows (exclusive) of a product the panel kernel takes; `one_thread`: the product runs on one thread
 // whatever its route (the batch is split, or torch has one thread), so oneDNN or MKL could not spread it
@@ -176,8 +188,12 @@ int64_t panel_max_rows(bool one_thread) {
   return rnnkit::panel_vector_bytes() == 64 && one_thread ? kPanelMaxRowsWide : kPanelMaxRows;
 }
 
-// [the fewest rows, the most rows + 1 of a thread's product in a split loop, the width of a vector in bits]
-std::vector<int64_t> panel_limits() { return {kPanelMinRows, panel_max_rows(true), 8 * rnnkit::panel_vector_bytes()}; }
+// [the fewest rows, the most rows + 1 of a thread's product in a split loop, the width of a vector in bits, the
+// most bytes of a weight whose products of fewer rows it takes too (0: none)]
+std::vector<int64_t> panel_limits() {
+  const bool wide = rnnkit::panel_vector_bytes() == 64;
+  return {kPanelMinRows, panel_max_rows(true), 8 * rnnkit::panel_vector_bytes(), wide ? kPanelSmallWeightBytes : 0};
+}
 
 std::atomic<bool> panel_gemm{false};
 int64_t set_panel_gemm(bool on) { return panel_gemm.exchange(on) ? 1 : 0; }
@@ -409,7 +425,7 @@ struct Projection {
     groups = weight.size(0) / hidden;
     // the widest step's product decides between the panel kernel, oneDNN (the large products), the small-product
     // kernel and the packed weight
-    if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= kPanelMinRows &&
+    if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= panel_min_rows(weight.numel() * weight.element_size()) &&
         rows < panel_max_rows(split || at::get_num_threads() == 1 || at::in_parallel_region())) {
       pack_panels(weight.contiguous());
     } else {
