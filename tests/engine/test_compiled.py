@@ -460,24 +460,18 @@ def test_loops_are_built_single_threaded_where_openmp_cannot_be_used(tmp_path, w
     assert "single-threaded loops in use" in done.stdout
 
 
-def test_packed_products_can_be_turned_off_from_the_environment():
-    if compiled.ops() is None:
-        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+@pytest.mark.parametrize(("switch", "variable", "needs"), [
+    ("packed_gemm", "RNNKIT_PACKED_GEMM", "packed_gemm"), ("batch_split", "RNNKIT_BATCH_SPLIT", "threaded"),
+    ("small_products", "RNNKIT_SMALL_PRODUCTS", "in_use"), ("reuse_saved", "RNNKIT_REUSE_SAVED", "in_use")])
+def test_a_switch_of_the_compiled_loops_can_be_turned_off_from_the_environment(switch, variable, needs):
+    """On by default where the loops can use it; `variable=0` turns it off in a new process."""
+    if not compiled.status()[needs]:
+        pytest.skip(f"not available here: {compiled.status()}")
+    assert compiled.status()[switch]
     code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
-            "rk.GRU(3, 4, backend='fused')(torch.randn(2, 5, 3)); print(compiled.status()['packed_gemm'])")
+            f"rk.GRU(3, 4, backend='fused')(torch.randn(8, 5, 3)); print(compiled.status()[{switch!r}])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "RNNKIT_PACKED_GEMM": "0"}, check=True)
-    assert done.stdout.strip() == "False"
-
-
-def test_the_batch_split_can_be_turned_off_from_the_environment():
-    if not compiled.status()["threaded"]:
-        pytest.skip("the compiled loops were built without OpenMP")
-    assert compiled.status()["batch_split"]
-    code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
-            "rk.GRU(3, 4, backend='fused')(torch.randn(8, 5, 3)); print(compiled.status()['batch_split'])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "RNNKIT_BATCH_SPLIT": "0"}, check=True)
+                          env={**os.environ, variable: "0"}, check=True)
     assert done.stdout.strip() == "False"
 
 
@@ -507,24 +501,3 @@ def test_saved_buffers_are_reused_only_by_a_backward_that_frees_its_graph():
     assert seen == [False, True, False, True, False]
     assert not compiled.may_reuse_saved()  # no backward running
     assert compiled.status()["reuse_saved"]
-
-
-def test_reusing_saved_buffers_can_be_turned_off_from_the_environment():
-    if compiled.ops() is None:
-        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
-    code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
-            "rk.GRU(3, 4, backend='fused')(torch.randn(8, 5, 3)); print(compiled.status()['reuse_saved'])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "RNNKIT_REUSE_SAVED": "0"}, check=True)
-    assert done.stdout.strip() == "False"
-
-
-def test_small_products_can_be_turned_off_from_the_environment():
-    if compiled.ops() is None:
-        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
-    assert compiled.status()["small_products"]
-    code = ("from rnnkit.engine.fused import compiled; import torch, rnnkit as rk;"
-            "rk.GRU(3, 4, backend='fused')(torch.randn(2, 5, 3)); print(compiled.status()['small_products'])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "RNNKIT_SMALL_PRODUCTS": "0"}, check=True)
-    assert done.stdout.strip() == "False"
