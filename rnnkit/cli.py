@@ -419,7 +419,8 @@ def bench(
     if panels is not None:
         low, high, bits, small_weight = panels
         fewer = f" (1-{low - 1} from a weight of up to {small_weight >> 10} KiB)" if small_weight else ""
-        loops_line += f", per-step products of {low}-{high - 1} rows a thread{fewer} in rnnkit's {bits}-bit panel kernel"
+        loops_line += (f", per-step products of {low}-{high - 1} rows a thread{fewer} in rnnkit's {bits}-bit panel"
+                       " kernel")
     if loops["packed_gemm"]:
         loops_line += (", larger per-step float32 products from a weight MKL packs once per call"
                        if loops["panel_gemm"] else

@@ -39,10 +39,6 @@ def run_direction(
     """Same contract as :func:`rnnkit.engine.reference.run_direction`: ``x [T, B, I]`` -> ``[T, B, H]``."""
     steps, batch = x.shape[0], x.shape[1]
     packing = Packing.plan(steps, batch, lengths, reverse, x.device)
-    # gates [N, G*H]: one GEMM for every step, and the Function works in it. b_hh goes into the gates as it is
-    # (in all but the reset-after GRU, which scales part of it by r): the input projection may add it with b_ih,
-    # and then the Function gets none
-    additive = not (isinstance(cell, GRUCell) and cell.reset_after)
     # a time-major input that is no [N, I] view goes in as it is: the projection copies it into a pooled buffer
     as_is = packing.gather is None and x.dim() == 3 and not x.is_contiguous() and x.shape[1] > 1
     # whether autograd will record the Functions (a backward may follow): else they keep nothing for one
@@ -51,24 +47,32 @@ def run_direction(
     masks = Masks.pack(noise, packing)
     kernels = compiled.ops() if compiled.usable_for(x) else None
     if not saves and isinstance(cell, LSTMCell) and kernels is not None:  # the input projection step by step
-        sequence, final_h, final_c = lstm.infer(cell, packing.pack(x), *initial, packing, masks, kernels)
-        return packing.unpack(sequence), (packing.unsort(final_h), packing.unsort(final_c))
-    gates, folded = input_gates(cell, x if as_is else packing.pack(x), cell.bias_hh if additive else None, saves)
+        sequence, *finals = lstm.infer(cell, packing.pack(x), *initial, packing, masks, kernels)
+    else:
+        sequence, finals = _functions(cell, x if as_is else packing.pack(x), initial, packing, masks, saves)
+    return packing.unpack(sequence), tuple(packing.unsort(f) for f in finals)
+
+
+def _functions(cell: RecurrentCell, x: Tensor, initial: State, packing: Packing, masks: Masks,
+               saves: bool) -> tuple[Tensor, State]:
+    """The input projection and the cell family's Function: every step's state ``[N, H]`` and the final ones."""
+    # gates [N, G*H]: one GEMM for every step, and the Function works in it. b_hh goes into the gates as it is
+    # (in all but the reset-after GRU, which scales part of it by r): the input projection may add it with b_ih,
+    # and then the Function gets none
+    additive = not (isinstance(cell, GRUCell) and cell.reset_after)
+    gates, folded = input_gates(cell, x, cell.bias_hh if additive else None, saves)
     bias_hh = None if folded else cell.bias_hh
     gain = cell.ln_hh_weight if cell.layer_norm else None
     if isinstance(cell, SimpleRNNCell):
         sequence, final_h, _ = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing,
                                                     masks, cell.nonlinearity == "relu", saves)
-        finals = (final_h,)
-    elif isinstance(cell, GRUCell):
+        return sequence, (final_h,)
+    if isinstance(cell, GRUCell):
         sequence, final_h, _ = FusedGRU.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing, masks,
                                               cell.reset_after, saves)
-        finals = (final_h,)
-    else:
-        sequence, final_h, final_c, _ = FusedLSTM.apply(
-            gates, *initial, cell.weight_hh, bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
-            cell.ln_cell_weight if cell.layer_norm else None, cell.ln_cell_bias if cell.layer_norm else None,
-            packing, masks, saves)
-        finals = (final_h, final_c)
-    outputs = packing.unpack(sequence)
-    return outputs, tuple(packing.unsort(f) for f in finals)
+        return sequence, (final_h,)
+    sequence, final_h, final_c, _ = FusedLSTM.apply(
+        gates, *initial, cell.weight_hh, bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
+        cell.ln_cell_weight if cell.layer_norm else None, cell.ln_cell_bias if cell.layer_norm else None,
+        packing, masks, saves)
+    return sequence, (final_h, final_c)

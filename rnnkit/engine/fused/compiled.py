@@ -272,8 +272,8 @@ def may_reuse_saved() -> bool:
 
     Each reuse is one ``[N, G*H]`` buffer less to bring through the caches: a layer-norm LSTM's backward makes
     none of its three (the gates', the recurrent and the input layer norm's input gradients), a plain LSTM's or
-    GRU's none of its one. Training, in-process A/B: 2-9% less time for the layer-norm LSTM, 1-7% for the LSTM,
-    up to 14% for the GRU (benchmarks/RESULTS.md)."""
+    GRU's none of its one. Training, in-process A/B: up to 8% less time for the layer-norm LSTM, up to 6% for the
+    LSTM, up to 14% for the GRU (benchmarks/RESULTS.md)."""
     return _state["reuse"] and ops() is not None and not torch.ops.rnnkit_fused.graph_kept()
 
 

@@ -425,7 +425,8 @@ struct Projection {
     groups = weight.size(0) / hidden;
     // the widest step's product decides between the panel kernel, oneDNN (the large products), the small-product
     // kernel and the packed weight
-    if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= panel_min_rows(weight.numel() * weight.element_size()) &&
+    const int64_t weight_bytes = weight.numel() * weight.element_size();
+    if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= panel_min_rows(weight_bytes) &&
         rows < panel_max_rows(split || at::get_num_threads() == 1 || at::in_parallel_region())) {
       pack_panels(weight.contiguous());
     } else {
