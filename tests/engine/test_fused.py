@@ -118,9 +118,9 @@ def test_a_retained_graph_gives_the_same_gradients_at_every_backward(case):
 def test_a_forward_autograd_does_not_record_keeps_nothing_and_gives_the_same_outputs(case, lengths, loops):
     """Without autograd recording (no_grad, or nothing requiring grad) the compiled Functions keep nothing for a
     backward: the recurrent layer norm's values and statistics go in one step's scratch, the input layer norm
-    writes over its own input, and the LSTM projects its inputs step by step. Outputs and final states equal a
-    recorded forward's (bit for bit where the arithmetic is the same: all but the LSTM's input projection) and the
-    reference engine's."""
+    writes over its own input, and the LSTM and GRU project their inputs step by step. Outputs and final states equal
+    a recorded forward's (bit for bit where the arithmetic is the same: the Elman RNN's) and the reference
+    engine's."""
     name, options = case
     cell = make_cell(name, {**options, "recurrent_dropout": 0.3, "zoneout": 0.25}, dtype=torch.float32).eval()
     gen = torch.Generator().manual_seed(3)
@@ -135,7 +135,7 @@ def test_a_forward_autograd_does_not_record_keeps_nothing_and_gives_the_same_out
             expected = reference.run_direction(cell, x, state, lengths, reverse)
         for what, ours, theirs in zip(("outputs", *("final state",) * cell.state_size),
                                       (unrecorded[0], *unrecorded[1]), (recorded[0], *recorded[1])):
-            if name == "lstm":
+            if name in ("lstm", "gru"):
                 torch.testing.assert_close(ours, theirs, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
             else:
                 assert torch.equal(ours, theirs), f"{what}, reverse={reverse}"
@@ -143,21 +143,22 @@ def test_a_forward_autograd_does_not_record_keeps_nothing_and_gives_the_same_out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", [c for c in CELL_OPTIONS if c[0] == "lstm"], ids=option_id)
-def test_lstm_inference_projects_its_inputs_step_by_step(case, dtype, monkeypatch):
-    """The LSTM's unrecorded forward (lstm.infer: each step's input projection in the compiled loop, the gates in a
-    [B, 4H] scratch) at a size where every step's products take the panel kernel or oneDNN, with lengths, both
-    directions, zoneout and recurrent dropout, equals the reference engine."""
+@pytest.mark.parametrize("case", [c for c in CELL_OPTIONS if c[0] in ("lstm", "gru")], ids=option_id)
+def test_inference_projects_the_inputs_step_by_step(case, dtype, monkeypatch):
+    """The LSTM's and GRU's unrecorded forward (lstm.infer, gru.infer: each step's input projection in the compiled
+    loop, the gates in a [B, G*H] scratch) at a size where every step's products take the panel kernel or oneDNN,
+    with lengths, both directions, zoneout and recurrent dropout, equals the reference engine."""
     if compiled.ops() is None:
         pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
-    used, real = [], fused.lstm.infer
-    monkeypatch.setattr(fused.lstm, "infer", lambda *a: used.append(1) or real(*a))
     name, options = case
+    module = getattr(fused, name)
+    used, real = [], module.infer
+    monkeypatch.setattr(module, "infer", lambda *a: used.append(1) or real(*a))
     cell = make_cell(name, {**options, "recurrent_dropout": 0.3, "zoneout": 0.25}, dtype=dtype, input_size=20,
                      hidden_size=40)
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(9, 24, 20, generator=gen, dtype=torch.float64).to(dtype)
-    state = tuple(torch.randn(24, 40, generator=gen, dtype=torch.float64).to(dtype) for _ in range(2))
+    state = tuple(torch.randn(24, 40, generator=gen, dtype=torch.float64).to(dtype) for _ in range(cell.state_size))
     lengths = torch.tensor([9, 3, 7, 9, 1, 8] * 4)
     noise = cell.sample_noise(9, 24)
     tol = tolerance(dtype)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
 from rnnkit.cells.base import SequenceNoise, State
-from rnnkit.engine.fused import compiled, lstm
+from rnnkit.engine.fused import compiled, gru, lstm
 from rnnkit.engine.fused.common import Masks
 from rnnkit.engine.fused.gru import FusedGRU
 from rnnkit.engine.fused.inputs import input_gates
@@ -48,6 +48,8 @@ def run_direction(
     kernels = compiled.ops() if compiled.usable_for(x) else None
     if not saves and isinstance(cell, LSTMCell) and kernels is not None:  # the input projection step by step
         sequence, *finals = lstm.infer(cell, packing.pack(x), *initial, packing, masks, kernels)
+    elif not saves and isinstance(cell, GRUCell) and kernels is not None:
+        sequence, *finals = gru.infer(cell, packing.pack(x), *initial, packing, masks, kernels)
     else:
         sequence, finals = _functions(cell, x if as_is else packing.pack(x), initial, packing, masks, saves)
     return packing.unpack(sequence), tuple(packing.unsort(f) for f in finals)

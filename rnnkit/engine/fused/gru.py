@@ -19,6 +19,7 @@ step then costs a few pointwise ops and the same GEMMs.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
@@ -32,6 +33,7 @@ from rnnkit.engine.fused.common import (
     take_gates,
     tanh_,
 )
+from rnnkit.engine.fused.inputs import combined_bias
 
 
 class FusedGRU(torch.autograd.Function):
@@ -57,8 +59,8 @@ class FusedGRU(torch.autograd.Function):
         if kernels is not None:
             kernels.gru_forward(act, states, hidden_terms, candidate, *_compiled_buffers(projections),
                                 bias_hh if reset_after else None, masks.recurrent,
-                                None if masks.zoneout is None else masks.zoneout[0], packing.batch_sizes,
-                                reset_after, LAYER_NORM_EPS)
+                                None if masks.zoneout is None else masks.zoneout[0], None, [], None,
+                                packing.batch_sizes, reset_after, LAYER_NORM_EPS)
         else:
             _forward_steps(act, states, hidden_terms, candidate, projections, bias_hh if reset_after else None,
                            reset_after, packing, masks)
@@ -130,6 +132,31 @@ def _reset_before_grads(grad_gates, grad_in, h_in, hidden_terms, projections, ha
     grad_gain = None if gain_rz is None else torch.cat((gain_rz, gain_n))
     grad_bias = grad_gates.sum(0) if has_bias else None
     return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None, None
+
+
+def infer(cell, x, h0, packing, masks: Masks, kernels) -> tuple[Tensor, Tensor]:
+    """:class:`FusedGRU`'s forward where autograd records nothing, each step projecting its inputs in the compiled
+    loop (as :func:`rnnkit.engine.fused.lstm.infer`): the gates in a ``[B, 3H]`` scratch. Returns every step's
+    ``h [N, H]`` (a view) and the final ``h``."""
+    batch, hidden, rows_total = packing.batch, cell.hidden_size, packing.rows
+    states = workspace.empty((batch + rows_total, hidden), x)
+    states[:batch] = h0
+    candidate = workspace.empty((rows_total, hidden), x) if masks.zoneout is not None else None
+    terms = workspace.empty((rows_total, hidden), x)
+    norm = cell.layer_norm
+    inputs = Projection(cell.weight_ih, cell.ln_ih_weight if norm else None, packing, hidden, per_step=True)
+    gain = cell.ln_hh_weight if norm else None
+    if cell.reset_after:  # b_hh inside the reset's product, b_ih with the inputs
+        projections = (Projection(cell.weight_hh, gain, packing, hidden, per_step=True),)
+        input_bias, bias_hh = cell.bias_ih, cell.bias_hh
+    else:
+        projections = tuple(Projection(cell.weight_hh[s], None if gain is None else gain[s], packing, hidden,
+                                       per_step=True) for s in (slice(0, 2 * hidden), slice(2 * hidden, None)))
+        input_bias, bias_hh = combined_bias(cell.bias_ih, cell.bias_hh), None
+    kernels.gru_forward(x.new_empty(batch, 3 * hidden), states, terms, candidate, *_compiled_buffers(projections),
+                        bias_hh, masks.recurrent, None if masks.zoneout is None else masks.zoneout[0], x.contiguous(),
+                        inputs.compiled_buffers(), input_bias, packing.batch_sizes, cell.reset_after, LAYER_NORM_EPS)
+    return state_outputs(states, packing)
 
 
 def _compiled_buffers(projections, backward: bool = False) -> tuple[list, int]:

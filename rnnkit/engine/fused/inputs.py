@@ -92,6 +92,11 @@ def _in_layout(grad: Tensor, weight: Tensor, steps: int, batch: int, batch_first
     return times_weight(grad, weight).view(steps, batch, -1)
 
 
+def combined_bias(bias: Tensor | None, other: Tensor | None) -> Tensor | None:
+    """``bias + other`` (with autograd), or whichever is not None."""
+    return other if bias is None else bias if other is None else bias + other
+
+
 def input_gates(cell, x: Tensor, recurrent_bias: Tensor | None = None, saves: bool = True) -> tuple[Tensor, bool]:
     """``cell.input_gates(x)`` for packed rows ``x [N, I]`` (or ``[T, B, I]`` time-major, no lengths), and
     whether ``recurrent_bias`` is added in too.

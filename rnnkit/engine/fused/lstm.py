@@ -36,6 +36,7 @@ from rnnkit.engine.fused.common import (
     take_gates,
     tanh_,
 )
+from rnnkit.engine.fused.inputs import combined_bias
 
 
 class FusedLSTM(torch.autograd.Function):
@@ -138,8 +139,7 @@ def infer(cell, x, h0, c0, packing, masks: Masks, kernels) -> tuple[Tensor, Tens
     norm = cell.layer_norm
     inputs = Projection(cell.weight_ih, cell.ln_ih_weight if norm else None, packing, hidden, per_step=True)
     recurrent = Projection(cell.weight_hh, cell.ln_hh_weight if norm else None, packing, hidden, per_step=True)
-    biases = [b for b in (cell.bias_ih, cell.bias_hh) if b is not None]
-    bias = None if not biases else biases[0] if len(biases) == 1 else biases[0] + biases[1]
+    bias = combined_bias(cell.bias_ih, cell.bias_hh)
     kernels.lstm_forward(x.new_empty(batch, 4 * hidden), hs, cs, cell_tilde, x.new_empty(batch, hidden),
                          recurrent.compiled_buffers(), cell.weight_peephole if cell.peepholes else None,
                          cell.ln_cell_weight if norm else None, cell.ln_cell_bias if norm else None,

@@ -789,12 +789,14 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
 // reset after: projection = [R]; each step's R(h~) + b_hh (bias: b_hh or none) is formed in a [B, 3H] scratch
 // and terms [N, H] keeps its n part (all backward needs).
 // reset before: projection = [R_rz..., R_n...] (split by `split` tensors), terms [N, H] receives r * h~.
+// x, input, input_bias: the step-by-step input projection of inference, as lstm_forward's (INPUTS STEP BY STEP):
+// act is then a [B, 3H] scratch; input_bias is b_ih (reset after) or b_ih + b_hh (reset before).
 void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, at::TensorList projection,
-                 int64_t split, OptTensor bias, OptTensor recurrent, OptTensor zone, at::IntArrayRef batch_sizes,
-                 bool reset_after, double eps) {
+                 int64_t split, OptTensor bias, OptTensor recurrent, OptTensor zone, OptTensor x, at::TensorList input,
+                 OptTensor input_bias, at::IntArrayRef batch_sizes, bool reset_after, double eps) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see BELOW AUTOGRAD above
   for (const Tensor& t : {act, states, terms}) check_dense(t, "GRU buffer");
-  for (const auto& t : {candidate, bias, recurrent, zone}) check_dense(t, "GRU option");
+  for (const auto& t : {candidate, bias, recurrent, zone, x, input_bias}) check_dense(t, "GRU option");
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
   const Split rows(steps.batch);
@@ -806,6 +808,13 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   Tensor hidden = reset_after ? at::empty({steps.batch, 3 * H}, states.options()) : Tensor();
   TORCH_CHECK(!bias || bias->numel() == 3 * H, "rnnkit compiled loops: the GRU's b_hh must have 3H entries");
+  std::optional<Projection> inputs;  // INPUTS STEP BY STEP
+  if (x) {
+    TORCH_CHECK(!input.empty() && act.size(0) == steps.batch && act.size(1) == 3 * H,
+                "rnnkit compiled loops: with x, act must be a [B, 3H] scratch and input the input projection");
+    TORCH_CHECK(!input_bias || input_bias->numel() == 3 * H, "rnnkit compiled loops: input_bias must have 3H entries");
+    inputs.emplace(input, H, eps, false, rows.rows(), steps.count(), rows.threads > 1, steps.batch);
+  }
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_gru_forward", [&] {
     using T = scalar_t;
     rows.run([&](int64_t lo, int64_t hi) {
@@ -814,6 +823,14 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
         if (n <= 0) break;
         const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
         const Block h_in = recurrent_input(Block(states, p, n), recurrent, scratch, o, lo);
+        const int64_t a = inputs ? lo : o;  // act's first row for this step
+        if (inputs) {
+          if (input_bias) {
+            T* rows_a = ptr<T>(act) + a * 3 * H;
+            for (int64_t r = 0; r < n; ++r) std::copy_n(ptr<T>(input_bias), 3 * H, rows_a + r * 3 * H);
+          }
+          inputs->add_into<T>(Block(act, a, n), Block(*x, o, n), o, lo, input_bias.has_value());
+        }
         T* cand = zone ? ptr<T>(candidate) + o * H : nullptr;
         const T* zz = zone ? ptr<T>(zone) + o * H : nullptr;
         if (reset_after) {
@@ -828,22 +845,22 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
           }
           first.add_into<T>(Block(hidden, lo, n), h_in, o, lo);
           over_rows(n, 3 * H, [&](int64_t b, int64_t e) {
-            rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, into + b * 3 * H,
+            rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (a + b) * 3 * H, into + b * 3 * H,
                                         ptr<T>(terms) + (o + b) * H, ptr<T>(states) + (p + b) * H,
                                         cand ? cand + b * H : nullptr, ptr<T>(states) + (q + b) * H,
                                         zz ? zz + b * H : nullptr);
           });
         } else {
-          const Block block(act, o, n);
+          const Block block(act, a, n);
           first.add_into<T>(block.columns(0, 2 * H), h_in, o, lo);
           over_rows(n, 2 * H, [&](int64_t b, int64_t e) {
-            rnnkit::sigmoid_rows<T>(e - b, 2 * H, ptr<T>(act) + (o + b) * 3 * H, 3 * H);
+            rnnkit::sigmoid_rows<T>(e - b, 2 * H, ptr<T>(act) + (a + b) * 3 * H, 3 * H);
           });
           Tensor term = terms.narrow(0, o, n);
           at::mul_out(term, block.columns(0, H).view(), h_in.view());
           second->add_into<T>(block.columns(2 * H, H), Block(terms, o, n), o, lo);
           over_rows(n, H, [&](int64_t b, int64_t e) {
-            rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (o + b) * 3 * H, nullptr, nullptr,
+            rnnkit::gru_forward_rows<T>(e - b, H, ptr<T>(act) + (a + b) * 3 * H, nullptr, nullptr,
                                         ptr<T>(states) + (p + b) * H,
                                         cand ? cand + b * H : nullptr, ptr<T>(states) + (q + b) * H,
                                         zz ? zz + b * H : nullptr);
@@ -1103,7 +1120,8 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         "Tensor(f!)? grad_cell, Tensor? recurrent, Tensor? zone_h, Tensor? zone_c, int[] batch_sizes, float eps) -> ()",
         &lstm_backward);
   m.def("gru_forward(Tensor(a!) act, Tensor(b!) states, Tensor(c!) terms, Tensor? candidate, Tensor[] projection, "
-        "int split, Tensor? bias, Tensor? recurrent, Tensor? zone, int[] batch_sizes, bool reset_after, float eps) -> ()",
+        "int split, Tensor? bias, Tensor? recurrent, Tensor? zone, Tensor? x, Tensor[] input, Tensor? input_bias, "
+        "int[] batch_sizes, bool reset_after, float eps) -> ()",
         &gru_forward);
   m.def("gru_backward_after(Tensor(a!) grad_in, Tensor act, Tensor states, Tensor n_term, Tensor(b!) grad_hidden, "
         "Tensor(c!) grad_n, Tensor[] projection, Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
