@@ -680,6 +680,35 @@ int64_t batch_threads(int64_t batch) { return Split(batch).threads; }
 // each step forms its gates in act, then a [B, 4H] scratch, as input_bias + x_t W_ih^T (or LN(x_t W_ih^T) gain),
 // and goes on as before. The all-steps GEMM wrote an [N, 4H] buffer that the loop then read back through memory.
 // tanh_c: a [B, H] scratch for each step's tanh(c^) (backward recomputes it from cell_tilde)
+// A loop's step-by-step input projection (INPUTS STEP BY STEP): off (forming no gates) unless x is given.
+struct StepInputs {
+  std::optional<Projection> projection;
+  const OptTensor& x;
+  const OptTensor& bias;
+  int64_t width;  // G * H, the gates of a row
+
+  StepInputs(const OptTensor& x, at::TensorList input, const OptTensor& bias, const Tensor& act, int64_t groups,
+             int64_t H, double eps, const Split& split, const Steps& steps)
+      : x(x), bias(bias), width(groups * H) {
+    if (!x) return;
+    TORCH_CHECK(!input.empty() && act.size(0) == steps.batch && act.size(1) == width,
+                "rnnkit compiled loops: with x, act must be a [B, ", width, "] scratch and input the input projection");
+    TORCH_CHECK(!bias || bias->numel() == width, "rnnkit compiled loops: input_bias must have ", width, " entries");
+    projection.emplace(input, H, eps, false, split.rows(), steps.count(), split.threads > 1, steps.batch);
+  }
+  explicit operator bool() const { return projection.has_value(); }
+
+  // act's rows [lo, lo + n) = bias + the inputs' packed rows [o, o + n) projected
+  template <typename T>
+  void into(const Tensor& act, int64_t o, int64_t lo, int64_t n) {
+    if (bias) {
+      T* rows = ptr<T>(act) + lo * width;
+      for (int64_t r = 0; r < n; ++r) std::copy_n(ptr<T>(bias), width, rows + r * width);
+    }
+    projection->add_into<T>(Block(act, lo, n), Block(*x, o, n), o, lo, bias.has_value());
+  }
+};
+
 void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
                   OptTensor peephole, OptTensor cell_gain, OptTensor cell_bias, OptTensor cell_mean,
                   OptTensor cell_rstd, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, OptTensor x,
@@ -692,13 +721,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
   const int64_t H = hs.size(1);
   const Split split(steps.batch);
   Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1, steps.batch);
-  std::optional<Projection> inputs;  // INPUTS STEP BY STEP
-  if (x) {
-    TORCH_CHECK(!input.empty() && act.size(0) == steps.batch && act.size(1) == 4 * H,
-                "rnnkit compiled loops: with x, act must be a [B, 4H] scratch and input the input projection");
-    TORCH_CHECK(!input_bias || input_bias->numel() == 4 * H, "rnnkit compiled loops: input_bias must have 4H entries");
-    inputs.emplace(input, H, eps, false, split.rows(), steps.count(), split.threads > 1, steps.batch);
-  }
+  StepInputs inputs(x, input, input_bias, act, 4, H, eps, split, steps);
   TORCH_CHECK(tanh_c.size(0) >= steps.batch && tanh_c.size(1) == H, "rnnkit compiled loops: tanh_c must be [B, H]");
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, hs.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_lstm_forward", [&] {
@@ -709,13 +732,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
         if (n <= 0) break;
         const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
         const int64_t a = inputs ? lo : o;  // act's first row for this step
-        if (inputs) {
-          if (input_bias) {
-            T* rows = ptr<T>(act) + a * 4 * H;
-            for (int64_t r = 0; r < n; ++r) std::copy_n(ptr<T>(input_bias), 4 * H, rows + r * 4 * H);
-          }
-          inputs->add_into<T>(Block(act, a, n), Block(*x, o, n), o, lo, input_bias.has_value());
-        }
+        if (inputs) inputs.into<T>(act, o, lo, n);
         proj.add_into<T>(Block(act, a, n), recurrent_input(Block(hs, p, n), recurrent, scratch, o, lo), o, lo);
         over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
           const int64_t ob = o + b, pb = p + b, qb = q + b;
@@ -808,13 +825,7 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   Tensor hidden = reset_after ? at::empty({steps.batch, 3 * H}, states.options()) : Tensor();
   TORCH_CHECK(!bias || bias->numel() == 3 * H, "rnnkit compiled loops: the GRU's b_hh must have 3H entries");
-  std::optional<Projection> inputs;  // INPUTS STEP BY STEP
-  if (x) {
-    TORCH_CHECK(!input.empty() && act.size(0) == steps.batch && act.size(1) == 3 * H,
-                "rnnkit compiled loops: with x, act must be a [B, 3H] scratch and input the input projection");
-    TORCH_CHECK(!input_bias || input_bias->numel() == 3 * H, "rnnkit compiled loops: input_bias must have 3H entries");
-    inputs.emplace(input, H, eps, false, rows.rows(), steps.count(), rows.threads > 1, steps.batch);
-  }
+  StepInputs inputs(x, input, input_bias, act, 3, H, eps, rows, steps);
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "rnnkit_gru_forward", [&] {
     using T = scalar_t;
     rows.run([&](int64_t lo, int64_t hi) {
@@ -824,13 +835,7 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
         const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
         const Block h_in = recurrent_input(Block(states, p, n), recurrent, scratch, o, lo);
         const int64_t a = inputs ? lo : o;  // act's first row for this step
-        if (inputs) {
-          if (input_bias) {
-            T* rows_a = ptr<T>(act) + a * 3 * H;
-            for (int64_t r = 0; r < n; ++r) std::copy_n(ptr<T>(input_bias), 3 * H, rows_a + r * 3 * H);
-          }
-          inputs->add_into<T>(Block(act, a, n), Block(*x, o, n), o, lo, input_bias.has_value());
-        }
+        if (inputs) inputs.into<T>(act, o, lo, n);
         T* cand = zone ? ptr<T>(candidate) + o * H : nullptr;
         const T* zz = zone ? ptr<T>(zone) + o * H : nullptr;
         if (reset_after) {
