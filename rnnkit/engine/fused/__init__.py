@@ -46,10 +46,9 @@ def run_direction(
     initial = tuple(packing.sort(s) for s in state)
     masks = Masks.pack(noise, packing)
     kernels = compiled.ops() if compiled.usable_for(x) else None
-    if not saves and isinstance(cell, LSTMCell) and kernels is not None:  # the input projection step by step
-        sequence, *finals = lstm.infer(cell, packing.pack(x), *initial, packing, masks, kernels)
-    elif not saves and isinstance(cell, GRUCell) and kernels is not None:
-        sequence, *finals = gru.infer(cell, packing.pack(x), *initial, packing, masks, kernels)
+    if not saves and kernels is not None and isinstance(cell, (LSTMCell, GRUCell)):  # inputs projected step by step
+        family = lstm if isinstance(cell, LSTMCell) else gru
+        sequence, *finals = family.infer(cell, packing.pack(x), *initial, packing, masks, kernels)
     else:
         sequence, finals = _functions(cell, x if as_is else packing.pack(x), initial, packing, masks, saves)
     return packing.unpack(sequence), tuple(packing.unsort(f) for f in finals)
@@ -71,10 +70,10 @@ def _functions(cell: RecurrentCell, x: Tensor, initial: State, packing: Packing,
         return sequence, (final_h,)
     if isinstance(cell, GRUCell):
         sequence, final_h, _ = FusedGRU.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing, masks,
-                                              cell.reset_after, saves)
+                                              cell.reset_after)
         return sequence, (final_h,)
     sequence, final_h, final_c, _ = FusedLSTM.apply(
         gates, *initial, cell.weight_hh, bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
         cell.ln_cell_weight if cell.layer_norm else None, cell.ln_cell_bias if cell.layer_norm else None,
-        packing, masks, saves)
+        packing, masks)
     return sequence, (final_h, final_c)

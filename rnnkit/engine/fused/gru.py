@@ -38,7 +38,7 @@ from rnnkit.engine.fused.inputs import combined_bias
 
 class FusedGRU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gates, h0, weight_hh, bias_hh, ln_gain, packing, masks: Masks, reset_after: bool, saves: bool):
+    def forward(ctx, gates, h0, weight_hh, bias_hh, ln_gain, packing, masks: Masks, reset_after: bool):
         batch, hidden = packing.batch, h0.shape[1]
         rows_total = packing.rows
         act = take_gates(ctx, gates, None if reset_after else bias_hh)  # [N, 3H] pre-activations -> r, z, n
@@ -47,14 +47,13 @@ class FusedGRU(torch.autograd.Function):
         # h~ before zoneout
         candidate = workspace.empty((rows_total, hidden), act) if masks.zoneout is not None else None
         kernels = compiled.ops() if compiled.usable_for(act) else None
-        per_step = kernels is not None and not saves  # layer-norm scratch for one step (see Projection)
         if reset_after:
-            projections = (Projection(weight_hh, ln_gain, packing, hidden, per_step),)
+            projections = (Projection(weight_hh, ln_gain, packing, hidden),)
             hidden_terms = workspace.empty((rows_total, hidden), act)  # [N, H] the n part of R(h~) + b_hh
         else:
             split = (slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden))
-            projections = tuple(Projection(weight_hh[s], None if ln_gain is None else ln_gain[s], packing, hidden,
-                                           per_step) for s in split)
+            projections = tuple(Projection(weight_hh[s], None if ln_gain is None else ln_gain[s], packing, hidden)
+                                for s in split)
             hidden_terms = workspace.empty((rows_total, hidden), act)  # [N, H] r * h~, input of R_n
         if kernels is not None:
             kernels.gru_forward(act, states, hidden_terms, candidate, *_compiled_buffers(projections),
@@ -95,7 +94,7 @@ class FusedGRU(torch.autograd.Function):
             grad_weight, grad_gain = projections[0].parameter_grads(grad_gates, h_in)
             grad_bias = grad_gates.sum(0) if has_bias else None
             grad_gates[:, 2 * hidden:] = grad_n  # input side: r and z as the hidden side, n without the r factor
-            return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None, None
+            return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
         # local derivatives of h_t w.r.t. each pre-activation, per unit of dL/dh_t, built in place:
         # coef[:, 0] r (reset after) or d r/d a_r (reset before), coef[:, 1] z, coef[:, 2] n   [N, 3, H]
         coef = workspace.empty((act.shape[0], 3, hidden), act)
@@ -121,7 +120,7 @@ class FusedGRU(torch.autograd.Function):
         grad_bias = grad_gates.sum(0) if has_bias else None
         # input side: equal to the hidden side for r and z; for n it is dL/dh_t * input_n, all steps at once
         torch.mul(grad_in[batch:], input_n, out=grad_gates[:, 2 * hidden:])
-        return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None, None
+        return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
 
 
 def _reset_before_grads(grad_gates, grad_in, h_in, hidden_terms, projections, has_bias, batch, hidden):
@@ -131,7 +130,7 @@ def _reset_before_grads(grad_gates, grad_in, h_in, hidden_terms, projections, ha
     grad_weight = torch.cat((w_rz, w_n))
     grad_gain = None if gain_rz is None else torch.cat((gain_rz, gain_n))
     grad_bias = grad_gates.sum(0) if has_bias else None
-    return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None, None
+    return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
 
 
 def infer(cell, x, h0, packing, masks: Masks, kernels) -> tuple[Tensor, Tensor]:

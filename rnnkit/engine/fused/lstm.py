@@ -42,7 +42,7 @@ from rnnkit.engine.fused.inputs import combined_bias
 class FusedLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates, h0, c0, weight_hh, bias_hh, ln_gain, peephole, cell_gain, cell_bias,
-                packing, masks: Masks, saves: bool):
+                packing, masks: Masks):
         batch, hidden, rows_total = packing.batch, h0.shape[1], packing.rows
         act = take_gates(ctx, gates, bias_hh)  # [N, 4H] pre-activations -> i, f, g, o
         hs = workspace.empty((batch + rows_total, hidden), act)  # [B+N, H]
@@ -50,7 +50,7 @@ class FusedLSTM(torch.autograd.Function):
         hs[:batch], cs[:batch] = h0, c0
         cell_tilde = cs[batch:] if masks.zoneout is None else workspace.empty((rows_total, hidden), act)  # c~ [N, H]
         kernels = compiled.ops() if compiled.usable_for(act) else None
-        projection = Projection(weight_hh, ln_gain, packing, hidden, per_step=kernels is not None and not saves)
+        projection = Projection(weight_hh, ln_gain, packing, hidden)
         if kernels is not None:  # cell_stats: (mean, rstd) [N] each; tanh(c^) only per step (backward recomputes it)
             cell_stats = (act.new_empty(rows_total), act.new_empty(rows_total)) if cell_gain is not None else None
             tanh_c = None
@@ -123,7 +123,7 @@ class FusedLSTM(torch.autograd.Function):
             grad_cell_gain = (grad_shown * normalised(cell_tilde, mean, rstd)).sum(0)
             grad_cell_bias = grad_shown.sum(0)
         return (grad_gates, grad_in[:batch], grad_c, grad_weight, grad_bias, grad_gain, grad_peephole,
-                grad_cell_gain, grad_cell_bias, None, None, None)
+                grad_cell_gain, grad_cell_bias, None, None)
 
 
 def infer(cell, x, h0, c0, packing, masks: Masks, kernels) -> tuple[Tensor, Tensor, Tensor]:
