@@ -26,8 +26,12 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def check_lengths(lengths, batch: int, steps: int, device: torch.device) -> Tensor:
-    """Turn ``lengths`` (a sequence or 1-D integer tensor) into a ``[B]`` int64 tensor on ``device``."""
+def check_lengths(lengths, batch: int, steps: int) -> Tensor:
+    """Turn ``lengths`` (a sequence or 1-D integer tensor) into a ``[B]`` int64 tensor on the CPU.
+
+    The engines plan from them on the CPU (the fused engine's packing, torch.nn's ``pack_padded_sequence``,
+    which wants them there too), so that lengths given on a GPU cost one copy to the host here, and none of
+    the engines waits on the GPU for a length again."""
     if not isinstance(lengths, Tensor):
         try:
             lengths = torch.as_tensor(lengths)
@@ -35,6 +39,7 @@ def check_lengths(lengths, batch: int, steps: int, device: torch.device) -> Tens
             raise TypeError(f"lengths must be a 1-D integer tensor or a list of ints, got {lengths!r}") from error
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    lengths = lengths.cpu()
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise ValueError(
             f"lengths must have shape [B={batch}] (one length per sequence), got shape {list(lengths.shape)}"
@@ -45,4 +50,4 @@ def check_lengths(lengths, batch: int, steps: int, device: torch.device) -> Tens
             raise ValueError(f"lengths must be >= 1, got min {low}")
         if high > steps:
             raise ValueError(f"lengths must be <= T={steps}, got max {high}")
-    return lengths.to(device=device, dtype=torch.long)
+    return lengths.to(dtype=torch.long)

@@ -13,11 +13,13 @@ from torch import Tensor
 from rnnkit.cells.base import RecurrentCell, SequenceNoise, State
 
 
-def step_mask(lengths: Tensor | None, steps: int) -> Tensor | None:
-    """``[T, B, 1]`` bool, True where step ``t`` lies inside sequence ``b`` (None when no lengths)."""
+def step_mask(lengths: Tensor | None, steps: int, device) -> Tensor | None:
+    """``[T, B, 1]`` bool on ``device``, True where step ``t`` lies inside sequence ``b`` (None when no
+    lengths)."""
     if lengths is None:
         return None
-    return (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+    lengths = lengths.to(device)
+    return (torch.arange(steps, device=device)[:, None] < lengths[None, :]).unsqueeze(-1)
 
 
 def run_direction(
@@ -38,7 +40,7 @@ def run_direction(
     diagnostics use it to keep the gradient of each ``h_t``).
     """
     steps = x.shape[0]
-    valid = step_mask(lengths, steps)
+    valid = step_mask(lengths, steps, x.device)
     outputs: list[Tensor | None] = [None] * steps
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
         output, new_state = cell(x[t], state, None if noise is None else noise.step(t))

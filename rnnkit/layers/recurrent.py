@@ -114,7 +114,7 @@ class RNN(nn.Module):
             x = x.transpose(0, 1)  # [T, B, I]
         steps, batch = x.shape[0], x.shape[1]
         if lengths is not None:
-            lengths = check_lengths(lengths, batch, steps, x.device)
+            lengths = check_lengths(lengths, batch, steps)
         states = self._initial_states(state, batch, unbatched, x)
 
         finals = []
@@ -209,9 +209,9 @@ def _repack(outputs: Tensor, lengths: Tensor, like: PackedSequence, batch_first:
     """Pack padded ``outputs`` in the same order as the input ``like``."""
     if like.sorted_indices is None:
         return pack_padded_sequence(outputs, lengths.cpu(), batch_first=batch_first)
-    order = like.sorted_indices.to(outputs.device)
-    data = pack_padded_sequence(outputs.index_select(0 if batch_first else 1, order),
-                                lengths.index_select(0, order).cpu(), batch_first=batch_first).data
+    order = like.sorted_indices
+    data = pack_padded_sequence(outputs.index_select(0 if batch_first else 1, order.to(outputs.device)),
+                                lengths.index_select(0, order.to(lengths.device)).cpu(), batch_first=batch_first).data
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 

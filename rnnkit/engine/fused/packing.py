@@ -38,6 +38,12 @@ class Packing:
 
     @classmethod
     def plan(cls, steps: int, batch: int, lengths: Tensor | None, reverse: bool, device) -> "Packing":
+        """The layout for ``lengths [B]`` (None: all ``steps`` long), with its index tensors on ``device``.
+
+        Planned on the CPU from the lengths there (a GPU's are copied over first), and the index tensors
+        moved to ``device`` in one copy: no step waits on the device for a length."""
+        if lengths is not None:
+            lengths = lengths.cpu()
         if lengths is None or bool((lengths == steps).all()):
             gather = None
             if reverse:
@@ -47,16 +53,19 @@ class Packing:
         sorted_lengths, order = torch.sort(lengths, descending=True, stable=True)
         counts = torch.bincount(sorted_lengths - 1, minlength=steps).flip(0).cumsum(0).flip(0)  # n_t
         batch_sizes = [n for n in counts.tolist() if n > 0]  # steps past the longest sequence are dropped
-        valid = torch.arange(steps, device=device)[:, None] < sorted_lengths[None, :]  # [T, B]
+        valid = torch.arange(steps)[:, None] < sorted_lengths[None, :]  # [T, B]
         step, row = valid.nonzero(as_tuple=True)  # time-major: exactly the packed order
         time = sorted_lengths[row] - 1 - step if reverse else step
         gather = time * batch + order[row]
         starts = torch.cumsum(counts, 0) - counts  # first packed row of each step
-        last = starts[sorted_lengths - 1] + torch.arange(batch, device=device)
+        last = starts[sorted_lengths - 1] + torch.arange(batch)
         previous = torch.where(step == 0, row, batch + starts[(step - 1).clamp(min=0)] + row)
         inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(batch, device=device)
-        return cls(steps, batch, batch_sizes, order, inverse, gather, last, previous, row)
+        inverse[order] = torch.arange(batch)
+        indices = (order, inverse, gather, last, previous, row)
+        if torch.device(device).type != "cpu":
+            indices = torch.cat(indices).to(device).split([len(i) for i in indices])
+        return cls(steps, batch, batch_sizes, *indices)
 
     # ---------------------------------------------------------------- differentiable moves
     def pack(self, x: Tensor) -> Tensor:
