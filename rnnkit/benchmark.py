@@ -113,14 +113,14 @@ def run_speed(cells=CELLS, shapes=SHAPES, reference: bool = True, budget_ms: flo
 
 
 def run_scaling(cells=("gru", "lstm"), steps_list=SCALING_STEPS, batch=32, input_size=32, hidden=128,
-                budget_ms: float = 2000.0) -> list[dict]:
+                budget_ms: float = 2000.0, device="cpu") -> list[dict]:
     """fused vs torch.nn forward+backward time as T grows (cost per step should stay flat)."""
     results = []
     for cell in cells:
         for steps in steps_list:
-            layers = {k: v for k, v in contenders(cell, input_size, hidden, False, "cpu").items()
+            layers = {k: v for k, v in contenders(cell, input_size, hidden, False, device).items()
                       if k in ("torch.nn", "fused")}
-            x = torch.randn(batch, steps, input_size, requires_grad=True)
+            x = torch.randn(batch, steps, input_size, device=device, requires_grad=True)
             start = time.perf_counter()
             _call(layers["torch.nn"], x, True)
             estimate = (time.perf_counter() - start) * 1e3 * 3
@@ -183,10 +183,37 @@ def _train_once_for_memory(cell, backend, steps, batch, input_size, hidden, stea
     return _memory_status("VmHWM") - before
 
 
-def run_memory(cells=("gru", "lstm"), steps_list=(100, 400, 1600)) -> list[dict]:
-    """Rows ``{"cell", "T", "torch.nn", "fused", "torch.nn steady", "fused steady"}`` in MiB."""
+def peak_gpu_training_memory(cell: str, backend: str, steps: int, batch=32, input_size=32, hidden=128,
+                             steady: bool = False, device="cuda") -> float:
+    """On a GPU: MiB by which one forward+backward raises the peak of memory allocated on ``device`` above
+    what was allocated before it (torch's caching allocator counts every tensor exactly; what it keeps
+    cached is not counted), the first step at this shape or a step after one at the same shape."""
+    layers = contenders(cell, input_size, hidden, False, device)
+    layer = layers["torch.nn" if backend == "torch.nn" else backend]
+    x = torch.randn(batch, steps, input_size, device=device, requires_grad=True)
+    _call(layer, x if steady else torch.randn(2, 3, input_size, device=device, requires_grad=True), True)
+    x.grad = None
+    layer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    _call(layer, x, True)
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def run_memory(cells=("gru", "lstm"), steps_list=(100, 400, 1600), device="cpu") -> list[dict]:
+    """Rows ``{"cell", "T", "torch.nn", "fused", "torch.nn steady", "fused steady"}`` in MiB: on the CPU
+    :func:`peak_training_memory` (resident memory, a fresh process each), on a GPU
+    :func:`peak_gpu_training_memory`."""
+    if torch.device(device).type == "cpu":
+        def measure(cell, backend, steps, steady):
+            return peak_training_memory(cell, backend, steps, steady=steady)
+    else:
+        def measure(cell, backend, steps, steady):
+            return peak_gpu_training_memory(cell, backend, steps, steady=steady, device=device)
     return [{"cell": cell, "T": steps,
-             **{f"{b}{suffix}": peak_training_memory(cell, b, steps, steady=steady)
+             **{f"{b}{suffix}": measure(cell, b, steps, steady)
                 for suffix, steady in (("", False), (" steady", True)) for b in ("torch.nn", "fused")}}
             for cell in cells for steps in steps_list]
 
@@ -228,7 +255,17 @@ def memory_table(memory: list[dict]):
     return table
 
 
-def markdown(rows: list[Row], scaling: list[dict], memory: list[dict], header: str) -> str:
+#: how :func:`run_memory` measures, on the CPU and on a GPU
+MEMORY_NOTE = ("Peak training memory (rise of peak resident memory over one forward+backward, MiB; B=32, I=32, "
+               "H=128). First step: the first at this shape in a fresh process; steady: a step after one at the "
+               "same shape, freed memory handed back in between:")
+GPU_MEMORY_NOTE = ("Peak training memory on the GPU (rise of the peak of memory allocated by torch over one "
+                   "forward+backward, MiB; B=32, I=32, H=128). First step: the first at this shape; steady: a "
+                   "step after one at the same shape:")
+
+
+def markdown(rows: list[Row], scaling: list[dict], memory: list[dict], header: str,
+             memory_note: str = MEMORY_NOTE) -> str:
     names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
                                                                  "reference"].index)
     lines = [header, "", "| cell | B,T,I,H | mode | torch.nn ms | " + " | ".join(names) + " |",
@@ -244,9 +281,7 @@ def markdown(rows: list[Row], scaling: list[dict], memory: list[dict], header: s
             lines.append(f"| {r['cell']} | {r['T']} | {r['torch_ms']:.1f} | {r['fused_ms']:.1f} | "
                          f"{r['torch_ms'] / r['T'] * 1e3:.0f} | {r['fused_ms'] / r['T'] * 1e3:.0f} |")
     if memory:
-        lines += ["", "Peak training memory (rise of peak resident memory over one forward+backward, MiB; "
-                  "B=32, I=32, H=128). First step: the first at this shape in a fresh process; steady: a step "
-                  "after one at the same shape, freed memory handed back in between:",
+        lines += ["", memory_note,
                   "", "| cell | T | torch.nn first | fused first | ratio | torch.nn steady | fused steady | ratio |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in memory:

@@ -380,10 +380,12 @@ def bench(
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default). 1 is steadier on a busy machine."),
     cells: str = typer.Option(",".join(("rnn", "gru", "lstm", "ln-lstm")), help="Comma-separated: rnn,gru,lstm,ln-lstm."),
     markdown: Path = typer.Option(None, help="Also write the results as Markdown to this file."),
+    device: str = typer.Option("cpu", help="cpu, or cuda (cuda:N) to time against cuDNN on a GPU."),
 ) -> None:
     """Time rnnkit's backends against torch.nn in the same run and print the ratios.
 
-    Examples: rnnkit bench --quick ;  rnnkit bench --threads 1 --markdown results.md
+    Examples: rnnkit bench --quick ;  rnnkit bench --threads 1 --markdown results.md ;
+    rnnkit bench --device cuda
     """
     import platform
 
@@ -396,11 +398,63 @@ def bench(
     if unknown:
         raise typer.BadParameter(f"unknown cell {unknown[0]!r}; choose from {', '.join(benchmark.CELLS)}",
                                  param_hint="--cells")
+    where = _bench_device(device)
     if threads:
         torch.set_num_threads(threads)
-    from rnnkit.engine.fused import compiled
+    if where.type == "cuda":
+        loops_line = (f"{torch.cuda.get_device_name(where)}, torch.nn on cuDNN "
+                      f"{torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else '(unavailable)'}"
+                      "; fused engine: per-step loops of torch operations (the compiled loops are CPU-only)")
+    else:
+        loops_line = _cpu_engine_line()
+    console.print(loops_line)
+    shapes = benchmark.QUICK_SHAPES if quick else benchmark.SHAPES
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(chosen) * len(shapes) * 2)
+        rows = benchmark.run_speed(chosen, shapes, reference=not quick, budget_ms=800 if quick else 3000,
+                                   device=where, progress=lambda row: progress.update(
+                                       task, advance=1, description=f"{row.cell} {row.shape} {row.mode}"))
+    console.print(benchmark.speed_table(rows))
+    scaling = memory = []
+    if not quick:
+        with console.status("time vs sequence length"):
+            scaling = benchmark.run_scaling(device=where)
+        with console.status("peak training memory"):
+            memory = benchmark.run_memory(device=where)
+        console.print(benchmark.memory_table(memory))
+    if markdown is not None:
+        machine = platform.processor() or platform.machine()
+        header = (f"Measured {time.strftime('%Y-%m-%d')} on {machine}, {torch.get_num_threads()} threads, "
+                  f"torch {torch.__version__}; {loops_line}.")
+        from rnnkit.io import atomic_write_text
 
-    from rnnkit.engine.fused import workspace
+        note = benchmark.MEMORY_NOTE if where.type == "cpu" else benchmark.GPU_MEMORY_NOTE
+        atomic_write_text(markdown, benchmark.markdown(rows, scaling, memory, header, note))
+        console.print(f"wrote {markdown}")
+
+
+def _bench_device(device: str) -> torch.device:
+    """``--device`` as a torch.device the benchmark can run on, else a usage error that says why."""
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise typer.BadParameter(f"{device!r} is no device; use cpu, cuda or cuda:N", param_hint="--device") from None
+    if where.type not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"{device!r}: the benchmark runs on cpu or cuda", param_hint="--device")
+    if where.type == "cuda":
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise typer.BadParameter(f"{device!r}: no CUDA device is available here (torch {torch.__version__}, "
+                                     f"{built})", param_hint="--device")
+        if where.index is not None and where.index >= torch.cuda.device_count():
+            raise typer.BadParameter(f"{device!r}: there are {torch.cuda.device_count()} CUDA devices",
+                                     param_hint="--device")
+    return where
+
+
+def _cpu_engine_line() -> str:
+    """What the fused engine runs on this CPU: its loops, threads, products and buffer pool."""
+    from rnnkit.engine.fused import compiled, workspace
 
     loops = compiled.status()
     onednn = loops["onednn_min_macs"]
@@ -428,29 +482,7 @@ def bench(
                        + (", per-step float32 products from a weight MKL packs once per call" if onednn is None
                           else ", smaller per-step float32 products from a weight MKL packs once per call"))
     limit = workspace.limit_bytes()
-    loops_line += f", buffer pool up to {limit >> 20} MiB" if limit else ", no buffer pool"
-    console.print(loops_line)
-    shapes = benchmark.QUICK_SHAPES if quick else benchmark.SHAPES
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("benchmarking", total=len(chosen) * len(shapes) * 2)
-        rows = benchmark.run_speed(chosen, shapes, reference=not quick, budget_ms=800 if quick else 3000,
-                                   progress=lambda row: progress.update(
-                                       task, advance=1, description=f"{row.cell} {row.shape} {row.mode}"))
-    console.print(benchmark.speed_table(rows))
-    scaling = memory = []
-    if not quick:
-        with console.status("time vs sequence length"):
-            scaling = benchmark.run_scaling()
-        with console.status("peak training memory"):
-            memory = benchmark.run_memory()
-        console.print(benchmark.memory_table(memory))
-    if markdown is not None:
-        header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
-                  f"{torch.get_num_threads()} threads, torch {torch.__version__}; {loops_line}.")
-        from rnnkit.io import atomic_write_text
-
-        atomic_write_text(markdown, benchmark.markdown(rows, scaling, memory, header))
-        console.print(f"wrote {markdown}")
+    return loops_line + (f", buffer pool up to {limit >> 20} MiB" if limit else ", no buffer pool")
 
 
 @app.command()

@@ -78,3 +78,54 @@ def test_console_tables_keep_every_number_in_80_columns():
     for value in ("ln-lstm", "256,50,64,128", "250.32", "16.38x", "0.50x", "394.7", "350.9", "0.89x"):
         assert value in text
     assert "…" not in text
+
+
+@pytest.mark.parametrize("device, says", [("cuda", "no CUDA device is available here"), ("mps", "runs on cpu or cuda"),
+                                          ("tpu:x", "is no device")])
+def test_bench_names_a_device_it_cannot_use(device, says):
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    result = CliRunner().invoke(app, ["bench", "--quick", "--device", device], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and says in result.output and "--device" in result.output, result.output
+
+
+def test_speed_and_scaling_runs_put_every_contender_and_input_on_the_device():
+    """On the meta device (no data: the times mean nothing), under a mode that rejects an operation mixing two
+    devices: a contender or input left on the CPU would fail (tests/engine/test_devices.py)."""
+    from tests.engine.test_devices import OneDevice
+
+    with OneDevice():
+        rows = benchmark.run_speed(("lstm", "ln-lstm"), [(2, 3, 3, 4)], reference=True, budget_ms=1, device="meta")
+        scaling = benchmark.run_scaling(("gru",), (3, 6), batch=2, input_size=3, hidden=4, budget_ms=1,
+                                        device="meta")
+    assert [(r.cell, r.mode) for r in rows] == [("lstm", "forward"), ("lstm", "train"), ("ln-lstm", "forward"),
+                                                ("ln-lstm", "train")]
+    assert set(rows[0].ratios) == {"control", "fused", "native", "auto", "reference"}
+    assert [r["T"] for r in scaling] == [3, 6]
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+@cuda
+def test_gpu_training_memory_counts_the_step():
+    # GRU (B, T, I, H) = (32, 50, 32, 128): the gate buffer alone is 1600 x 384 floats = 2.3 MiB
+    for backend in ("torch.nn", "fused"):
+        assert benchmark.peak_gpu_training_memory("gru", backend, 50) > 2.0
+
+
+@cuda
+def test_bench_runs_against_cudnn(tmp_path):
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+
+    report = tmp_path / "bench.md"
+    result = CliRunner().invoke(app, ["bench", "--quick", "--cells", "gru,lstm", "--device", "cuda",
+                                      "--markdown", str(report)], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "cuDNN" in report.read_text().splitlines()[0] and "| lstm |" in report.read_text()
