@@ -57,6 +57,21 @@ class SequenceNoise:
         zoneout = None if self.zoneout is None else tuple(m[t] for m in self.zoneout)
         return StepNoise(self.recurrent, zoneout)
 
+    def to(self, dtype: torch.dtype) -> "SequenceNoise":
+        """The same masks in ``dtype``."""
+        return SequenceNoise(None if self.recurrent is None else self.recurrent.to(dtype),
+                             None if self.zoneout is None else tuple(m.to(dtype) for m in self.zoneout))
+
+
+def lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
+    """``torch.lerp`` (``start + weight (end - start)``) of tensors that may differ in dtype, computed in their
+    promoted dtype: under ``torch.autocast`` a gate from a product comes in the autocast dtype (float16,
+    bfloat16) while the state it mixes with may be float32, and ``torch.lerp`` takes one dtype only."""
+    if start.dtype == end.dtype == weight.dtype:
+        return torch.lerp(start, end, weight)
+    dtype = torch.promote_types(torch.promote_types(start.dtype, end.dtype), weight.dtype)
+    return torch.lerp(start.to(dtype), end.to(dtype), weight.to(dtype))
+
 
 def layer_norm_gates(gates: Tensor, gain: Tensor, num_gates: int) -> Tensor:
     """Normalise each gate's ``H`` slice of ``gates [..., G*H]`` to zero mean, unit variance; scale by ``gain``."""
@@ -222,7 +237,7 @@ class RecurrentCell(nn.Module):
         """Mix each new state tensor with the old one by the zoneout weights."""
         if noise is None or noise.zoneout is None:
             return new
-        return tuple(torch.lerp(n, o, m) for n, o, m in zip(new, old, noise.zoneout))
+        return tuple(lerp(n, o, m) for n, o, m in zip(new, old, noise.zoneout))
 
     def extra_repr(self) -> str:
         options = [f"{self.input_size}, {self.hidden_size}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkit.cells.base import RecurrentCell, State, StepNoise
+from rnnkit.cells.base import RecurrentCell, State, StepNoise, lerp
 
 
 class GRUCell(RecurrentCell):
@@ -52,7 +52,7 @@ class GRUCell(RecurrentCell):
             r = torch.sigmoid(x_r + h_r)
             z = torch.sigmoid(x_z + h_z)
             n = torch.tanh(x_n + self.hidden_gates(r * h_in, slice(2 * hidden, 3 * hidden)))
-        new = self.zone_out((torch.lerp(n, h, z),), state, noise)
+        new = self.zone_out((lerp(n, h, z),), state, noise)
         return new[0], new
 
     def extra_repr(self) -> str:

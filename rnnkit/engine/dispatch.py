@@ -153,6 +153,14 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
     return "reference"
 
 
+def autocasting(x: Tensor) -> bool:
+    """Whether ``torch.autocast`` is on for ``x``'s device type (never for a device type it does not know)."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # e.g. "meta": no autocast for that device type
+        return False
+
+
 def run_layer(
     cells: Sequence[RecurrentCell],
     x: Tensor,
@@ -186,6 +194,11 @@ def run_layer(
             reason = fused.unsupported(cell)
             if reason is not None:
                 raise ValueError(f"backend='fused' cannot run {reason}; use backend='auto' or 'reference'")
+        if autocasting(x):  # the fused engine computes in the parameters' dtype, as written: no per-op casts
+            dtype = cells[0].weight_ih.dtype
+            with torch.autocast(x.device.type, enabled=False):
+                return run_layer(cells, x.to(dtype), [tuple(s.to(dtype) for s in state) for state in states],
+                                 lengths, [None if n is None else n.to(dtype) for n in noises], "fused")
         run_direction = fused.run_direction
     elif backend == "reference":
         run_direction = reference.run_direction

@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnkit._checks import check_choice, check_lengths, check_positive_int, check_probability
 from rnnkit.cells import CELLS, GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
-from rnnkit.engine.dispatch import BACKENDS, run_layer
+from rnnkit.engine.dispatch import BACKENDS, autocasting, run_layer
 
 
 def _cell_class(cell) -> type[RecurrentCell]:
@@ -148,9 +148,9 @@ class RNN(nn.Module):
             raise ValueError(f"x must have input_size={self.input_size} features in its last dim, "
                              f"got shape {list(x.shape)}")
         weight = self.cells[0].weight_ih
-        if x.dtype != weight.dtype:
+        if x.dtype != weight.dtype and not (x.is_floating_point() and autocasting(x)):
             raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {weight.dtype}; "
-                            f"convert one of them (e.g. layer.to({x.dtype}))")
+                            f"convert one of them (e.g. layer.to({x.dtype})), or run under torch.autocast")
         if x.device != weight.device:
             raise ValueError(f"x is on {x.device} but the layer's parameters are on {weight.device}")
         if x.shape[0 if x.dim() == 2 or not self.batch_first else 1] == 0:
@@ -172,7 +172,8 @@ class RNN(nn.Module):
             if list(part.shape) != expected_shape:
                 raise ValueError(f"state {name} must have shape [L*D, B, H] = {expected_shape}, "
                                  f"got {list(part.shape)}")
-            if part.dtype != x.dtype or part.device != x.device:
+            mixed = part.dtype != x.dtype and not (part.is_floating_point() and autocasting(x))
+            if mixed or part.device != x.device:
                 raise TypeError(f"state {name} must match x's dtype and device ({x.dtype}, {x.device}), "
                                 f"got ({part.dtype}, {part.device})")
         if unbatched:

@@ -22,6 +22,10 @@ def first_order_only(backward):
 
     (``torch.autograd.function.once_differentiable`` is not enough: with ``create_graph=True`` and
     grad outputs that need no grad it lets a *wrong* second derivative through silently.)
+
+    The backward also runs with ``torch.autocast`` off, like the forward (the engine computes in its
+    parameters' dtype, :func:`rnnkit.engine.dispatch.run_layer`): autograd runs a backward under the autocast
+    state of the ``backward()`` call, which would otherwise cast its products to float16/bfloat16.
     """
 
     @functools.wraps(backward)
@@ -29,9 +33,20 @@ def first_order_only(backward):
         if torch.is_grad_enabled():
             raise RuntimeError("double backward (create_graph=True) through rnnkit's fused engine is not "
                                "supported; use backend='reference' for higher-order gradients")
+        device = next((g.device.type for g in grads if isinstance(g, Tensor)), None)
+        if device is not None and _autocast_on(device):
+            with torch.autocast(device, enabled=False):
+                return backward(ctx, *grads)
         return backward(ctx, *grads)
 
     return checked
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return False
 
 
 #: from this many elements on, tanh is computed as 2*sigmoid(2x) - 1: tanh_ costs 4-7x sigmoid_ per
