@@ -121,7 +121,8 @@ class RNN(nn.Module):
         for layer in range(self.num_layers):
             index = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
             cells = self.cells[index]
-            noises = [cell.sample_noise(steps, batch, x.device, x.dtype) for cell in cells]
+            # in the parameters' dtype, which x's is but under autocast (a bfloat16 1 / keep would be rounded)
+            noises = [cell.sample_noise(steps, batch, x.device) for cell in cells]
             observe = None if self.step_observer is None else functools.partial(self.step_observer, layer)
             x, layer_finals = run_layer(cells, x, states[index], lengths, noises, self.backend, observe)
             finals += layer_finals

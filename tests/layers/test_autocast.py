@@ -13,7 +13,7 @@ import torch
 import rnnkit as rk
 from tests.helpers import CELL_OPTIONS, option_id, randomise
 
-NOISE = {"recurrent_dropout": 0.2, "zoneout": 0.1}
+NOISE = {"recurrent_dropout": 0.3, "zoneout": 0.1}  # 1 / 0.7 has no exact bfloat16
 
 
 def _native_can_run(options):
