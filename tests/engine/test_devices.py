@@ -108,6 +108,29 @@ def test_inference_off_the_cpu(backend, case):
     assert out.device.type == "meta" and out.shape == (4, 5, 4)
 
 
+class Calls(TorchDispatchMode):
+    """Records the name of every operation run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_tanh_takes_the_sigmoid_route_on_the_cpu_only():
+    """2 sigmoid(2x) - 1 is faster than ATen's tanh on the CPU; on a GPU tanh is one kernel, the route four."""
+    from rnnkit.engine.fused.common import TANH_VIA_SIGMOID_FROM, tanh_
+
+    for device, expected in (("cpu", "sigmoid_"), ("meta", "tanh")):
+        x = torch.zeros(TANH_VIA_SIGMOID_FROM, device=device)
+        with Calls() as calls:
+            tanh_(x)
+        assert expected in calls.names and len(calls.names) == (4 if device == "cpu" else 1), (device, calls.names)
+
+
 def test_auto_runs_torch_kernels_off_the_cpu():
     """On a GPU cuDNN runs the whole sequence in one kernel: ``auto`` takes it wherever it computes the
     options, the fused engine elsewhere."""
