@@ -87,6 +87,17 @@ def time_interleaved(layers: dict[str, nn.Module], x: torch.Tensor, train: bool,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def _one_call_ms(layer: nn.Module, x: torch.Tensor, train: bool) -> float:
+    """Milliseconds of one call after a warm-up call (the first pays one-time costs: oneDNN's code generation,
+    cuDNN's setup), waiting for the GPU, if any, to finish it."""
+    _call(layer, x, train)
+    _sync(x.device)
+    start = time.perf_counter()
+    _call(layer, x, train)
+    _sync(x.device)
+    return (time.perf_counter() - start) * 1e3
+
+
 def rounds_for(estimate_ms: float, budget_ms: float, low: int, high: int) -> int:
     return int(max(low, min(high, budget_ms / max(estimate_ms, 1e-3))))
 
@@ -101,9 +112,7 @@ def run_speed(cells=CELLS, shapes=SHAPES, reference: bool = True, budget_ms: flo
             x = torch.randn(batch, steps, input_size, device=device)
             for mode in ("forward", "train"):
                 x.requires_grad_(mode == "train")
-                start = time.perf_counter()
-                _call(layers["torch.nn"], x, mode == "train")
-                estimate = (time.perf_counter() - start) * 1e3 * len(layers) * 1.5
+                estimate = _one_call_ms(layers["torch.nn"], x, mode == "train") * len(layers) * 1.5
                 medians = time_interleaved(layers, x, mode == "train", rounds_for(estimate, budget_ms, 3, 15))
                 base = medians.pop("torch.nn")
                 rows.append(Row(cell, shape, mode, base, {k: v / base for k, v in medians.items()}))
@@ -121,9 +130,7 @@ def run_scaling(cells=("gru", "lstm"), steps_list=SCALING_STEPS, batch=32, input
             layers = {k: v for k, v in contenders(cell, input_size, hidden, False, device).items()
                       if k in ("torch.nn", "fused")}
             x = torch.randn(batch, steps, input_size, device=device, requires_grad=True)
-            start = time.perf_counter()
-            _call(layers["torch.nn"], x, True)
-            estimate = (time.perf_counter() - start) * 1e3 * 3
+            estimate = _one_call_ms(layers["torch.nn"], x, True) * 3
             medians = time_interleaved(layers, x, True, rounds_for(estimate, budget_ms, 3, 9))
             results.append({"cell": cell, "T": steps, "torch_ms": medians["torch.nn"], "fused_ms": medians["fused"]})
     return results
