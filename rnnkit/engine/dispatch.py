@@ -17,6 +17,7 @@ from torch import Tensor
 from rnnkit.cells.base import RecurrentCell, SequenceNoise, State
 from rnnkit.engine import fused, native, reference
 from rnnkit.engine.fused import compiled as fused_compiled
+from rnnkit.engine.fused.common import autocast_on
 
 BACKENDS = ("auto", "reference", "native", "fused")
 
@@ -154,11 +155,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
 
 
 def autocasting(x: Tensor) -> bool:
-    """Whether ``torch.autocast`` is on for ``x``'s device type (never for a device type it does not know)."""
-    try:
-        return torch.is_autocast_enabled(x.device.type)
-    except RuntimeError:  # e.g. "meta": no autocast for that device type
-        return False
+    """Whether ``torch.autocast`` is on for ``x``'s device type."""
+    return autocast_on(x.device.type)
 
 
 def run_layer(

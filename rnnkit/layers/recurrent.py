@@ -162,7 +162,8 @@ class RNN(nn.Module):
     def _initial_states(self, state, batch: int, unbatched: bool, x: Tensor) -> list[tuple[Tensor, ...]]:
         """Split the user's ``[L*D, B, H]`` state into one ``[B, H]`` tuple per cell."""
         if state is None:
-            return [cell.init_state(batch, x.device, x.dtype) for cell in self.cells]
+            # zeros in the parameters' dtype, which x's is but under autocast (float32 states, as for the masks)
+            return [cell.init_state(batch, x.device) for cell in self.cells]
         parts = tuple(state) if isinstance(state, (tuple, list)) else (state,)
         if len(parts) != self.state_size or not all(isinstance(p, Tensor) for p in parts):
             expected = "a pair (h_0, c_0) of tensors" if self.state_size == 2 else "one tensor h_0"

@@ -78,6 +78,16 @@ def test_the_fused_engine_runs_in_the_parameters_dtype_under_autocast():
     assert out.dtype == final.dtype == torch.float32
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_states_start_and_stay_in_the_parameters_dtype_under_autocast(backend):
+    """Zero initial states (and noise masks) come in the parameters' dtype, not the input's: the recurrence
+    carries float32 states through bfloat16 gates, as cuDNN keeps its cell state in float32."""
+    layer = rk.LSTM(3, 4, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, (h, c) = layer(torch.randn(2, 5, 3, dtype=torch.bfloat16))
+    assert h.dtype == c.dtype == torch.float32
+
+
 def test_mixed_dtypes_outside_autocast_still_name_the_fix():
     layer = rk.LSTM(3, 4)
     with pytest.raises(TypeError, match=r"x has dtype torch.bfloat16 but the layer's parameters are torch.float32"

@@ -34,7 +34,7 @@ def first_order_only(backward):
             raise RuntimeError("double backward (create_graph=True) through rnnkit's fused engine is not "
                                "supported; use backend='reference' for higher-order gradients")
         device = next((g.device.type for g in grads if isinstance(g, Tensor)), None)
-        if device is not None and _autocast_on(device):
+        if device is not None and autocast_on(device):
             with torch.autocast(device, enabled=False):
                 return backward(ctx, *grads)
         return backward(ctx, *grads)
@@ -42,10 +42,11 @@ def first_order_only(backward):
     return checked
 
 
-def _autocast_on(device_type: str) -> bool:
+def autocast_on(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for this device type (never for one it does not know, e.g. meta)."""
     try:
         return torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # a device type autocast does not know (meta)
+    except RuntimeError:  # "unknown device type for autocast"
         return False
 
 
