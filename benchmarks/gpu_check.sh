@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU half of the engine's checks, in one run on a machine with a CUDA device:
 #   1. the CUDA path's tests: every backend on the GPU against the reference loop on the CPU in float64
-#      (outputs, final states, every gradient; every cell option, lengths, two bidirectional layers), the
-#      GPU memory measurement, and `rnnkit bench --device cuda --quick`;
+#      (outputs, final states, every gradient; every cell option, lengths, two bidirectional layers), every
+#      backend under float16 autocast against float32, the GPU memory measurement, and
+#      `rnnkit bench --device cuda --quick`;
 #   2. the full benchmark against cuDNN: `rnnkit bench --device cuda`.
 # Usage, from the repository root:  bash benchmarks/gpu_check.sh [OUT_DIR]   (default: $OUT, else gpu-check)
 # Needs a python3 whose torch sees the GPU, with pytest, typer and rich (the lent device machines' image has
