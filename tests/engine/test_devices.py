@@ -22,8 +22,8 @@ from rnnkit.engine.dispatch import choose_backend
 from tests.helpers import CELL_OPTIONS, option_id, randomise
 
 aten = torch.ops.aten
-# operations made to move data between devices
-MOVES = {aten._to_copy, aten.copy_, aten._copy_from, aten._copy_from_and_resize}
+# operations made to move data between devices, and one that takes its lengths on the CPU on every device
+MOVES = {aten._to_copy, aten.copy_, aten._copy_from, aten._copy_from_and_resize, aten._pack_padded_sequence}
 
 
 class OneDevice(TorchDispatchMode):
@@ -106,6 +106,29 @@ def test_inference_off_the_cpu(backend, case):
     with OneDevice(), torch.no_grad():
         out, _ = layer(torch.empty(4, 5, 3, device="meta"))
     assert out.device.type == "meta" and out.shape == (4, 5, 4)
+
+
+@pytest.mark.parametrize("attention", ["general", "additive", None])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_seq2seq_trains_off_the_cpu(cell, attention):
+    """The encoder-decoder's teacher-forced training step (embeddings, a 2-layer bidirectional encoder with
+    lengths, attention masks, input feeding, the decoder's cells step by step) keeps every tensor on the
+    model's device. The encoder runs fused: torch.nn's kernels with lengths need data the meta device lacks."""
+    from rnnkit.seq2seq import Seq2SeqNetwork
+
+    torch.manual_seed(0)
+    model = Seq2SeqNetwork(12, 12, embedding_dim=8, hidden_size=6, attention=attention, cell=cell, encoder_layers=2)
+    for module in model.modules():
+        if isinstance(module, rk.RNN):
+            module.backend = "fused"
+    model.to("meta")
+    source = torch.randint(4, 12, (3, 7)).to("meta")
+    target_in = torch.randint(4, 12, (3, 5)).to("meta")
+    with OneDevice():
+        log_probs, _ = model(source, torch.tensor([7, 4, 2]), target_in)
+        log_probs.sum().backward()
+    assert log_probs.device.type == "meta" and log_probs.shape == (3, 5, 12)
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters() if p.requires_grad)
 
 
 class Calls(TorchDispatchMode):
