@@ -168,55 +168,81 @@ def test_auto_runs_torch_kernels_off_the_cpu():
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
 
-@cuda
-@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-@pytest.mark.parametrize("case", CELL_OPTIONS, ids=[option_id(c) for c in CELL_OPTIONS])
-@pytest.mark.parametrize("backend", ["fused", "auto", "native"])
-def test_cuda_equals_the_cpu_reference(backend, case, lengths):
-    """float64 on the GPU against the reference loop on the CPU: outputs, final states and every gradient,
-    to the engine contract's 1e-10, both directions, two layers, every option (zoneout on, in evaluation mode
-    so that its masks are the same on both devices; native only where torch.nn computes the options)."""
+def _against_the_cpu_reference(backend, case, lengths, device):
+    """float64 on ``device`` against the reference loop on the CPU: outputs, final states and every gradient,
+    to the engine contract's 1e-10, both directions, two layers (zoneout on, in evaluation mode so that its
+    masks are the same on both devices; not for native, which has none)."""
     name, options = case
     noisy = {} if backend == "native" else {"zoneout": 0.2}
-    if backend == "native" and not _native_can_run(options):
-        pytest.skip("torch.nn has no such option")
     torch.manual_seed(0)
     cpu = randomise(rk.RNN(3, 4, cell=name, num_layers=2, bidirectional=True, backend="reference",
                            **options, **noisy).double().eval())
-    gpu = rk.RNN(3, 4, cell=name, num_layers=2, bidirectional=True, backend=backend, **options, **noisy)
-    gpu.load_state_dict(cpu.state_dict())
-    gpu = gpu.double().cuda().eval()
+    other = rk.RNN(3, 4, cell=name, num_layers=2, bidirectional=True, backend=backend, **options, **noisy).double()
+    other.load_state_dict(cpu.state_dict())
+    other = other.to(device).eval()
     x = torch.randn(4, 5, 3, dtype=torch.float64)
+    weights = torch.linspace(-1, 1, 4 * 5 * 8, dtype=torch.float64).view(4, 5, 8)  # the loss's, made on the CPU
     results = []
-    for layer, device in ((cpu, "cpu"), (gpu, "cuda")):
-        x_leaf = x.to(device).requires_grad_()
+    for layer, where in ((cpu, "cpu"), (other, device)):
+        x_leaf = x.to(where).requires_grad_()
         out, final = layer(x_leaf, lengths=lengths)
         finals = final if name == "lstm" else (final,)
-        loss = (out * torch.arange(out.numel(), device=device).view_as(out).sin()).sum() + sum(f.sum() for f in finals)
+        loss = (out * weights.to(where)).sum() + sum(f.sum() for f in finals)
         grads = torch.autograd.grad(loss, [x_leaf, *layer.parameters()])
         results.append([t.cpu() for t in (out, *finals, *grads)])
-    names = ["outputs", *[f"final {k}" for k in range(len(results[0]) - 1)]]
-    for what, ours, theirs in zip(itertools.chain(names, itertools.repeat("gradient")), results[1], results[0]):
+    names = ["outputs", *[f"final state {k}" for k in range(len(finals))], "x's gradient",
+             *[f"{n}'s gradient" for n, _ in cpu.named_parameters()]]
+    assert len(names) == len(results[0]) == len(results[1])
+    for what, ours, theirs in zip(names, results[1], results[0]):
         torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-10, msg=lambda m: f"{what}: {m}")
 
 
+def _backend_cases(backends):
+    return [pytest.param(backend, case, id=f"{backend}-{option_id(case)}") for backend in backends
+            for case in CELL_OPTIONS if backend != "native" or _native_can_run(case[1])]
+
+
+@pytest.mark.parametrize("lengths", [LENGTHS["mixed"]], ids=["mixed"])
+@pytest.mark.parametrize("backend, case", _backend_cases(["fused", "auto", "native"])[::5])
+def test_the_cuda_comparison_holds_on_the_cpu(backend, case, lengths):
+    """The comparison the GPU runs below, run on the CPU for a sample of its cases: the test itself is right."""
+    _against_the_cpu_reference(backend, case, lengths, "cpu")
+
+
 @cuda
-@pytest.mark.parametrize("case", CELL_OPTIONS, ids=[option_id(c) for c in CELL_OPTIONS])
-@pytest.mark.parametrize("backend", ["fused", "auto", "reference"])
-def test_cuda_autocast_float16_trains_close_to_float32(backend, case):
-    """Mixed precision on the GPU (tests/layers/test_autocast.py does it with the CPU's bfloat16): within 2% of
-    float32 in outputs, 20% in gradients, in norm."""
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+@pytest.mark.parametrize("backend, case", _backend_cases(["fused", "auto", "native"]))
+def test_cuda_equals_the_cpu_reference(backend, case, lengths):
+    _against_the_cpu_reference(backend, case, lengths, "cuda")
+
+
+def _autocast_close_to_float32(backend, case, device, dtype):
+    """Mixed precision against float32 on ``device``: within 2% in outputs, 20% in gradients, in norm
+    (tests/layers/test_autocast.py explains the margins)."""
     name, options = case
     torch.manual_seed(0)
-    layer = randomise(rk.RNN(3, 16, cell=name, num_layers=2, bidirectional=True, backend=backend, **options)).cuda()
-    x = torch.randn(4, 5, 3, device="cuda")
+    layer = randomise(rk.RNN(3, 16, cell=name, num_layers=2, bidirectional=True, backend=backend, **options))
+    layer = layer.to(device)
+    x = torch.randn(4, 5, 3).to(device)
+    weights = torch.linspace(-1, 1, 4 * 5 * 32).view(4, 5, 32).to(device)
     results = []
     for autocast in (False, True):
         x_leaf = x.clone().requires_grad_()
-        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+        with torch.autocast(device, dtype=dtype, enabled=autocast):
             out, _ = layer(x_leaf, lengths=[5, 2, 4, 3])
-            loss = (out.float() * torch.linspace(-1, 1, out.numel(), device="cuda").view_as(out)).sum()
+            loss = (out.float() * weights).sum()
         results.append([out.float(), *(g.float() for g in torch.autograd.grad(loss, [x_leaf, *layer.parameters()]))])
     for k, (ours, theirs) in enumerate(zip(results[1], results[0])):
         error = (ours - theirs).norm() / theirs.norm().clamp(min=1e-3)
         assert torch.isfinite(ours).all() and error < (0.02 if k == 0 else 0.2), (k, error)
+
+
+@pytest.mark.parametrize("backend, case", _backend_cases(["fused", "auto", "reference"])[::7])
+def test_the_cuda_autocast_comparison_holds_on_the_cpu(backend, case):
+    _autocast_close_to_float32(backend, case, "cpu", torch.bfloat16)
+
+
+@cuda
+@pytest.mark.parametrize("backend, case", _backend_cases(["fused", "auto", "reference"]))
+def test_cuda_autocast_float16_trains_close_to_float32(backend, case):
+    _autocast_close_to_float32(backend, case, "cuda", torch.float16)
