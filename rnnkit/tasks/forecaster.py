@@ -164,7 +164,8 @@ class Forecaster:
         ``validation_size`` > 0 holds out the last windows for a validation loss. ``training`` options go to
         :func:`rnnkit.tasks.trainer.fit_module`: ``patience`` (early stopping), ``gradient_clip``,
         ``progress``, ``log_dir`` (CSV + TensorBoard), ``devices``/``strategy`` (data-parallel),
-        ``checkpoint_dir``/``resume`` (continue after Ctrl-C), ``callbacks``.
+        ``checkpoint_dir``/``resume`` (continue after Ctrl-C), ``callbacks``, ``accelerator="gpu"`` (train on a
+        CUDA GPU; predictions run on the CPU).
 
         Raises:
             ValueError: NaN/inf, a constant series, or one shorter than season + window + horizon.

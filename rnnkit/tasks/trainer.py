@@ -65,8 +65,8 @@ def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLo
                gradient_clip: float | None = 1.0, patience: int | None = None, progress: bool = True,
                log_dir: str | os.PathLike | None = None, devices: int = 1, strategy: str = "auto",
                checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
-               callbacks: list | None = None) -> pl.Trainer:
-    """Train ``module`` on CPU with Lightning.
+               callbacks: list | None = None, accelerator: str = "cpu") -> pl.Trainer:
+    """Train ``module`` with Lightning, on the CPU unless ``accelerator`` says otherwise.
 
     - ``gradient_clip``: clip the gradient norm to this (None: no clipping);
     - ``patience``: with validation data, stop after this many epochs without a better ``val_loss``;
@@ -77,8 +77,12 @@ def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLo
       (this project's sandbox among them) with "unable to resize file";
     - ``checkpoint_dir``: Lightning's ``last.ckpt`` there after every epoch; ``resume=True`` continues from it.
       Ctrl-C stops training with a KeyboardInterrupt that says where the last complete epoch is saved;
-    - ``callbacks``: more Lightning callbacks, e.g. :class:`rnnkit.training.callbacks.GradientNormMonitor`.
+    - ``callbacks``: more Lightning callbacks, e.g. :class:`rnnkit.training.callbacks.GradientNormMonitor`;
+    - ``accelerator``: ``"cpu"`` (default), ``"gpu"`` (one CUDA GPU: an error if there is none) or ``"auto"``
+      (a GPU when there is one). The module comes back on the CPU after training either way, where the tasks
+      predict, evaluate and save.
     """
+    accelerator = _check_accelerator(accelerator, devices)
     all_callbacks = list(callbacks or [])
     if progress:
         all_callbacks.append(pl.callbacks.RichProgressBar())
@@ -106,8 +110,8 @@ def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLo
     with quiet_lightning(), _keep_sigint_handler():
         trainer = pl.Trainer(max_epochs=epochs, gradient_clip_val=gradient_clip, callbacks=all_callbacks,
                              logger=loggers, enable_progress_bar=progress, enable_checkpointing=checkpoint_dir is not None,
-                             enable_model_summary=False, log_every_n_steps=1, accelerator="cpu", devices=devices,
-                             strategy=strategy)
+                             enable_model_summary=False, log_every_n_steps=1, accelerator=accelerator,
+                             devices=devices, strategy=strategy)
         try:
             with warnings.catch_warnings():
                 if resume:  # resuming means the checkpoint directory is not empty, on purpose
@@ -120,4 +124,20 @@ def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLo
                      "resume=True to continue" if checkpoint_dir is not None
                      else "pass checkpoint_dir=... to be able to resume")
             raise KeyboardInterrupt(f"training interrupted at epoch {trainer.current_epoch}: {where}") from None
+        finally:
+            module.cpu()
     return trainer
+
+
+def _check_accelerator(accelerator: str, devices: int) -> str:
+    """``accelerator`` as Lightning's name for it, or a ValueError that says why it cannot be used here."""
+    choices = ("cpu", "gpu", "auto")
+    if accelerator not in choices:
+        raise ValueError(f"accelerator must be one of {', '.join(map(repr, choices))}; got {accelerator!r}")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ValueError(f"accelerator='gpu', but no CUDA GPU is available here (torch {torch.__version__}, {built})")
+    if devices != 1 and accelerator != "cpu":
+        raise ValueError(f"devices={devices} trains data-parallel in CPU processes (gloo); it needs accelerator='cpu', "
+                         f"got {accelerator!r}")
+    return accelerator
