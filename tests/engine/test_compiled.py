@@ -88,7 +88,8 @@ def test_compiled_loops_can_be_turned_off(monkeypatch):
     assert compiled.status() == {"in_use": False, "library": compiled.status()["library"],
                                  "why_not": "turned off by RNNKIT_COMPILED=0", "onednn_min_macs": None,
                                  "threaded": False, "packed_gemm": False, "panel_gemm": False,
-                                 "small_products": False, "batch_split": False, "reuse_saved": False}
+                                 "small_products": False, "batch_split": False, "reuse_saved": False,
+                                 "prefetch": False}
     layer = rk.GRU(3, 4, backend="fused")
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
 
@@ -383,6 +384,24 @@ def test_steps_split_over_threads_give_the_same_results(case, dtype):
         torch.testing.assert_close(a, b, atol=tol * b.abs().max().item(), rtol=tol)
 
 
+LSTM_CASES = [case for case in CELL_OPTIONS if case[0] == "lstm"]
+
+
+@pytest.mark.parametrize("case", LSTM_CASES, ids=option_id)
+def test_prefetching_the_next_steps_rows_changes_no_result(case):
+    """The LSTM's training loops' prefetches (PREFETCH) are hints: with them and without, every output and
+    gradient is the same bit for bit (16 sequences of mixed lengths: 8 rows a thread on two, fewer as they end)."""
+    if compiled.ops() is None:
+        pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
+    cell, x, lengths, noise = _noisy_case(case, torch.float32, (9, 3, 9, 1, 5, 6, 9, 9, 4, 6, 9, 2, 9, 6, 5, 8))
+    runs = []
+    for on in (True, False):
+        with compiled.prefetch_steps(on):
+            assert compiled.status()["prefetch"] is on
+            runs.append(_run(cell, x, lengths, noise))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
 def test_the_batch_split_over_threads_gives_the_same_results(case, dtype):
@@ -462,7 +481,8 @@ def test_loops_are_built_single_threaded_where_openmp_cannot_be_used(tmp_path, w
 
 @pytest.mark.parametrize(("switch", "variable", "needs"), [
     ("packed_gemm", "RNNKIT_PACKED_GEMM", "packed_gemm"), ("batch_split", "RNNKIT_BATCH_SPLIT", "threaded"),
-    ("small_products", "RNNKIT_SMALL_PRODUCTS", "in_use"), ("reuse_saved", "RNNKIT_REUSE_SAVED", "in_use")])
+    ("small_products", "RNNKIT_SMALL_PRODUCTS", "in_use"), ("reuse_saved", "RNNKIT_REUSE_SAVED", "in_use"),
+    ("prefetch", "RNNKIT_PREFETCH", "in_use")])
 def test_a_switch_of_the_compiled_loops_can_be_turned_off_from_the_environment(switch, variable, needs):
     """On by default where the loops can use it; `variable=0` turns it off in a new process."""
     if not compiled.status()[needs]:

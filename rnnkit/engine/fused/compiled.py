@@ -54,7 +54,7 @@ ONEDNN_MIN_MACS = 1 << 21
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False,
                 "packed": False, "panel": False, "panel_limits": None, "small": False, "split": False,
-                "reuse": False}
+                "reuse": False, "prefetch": False}
 _forced_off = threading.local()
 
 
@@ -228,6 +228,8 @@ def _load() -> None:
     _state["split"] = not _env_off("RNNKIT_BATCH_SPLIT")
     torch.ops.rnnkit_fused.set_batch_split(_state["split"])
     _state["reuse"] = not _env_off("RNNKIT_REUSE_SAVED")
+    _state["prefetch"] = not _env_off("RNNKIT_PREFETCH")
+    torch.ops.rnnkit_fused.set_prefetch(_state["prefetch"])
     torch.ops.rnnkit_fused.set_parallel_min(PARALLEL_MIN)
 
 
@@ -280,7 +282,7 @@ def may_reuse_saved() -> bool:
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
     None, "threaded": bool, "packed_gemm": bool, "panel_gemm": bool, "small_products": bool, "batch_split":
-    bool, "reuse_saved": bool}`` (builds on first call).
+    bool, "reuse_saved": bool, "prefetch": bool}`` (builds on first call).
     ``onednn_min_macs``: from what size float32 recurrent products go through oneDNN (None: never).
     ``threaded``: whether a step's pointwise work can be split over torch's threads (the library was built
     with OpenMP). ``packed_gemm``: whether the other float32 recurrent products read a weight packed once per
@@ -295,7 +297,9 @@ def status() -> dict:
     batch over torch's threads once for all steps, each thread running every step on its own rows, instead of
     splitting each step's product and pointwise pass (``RNNKIT_BATCH_SPLIT=0`` turns it off; see loops.cpp's
     BATCH SPLIT). ``reuse_saved``: whether a backward that frees its graph writes gradients into the saved
-    buffers it has read (:func:`may_reuse_saved`; ``RNNKIT_REUSE_SAVED=0`` turns it off)."""
+    buffers it has read (:func:`may_reuse_saved`; ``RNNKIT_REUSE_SAVED=0`` turns it off). ``prefetch``: whether
+    the LSTM's training loops ask for each thread's rows of the next step's buffers a step ahead (loops.cpp's
+    PREFETCH; ``RNNKIT_PREFETCH=0`` turns it off)."""
     in_use = ops() is not None
     why = None if in_use else ("turned off by RNNKIT_COMPILED=0" if _env_off() else
                                "turned off by python_loops()" if getattr(_forced_off, "value", False)
@@ -305,7 +309,7 @@ def status() -> dict:
             "packed_gemm": in_use and _state["packed"], "panel_gemm": in_use and _state["panel"],
             "small_products": in_use and _state["small"],
             "batch_split": in_use and _state["threaded"] and _state["split"],
-            "reuse_saved": in_use and _state["reuse"]}
+            "reuse_saved": in_use and _state["reuse"], "prefetch": in_use and _state["prefetch"]}
 
 
 @contextlib.contextmanager
@@ -376,6 +380,12 @@ def batch_split(on: bool):
     work (False) inside the block, for every thread. For tests and benchmarks; results are the same bit for
     bit."""
     return _switch("set_batch_split", "split", on)
+
+
+def prefetch_steps(on: bool):
+    """Let the LSTM's training loops ask for the next step's rows a step ahead (True) or not (False) inside the
+    block, for every thread (loops.cpp's PREFETCH). For tests and benchmarks; results are the same bit for bit."""
+    return _switch("set_prefetch", "prefetch", on)
 
 
 @contextlib.contextmanager

@@ -709,6 +709,25 @@ struct StepInputs {
   }
 };
 
+// PREFETCH. The LSTM's training loops read (and write) rows of [N, *] buffers that went through memory since the
+// last step touched them: the gates the input projection wrote up front, the recurrent layer norm's inputs, the
+// states. At the start of step t each thread asks for its rows of the next step's blocks (t + 1 forward, t - 1
+// backward), which arrive while step t's product runs (64-byte lines, into L2, for writing where the step writes
+// them). Threads of fewer than kPrefetchMinRows rows skip it (their blocks are a few cache lines). Training,
+// in-process A/B on a Zen 5 (compiled.prefetch_steps): see benchmarks/RESULTS.md, fourteenth session.
+constexpr int64_t kPrefetchMinRows = 4;
+std::atomic<bool> prefetch_steps{true};
+bool set_prefetch(bool on) { return prefetch_steps.exchange(on); }
+template <typename T>
+inline void prefetch_rows(const T* base, int64_t count) {
+  const char* p = reinterpret_cast<const char*>(base);
+  const char* end = p + count * sizeof(T);
+  for (; p < end; p += 64) __builtin_prefetch(p, 1, 2);
+}
+inline bool prefetching(int64_t rows) {
+  return rows >= kPrefetchMinRows && prefetch_steps.load(std::memory_order_relaxed);
+}
+
 void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
                   OptTensor peephole, OptTensor cell_gain, OptTensor cell_bias, OptTensor cell_mean,
                   OptTensor cell_rstd, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, OptTensor x,
@@ -732,6 +751,17 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
         if (n <= 0) break;
         const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
         const int64_t a = inputs ? lo : o;  // act's first row for this step
+        if (!inputs && t + 1 < steps.count()) {  // the next step's rows (PREFETCH; training: act from memory)
+          const int64_t n1 = std::min(steps.sizes[t + 1], hi) - lo;
+          if (prefetching(n1)) {
+            const int64_t o1 = steps.offsets[t + 1] + lo, q1 = steps.next(t + 1) + lo;
+            prefetch_rows(ptr<T>(act) + o1 * 4 * H, n1 * 4 * H);
+            prefetch_rows(ptr<T>(cell_tilde) + o1 * H, n1 * H);
+            prefetch_rows(ptr<T>(cs) + q1 * H, n1 * H);
+            prefetch_rows(ptr<T>(hs) + q1 * H, n1 * H);
+            if (proj.pre && !proj.per_step) prefetch_rows(ptr<T>(proj.pre) + o1 * 4 * H, n1 * 4 * H);
+          }
+        }
         if (inputs) inputs.into<T>(act, o, lo, n);
         proj.add_into<T>(Block(act, a, n), recurrent_input(Block(hs, p, n), recurrent, scratch, o, lo), o, lo);
         over_rows(n, 4 * H, [&](int64_t b, int64_t e) {
@@ -780,6 +810,16 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
         const int64_t n = std::min(steps.sizes[t], hi) - lo;
         if (n <= 0) continue;
         const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
+        if (t > 0) {  // the rows of step t - 1, the next one this loop runs (PREFETCH)
+          const int64_t n1 = std::min(steps.sizes[t - 1], hi) - lo;
+          if (prefetching(n1)) {
+            const int64_t o1 = steps.offsets[t - 1] + lo, p1 = steps.previous(t - 1) + lo;
+            prefetch_rows(ptr<T>(act) + o1 * 4 * H, n1 * 4 * H);
+            prefetch_rows(ptr<T>(cell_tilde) + o1 * H, n1 * H);
+            prefetch_rows(ptr<T>(cs) + p1 * H, n1 * H);
+            if (proj.pre) prefetch_rows(ptr<T>(proj.pre) + o1 * 4 * H, n1 * 4 * H);
+          }
+        }
         auto rows = [&](int64_t b, int64_t e, double* cell_sums) {
           const int64_t ob = o + b, sb = lo + b;  // sb: row of the [B, H] scratch buffers
           rnnkit::lstm_backward_rows<T>(
@@ -1142,6 +1182,7 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         &simple_backward);
   m.def("set_onednn_min_macs(int macs) -> int", &set_onednn_min_macs);
   m.def("set_parallel_min(int elements) -> int", &set_parallel_min);
+  m.def("set_prefetch(bool on) -> bool", &set_prefetch);
   m.def("set_packed_gemm(bool on) -> int", &set_packed_gemm);
   m.def("set_panel_gemm(bool on) -> int", &set_panel_gemm);
   m.def("panel_limits() -> int[]", &panel_limits);
