@@ -51,3 +51,10 @@ def check_lengths(lengths, batch: int, steps: int) -> Tensor:
         if high > steps:
             raise ValueError(f"lengths must be <= T={steps}, got max {high}")
     return lengths.to(dtype=torch.long)
+
+
+def torch_build() -> str:
+    """This torch's version and what it was built for, for errors about a device it cannot reach: e.g.
+    "torch 2.13.0+cpu, a CPU-only build"."""
+    built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return f"torch {torch.__version__}, {built}"

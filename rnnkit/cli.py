@@ -443,9 +443,10 @@ def _bench_device(device: str) -> torch.device:
         raise typer.BadParameter(f"{device!r}: the benchmark runs on cpu or cuda", param_hint="--device")
     if where.type == "cuda":
         if not torch.cuda.is_available():
-            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise typer.BadParameter(f"{device!r}: no CUDA device is available here (torch {torch.__version__}, "
-                                     f"{built})", param_hint="--device")
+            from rnnkit._checks import torch_build
+
+            raise typer.BadParameter(f"{device!r}: no CUDA device is available here ({torch_build()})",
+                                     param_hint="--device")
         if where.index is not None and where.index >= torch.cuda.device_count():
             raise typer.BadParameter(f"{device!r}: there are {torch.cuda.device_count()} CUDA devices",
                                      param_hint="--device")

@@ -14,6 +14,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from rnnkit._checks import check_choice, torch_build
+
 LAST_CHECKPOINT = "last.ckpt"
 
 
@@ -130,13 +132,10 @@ def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLo
 
 
 def _check_accelerator(accelerator: str, devices: int) -> str:
-    """``accelerator`` as Lightning's name for it, or a ValueError that says why it cannot be used here."""
-    choices = ("cpu", "gpu", "auto")
-    if accelerator not in choices:
-        raise ValueError(f"accelerator must be one of {', '.join(map(repr, choices))}; got {accelerator!r}")
+    """``accelerator``, or a ValueError that says why it cannot be used here."""
+    check_choice("accelerator", accelerator, ("cpu", "gpu", "auto"))
     if accelerator == "gpu" and not torch.cuda.is_available():
-        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise ValueError(f"accelerator='gpu', but no CUDA GPU is available here (torch {torch.__version__}, {built})")
+        raise ValueError(f"accelerator='gpu', but no CUDA GPU is available here ({torch_build()})")
     if devices != 1 and accelerator != "cpu":
         raise ValueError(f"devices={devices} trains data-parallel in CPU processes (gloo); it needs accelerator='cpu', "
                          f"got {accelerator!r}")
