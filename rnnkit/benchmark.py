@@ -177,7 +177,7 @@ def _hand_back_free_memory() -> None:
 def _train_once_for_memory(cell, backend, steps, batch, input_size, hidden, steady=False) -> float:
     torch.set_num_threads(1)
     layers = contenders(cell, input_size, hidden, False, "cpu")
-    layer = layers["torch.nn" if backend == "torch.nn" else backend]
+    layer = layers[backend]
     x = torch.randn(batch, steps, input_size, requires_grad=True)
     _call(layer, x if steady else torch.randn(2, 3, input_size, requires_grad=True), True)  # one-time allocations
     x.grad = None
@@ -196,7 +196,7 @@ def peak_gpu_training_memory(cell: str, backend: str, steps: int, batch=32, inpu
     what was allocated before it (torch's caching allocator counts every tensor exactly; what it keeps
     cached is not counted), the first step at this shape or a step after one at the same shape."""
     layers = contenders(cell, input_size, hidden, False, device)
-    layer = layers["torch.nn" if backend == "torch.nn" else backend]
+    layer = layers[backend]
     x = torch.randn(batch, steps, input_size, device=device, requires_grad=True)
     _call(layer, x if steady else torch.randn(2, 3, input_size, device=device, requires_grad=True), True)
     x.grad = None
@@ -213,12 +213,13 @@ def run_memory(cells=("gru", "lstm"), steps_list=(100, 400, 1600), device="cpu")
     """Rows ``{"cell", "T", "torch.nn", "fused", "torch.nn steady", "fused steady"}`` in MiB: on the CPU
     :func:`peak_training_memory` (resident memory, a fresh process each), on a GPU
     :func:`peak_gpu_training_memory`."""
-    if torch.device(device).type == "cpu":
-        def measure(cell, backend, steps, steady):
+    on_cpu = torch.device(device).type == "cpu"
+
+    def measure(cell, backend, steps, steady):
+        if on_cpu:
             return peak_training_memory(cell, backend, steps, steady=steady)
-    else:
-        def measure(cell, backend, steps, steady):
-            return peak_gpu_training_memory(cell, backend, steps, steady=steady, device=device)
+        return peak_gpu_training_memory(cell, backend, steps, steady=steady, device=device)
+
     return [{"cell": cell, "T": steps,
              **{f"{b}{suffix}": measure(cell, b, steps, steady)
                 for suffix, steady in (("", False), (" steady", True)) for b in ("torch.nn", "fused")}}

@@ -1,8 +1,12 @@
 """Shared test helpers."""
 
+import pytest
 import torch
 
 import rnnkit as rk
+
+#: marks a test that needs a CUDA device (benchmarks/gpu_check.sh runs them where there is one)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
 # every cell configuration the suite exercises: (cell name, options)
 CELL_OPTIONS = [
@@ -21,6 +25,12 @@ CELL_OPTIONS = [
     ("gru", {"bias": False}),
     ("lstm", {"bias": False}),
 ]
+
+
+def native_can_run(options):
+    """Whether torch.nn's kernels (the native backend) compute a cell with these options."""
+    return not any(options.get(k) for k in ("layer_norm", "peepholes", "recurrent_dropout", "zoneout")) \
+        and options.get("reset_after", True)
 
 
 def option_id(case):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rnnkit import benchmark
+from tests.helpers import cuda
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
@@ -106,9 +107,6 @@ def test_speed_and_scaling_runs_put_every_contender_and_input_on_the_device():
                                                 ("ln-lstm", "train")]
     assert set(rows[0].ratios) == {"control", "fused", "native", "auto", "reference"}
     assert [r["T"] for r in scaling] == [3, 6]
-
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
 
 @cuda

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_leaves
 
 import rnnkit as rk
 from rnnkit.engine.dispatch import choose_backend
-from tests.helpers import CELL_OPTIONS, option_id, randomise
+from tests.helpers import CELL_OPTIONS, cuda, native_can_run, option_id, randomise
 
 aten = torch.ops.aten
 # operations made to move data between devices, and one that takes its lengths on the CPU on every device
@@ -54,11 +54,6 @@ NOISE = {"none": {}, "noise": {"recurrent_dropout": 0.2, "zoneout": 0.1}}
 LENGTHS = {"full": None, "mixed": [5, 2, 4, 3]}  # T = 5, B = 4
 
 
-def _native_can_run(options):
-    return not any(options.get(k) for k in ("layer_norm", "peepholes", "recurrent_dropout", "zoneout")) \
-        and options.get("reset_after", True)
-
-
 def _runs(backends):
     """(backend, cell name, options, lengths) for every backend x cell option x noise x lengths it can run
     here: native only what torch.nn computes, and no lengths where torch.nn would run (its
@@ -67,8 +62,8 @@ def _runs(backends):
     for backend, (name, options), noise, (lengths_id, lengths) in itertools.product(
             backends, CELL_OPTIONS, NOISE, LENGTHS.items()):
         options = {**options, **NOISE[noise]}
-        torch_runs = backend == "native" or (backend == "auto" and _native_can_run(options))
-        if (backend == "native" and not _native_can_run(options)) or (lengths is not None and torch_runs):
+        torch_runs = backend == "native" or (backend == "auto" and native_can_run(options))
+        if (backend == "native" and not native_can_run(options)) or (lengths is not None and torch_runs):
             continue
         runs.append(pytest.param(backend, name, options, lengths,
                                  id=f"{backend}-{option_id((name, options))}-{lengths_id}"))
@@ -165,7 +160,6 @@ def test_auto_runs_torch_kernels_off_the_cpu():
 
 
 # ------------------------------------------------------------------ on a GPU, when there is one
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
 
 def _against_the_cpu_reference(backend, case, lengths, device):
@@ -199,7 +193,7 @@ def _against_the_cpu_reference(backend, case, lengths, device):
 
 def _backend_cases(backends):
     return [pytest.param(backend, case, id=f"{backend}-{option_id(case)}") for backend in backends
-            for case in CELL_OPTIONS if backend != "native" or _native_can_run(case[1])]
+            for case in CELL_OPTIONS if backend != "native" or native_can_run(case[1])]
 
 
 @pytest.mark.parametrize("lengths", [LENGTHS["mixed"]], ids=["mixed"])

@@ -11,13 +11,9 @@ import pytest
 import torch
 
 import rnnkit as rk
-from tests.helpers import CELL_OPTIONS, option_id, randomise
+from tests.helpers import CELL_OPTIONS, native_can_run, option_id, randomise
 
 NOISE = {"recurrent_dropout": 0.3, "zoneout": 0.1}  # 1 / 0.7 has no exact bfloat16
-
-
-def _native_can_run(options):
-    return not options.get("layer_norm") and not options.get("peepholes") and options.get("reset_after", True)
 
 
 def _layer(name, options, backend, noise):
@@ -39,7 +35,7 @@ def _train(layer, x, lengths, seed=1):
 
 RUNS = [pytest.param(backend, case, noise, id=f"{backend}-{option_id(case)}-{'noise' if noise else 'plain'}")
         for backend in ("fused", "auto", "reference", "native") for case in CELL_OPTIONS for noise in (False, True)
-        if backend != "native" or (not noise and _native_can_run(case[1]))]  # native: what torch.nn computes
+        if backend != "native" or (not noise and native_can_run(case[1]))]  # native: what torch.nn computes
 
 
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16], ids=["float32-x", "bfloat16-x"])

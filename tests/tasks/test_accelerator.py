@@ -7,8 +7,7 @@ import torch
 
 import rnnkit as rk
 from rnnkit.data.series import load_airline
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+from tests.helpers import cuda
 
 
 @pytest.mark.parametrize("options, says", [
