@@ -44,27 +44,40 @@ LSTM_FUSED_MIN_BATCH_WIDE = 8
 #: (H=256 B8-16 1.01-1.11); T=200 H=32-128 B8-32 0.74-0.89; T=50-75 H=64-128 about a tie (0.96-1.07).
 LSTM_FUSED_MIN_STEPS_WIDE = 100
 LSTM_FUSED_MAX_HIDDEN_WIDE = 128
-#: where the products go through MKL (AVX2 CPUs), with the loops' batch split over threads: on a 2-vCPU AVX2
-#: EPYC (T=100, I=32), the fused LSTM's training time over oneDNN's LSTM was 0.96-1.00 at B = 32, 0.80-0.96 at
-#: B = 48-64 (H 64-256), 0.95 at B = 16 with H = 64 (and 0.69 against 1.01 torch.nn's time at (B, T, I, H) =
-#: (16, 1000, 16, 64)), but 1.02-1.12 at B = 16 with H = 128-256 and 1.01-1.07 at B = 8: from this batch
+#: where the products go through MKL or the 256-bit panel kernel (AVX2 CPUs), ``auto`` trains a plain float32
+#: LSTM with the compiled loops from batch LSTM_FUSED_MIN_BATCH_MKL at LSTM_FUSED_MIN_STEPS_MKL steps or more; at
+#: any batch from LSTM_FUSED_MID_STEPS_MKL steps with hidden sizes up to LSTM_FUSED_MAX_HIDDEN_MKL, or at batches
+#: up to LSTM_FUSED_MAX_TINY_BATCH_MKL; and from batch LSTM_FUSED_LONG_MIN_BATCH_MKL at LSTM_FUSED_LONG_STEPS_MKL
+#: steps. A Zen 3 EPYC (fifteenth session: panel kernel, batch split, backward over its saved buffers; 2 threads,
+#: I=32), fused over oneDNN's LSTM training time, in-process interleaved, two sweeps where two figures:
+#: T=100: H=64 B1-3 0.71-0.95, B4-32 0.66-0.90, B64-128 0.57-0.80; H=128 B1-3 0.76-0.92, B4-32 0.79-0.98, B64-128
+#: 0.59-0.63; H=256 B1-2 0.69-0.81, B4-16 0.97-1.09, B24-64 0.69-0.73. T=50: H=64-128 B1-32 0.77-1.00; H=256 B1
+#: 0.87, B4-16 1.04-1.07, B32 0.95; H=512 B1 0.74, B8 1.19, B32 0.84. T=200: H=64-128 B1-32 0.57-0.83; H=256 B1-2
+#: 0.79-0.89, B4 1.03-1.05, B8-16 0.76-0.93, B32 0.68; H=512 B1 0.85, B8 0.87, B32 0.79. T=30: B32 0.81-0.95, under
+#: it 0.90-1.17. T=10: 0.92-1.30 (B32 0.92-1.05). (The eleventh session's rule, from batch 32 or 16 at H <= 64,
+#: had left B1-24 to oneDNN's LSTM, 12-34% slower there at T=100.)
 LSTM_FUSED_MIN_BATCH_MKL = 32
-#: ... and from this batch when the hidden size is at most LSTM_SMALL_HIDDEN
-LSTM_FUSED_MIN_BATCH_MKL_SMALL = 16
-LSTM_SMALL_HIDDEN = 64
-#: where the products go through MKL, ``auto`` also runs plain float32 LSTM *inference* with the compiled loops for
-#: batches of LSTM_INFER_MIN_BATCH_MKL to LSTM_INFER_MAX_BATCH_MKL at hidden sizes up to LSTM_INFER_MAX_HIDDEN: the
-#: only shapes where it was faster than oneDNN's LSTM on both AVX2 CPUs measured (T=100, I=32, no grad; fused over
-#: oneDNN's time). A Zen 2 EPYC (ninth session, MKL's packed weight): H=64: B8 1.16, B16 0.95, B32 0.88, B64-256
-#: 0.81-0.86; H=128: B8 1.16, B16-32 0.87, B64-256 0.77-0.83; H=256: B16 1.09, B32 0.975, B64-256 0.86-0.95. A
-#: Zen 3 EPYC (eleventh session, with the panel kernel; two sweeps): H=64: B8 0.97, B16 0.90-1.00, B32 0.90-0.95,
-#: B64 0.93-0.95, B128 1.11; H=128: B8 1.11, B16 0.87-0.96, B24 1.03, B32 0.96-1.08, B48 1.14, B64-128 1.03-1.12;
-#: H=256: B16 1.02, B32 1.09-1.17, B64 1.13-1.21 (MKL's packed weight, before the panel kernel: 1.10-1.32 at
-#: H=128-256). Where they go through oneDNN, the fused LSTM's inference took 1.3-2.6x torch.nn's at the
-#: benchmark shapes (Zen 4 and Zen 5): native there.
-LSTM_INFER_MIN_BATCH_MKL = 16
-LSTM_INFER_MAX_BATCH_MKL = 64
-LSTM_INFER_MAX_HIDDEN = 64
+LSTM_FUSED_MIN_STEPS_MKL = 30
+LSTM_FUSED_MID_STEPS_MKL = 50
+LSTM_FUSED_MAX_HIDDEN_MKL = 128
+LSTM_FUSED_MAX_TINY_BATCH_MKL = 2
+LSTM_FUSED_LONG_STEPS_MKL = 200
+LSTM_FUSED_LONG_MIN_BATCH_MKL = 8
+#: where they go through MKL or the 256-bit panel kernel, ``auto`` also runs plain float32 LSTM *inference* with
+#: the compiled loops (which project each step's inputs inside the loop) from batch LSTM_INFER_MIN_BATCH_MKL at
+#: LSTM_FUSED_MIN_STEPS_MKL steps or more and hidden sizes up to LSTM_INFER_MAX_HIDDEN_MKL, and from batch
+#: LSTM_INFER_MIN_SMALL_BATCH_MKL at LSTM_INFER_MIN_STEPS_MKL steps with hidden sizes up to
+#: LSTM_FUSED_MAX_HIDDEN_MKL. A Zen 3 EPYC (fifteenth session, 2 threads, I=32, no grad), fused over oneDNN's LSTM
+#: time: B32-256: T=30-400 0.58-0.98 at H=64-256 (H=256 B128 0.87-1.10), H=512 B32 0.96, B128 1.09; T=10 0.82-1.04
+#: at H <= 128, 1.16-1.19 at H=256. B8-16 at H <= 128: T=100-400 0.78-0.98, T=50 0.90-1.02, T=30 0.96-1.08; at
+#: H=256-512 1.02-1.26. B1-4: 0.89-1.63 (1.04-1.63 at H <= 128). A Zen 2 EPYC (ninth session, before the panel
+#: kernel and the in-loop projection): B32-256 0.77-0.975, B16 0.87-1.09, B8 1.16. Where the products go through
+#: oneDNN, the fused LSTM's inference took 1.3-2.6x torch.nn's at the benchmark shapes (Zen 4 and Zen 5): native
+#: there.
+LSTM_INFER_MIN_BATCH_MKL = 32
+LSTM_INFER_MAX_HIDDEN_MKL = 256
+LSTM_INFER_MIN_SMALL_BATCH_MKL = 8
+LSTM_INFER_MIN_STEPS_MKL = 100
 #: where they go through the 512-bit panel kernel, with each step projecting its inputs in the loop (loops.cpp's
 #: INPUTS STEP BY STEP), ``auto`` runs plain float32 LSTM inference fused from batch LSTM_FUSED_MIN_BATCH_WIDE
 #: once steps x batch x hidden reaches LSTM_INFER_MIN_WORK_WIDE, and below that at batches up to
@@ -103,8 +116,10 @@ def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
     if regime == "onednn":
         return batch >= LSTM_FUSED_MIN_BATCH and steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
     if regime == "mkl":
-        small = hidden_size <= LSTM_SMALL_HIDDEN
-        return batch >= (LSTM_FUSED_MIN_BATCH_MKL_SMALL if small else LSTM_FUSED_MIN_BATCH_MKL)
+        return ((batch >= LSTM_FUSED_MIN_BATCH_MKL and steps >= LSTM_FUSED_MIN_STEPS_MKL)
+                or (steps >= LSTM_FUSED_MID_STEPS_MKL
+                    and (hidden_size <= LSTM_FUSED_MAX_HIDDEN_MKL or batch <= LSTM_FUSED_MAX_TINY_BATCH_MKL))
+                or (steps >= LSTM_FUSED_LONG_STEPS_MKL and batch >= LSTM_FUSED_LONG_MIN_BATCH_MKL))
     return False
 
 
@@ -118,7 +133,10 @@ def lstm_infers_fused(steps: int, batch: int, hidden_size: int) -> bool:
             or (batch <= LSTM_INFER_MAX_BATCH_WIDE and hidden_size <= LSTM_INFER_MAX_HIDDEN_WIDE))
     if regime != "mkl":
         return False
-    return LSTM_INFER_MIN_BATCH_MKL <= batch <= LSTM_INFER_MAX_BATCH_MKL and hidden_size <= LSTM_INFER_MAX_HIDDEN
+    return ((batch >= LSTM_INFER_MIN_BATCH_MKL and steps >= LSTM_FUSED_MIN_STEPS_MKL
+             and hidden_size <= LSTM_INFER_MAX_HIDDEN_MKL)
+            or (batch >= LSTM_INFER_MIN_SMALL_BATCH_MKL and steps >= LSTM_INFER_MIN_STEPS_MKL
+                and hidden_size <= LSTM_FUSED_MAX_HIDDEN_MKL))
 
 
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:

@@ -38,16 +38,18 @@ def _regime(monkeypatch, regime):
 
 
 @pytest.mark.parametrize(("regime", "steps", "batch", "hidden", "expected"), [
-    ("mkl", 5, 16, 64, True), ("mkl", 5, 15, 64, False), ("mkl", 5, 16, 65, False), ("mkl", 5, 32, 65, True),
-    ("mkl", 5, 31, 512, False), ("onednn", 100, 48, 125, True), ("onednn", 100, 48, 124, False),
+    ("mkl", 30, 32, 512, True), ("mkl", 29, 32, 512, False), ("mkl", 30, 31, 512, False), ("mkl", 50, 1, 128, True),
+    ("mkl", 49, 1, 128, False), ("mkl", 50, 31, 129, False), ("mkl", 50, 2, 512, True), ("mkl", 50, 3, 512, False),
+    ("mkl", 200, 8, 512, True), ("mkl", 200, 7, 512, False), ("mkl", 199, 8, 512, False), ("onednn", 100, 48, 125, True), ("onednn", 100, 48, 124, False),
     ("onednn", 1000, 16, 64, True), ("onednn", 100, 32, 128, False), ("onednn", 10000, 15, 64, False),
     ("wide", 10000, 8, 64, True), ("wide", 10000, 7, 64, False), ("wide", 100, 48, 125, True),
     ("wide", 100, 32, 128, True), ("wide", 99, 32, 128, False), ("wide", 100, 32, 129, False),
     ("wide", 100, 8, 64, True), ("wide", 99, 48, 129, True), ("wide", 99, 48, 124, False)])
 def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypatch, regime, steps, batch, hidden,
                                                                         expected):
-    """Where the compiled loops' products go through MKL (AVX2 CPUs): from batch 32, or 16 for hidden sizes up
-    to 64, at any length; where they go through oneDNN (AVX-512, panel kernel off): from 600k steps x batch x
+    """Where the compiled loops' products go through MKL or the 256-bit panel kernel (AVX2 CPUs): from batch 32
+    at 30 steps, at any batch from 50 steps with hidden sizes up to 128 (or batches up to 2), from batch 8 at 200
+    steps; where they go through oneDNN (AVX-512, panel kernel off): from 600k steps x batch x
     hidden, batch 16; through the 512-bit panel kernel (AVX-512): the same work from batch 8, or from 100 steps at
     hidden sizes up to 128."""
     dispatch = _regime(monkeypatch, regime)
@@ -58,15 +60,16 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
 
 
 @pytest.mark.parametrize(("regime", "steps", "batch", "hidden", "expected"), [
-    ("mkl", 5, 16, 64, True), ("mkl", 5, 64, 64, True), ("mkl", 5, 15, 64, False), ("mkl", 5, 65, 64, False),
-    ("mkl", 5, 32, 65, False), ("mkl", 5, 32, 512, False), ("onednn", 5, 32, 64, False),
+    ("mkl", 30, 32, 256, True), ("mkl", 30, 4096, 64, True), ("mkl", 29, 32, 64, False), ("mkl", 30, 31, 64, False),
+    ("mkl", 30, 32, 257, False), ("mkl", 100, 8, 128, True), ("mkl", 99, 8, 128, False), ("mkl", 100, 7, 128, False),
+    ("mkl", 100, 8, 129, False), ("mkl", 1000, 1, 64, False), ("onednn", 5, 32, 64, False),
     ("onednn", 5, 4096, 64, False), ("wide", 5, 8, 128, True), ("wide", 5, 16, 64, True), ("wide", 5, 7, 64, False),
     ("wide", 5, 17, 128, False), ("wide", 5, 16, 129, False), ("wide", 100, 256, 118, True),
     ("wide", 100, 256, 117, False), ("wide", 1000, 7, 1024, False)])
 def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(monkeypatch, regime, steps, batch,
                                                                               hidden, expected):
-    """Where the compiled loops' products go through MKL (AVX2 CPUs): batches of 16 to 64 at hidden sizes up to
-    64 (faster on both AVX2 CPUs measured); through oneDNN (AVX-512, panel kernel off): never (oneDNN's LSTM was
+    """Where the compiled loops' products go through MKL or the 256-bit panel kernel (AVX2 CPUs): from batch 32 at
+    30 steps with hidden sizes up to 256, from batch 8 at 100 steps with hidden sizes up to 128; through oneDNN (AVX-512, panel kernel off): never (oneDNN's LSTM was
     faster there); through the 512-bit panel kernel: from batch 8, at 3M steps x batch x hidden or more, or at
     batches up to 16 with hidden sizes up to 128."""
     dispatch = _regime(monkeypatch, regime)
@@ -102,7 +105,8 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     big = torch.randn(2, 16, 3)  # [T, B, I]
     while dispatch._lstm_regime() is not None and not dispatch.lstm_trains_fused(*big.shape[:2], 4):
         big = torch.cat([big, big])
-    assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, :7]) == "native"  # under every regime's batch
+    # a short sequence of a small batch: oneDNN's LSTM under every regime
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:2, :7]) == "native"
     # the compiled loops' LSTM for large ones (torch.nn's where RNNKIT_ONEDNN forced an unmeasured route)
     expected = "fused" if compiled.ops() is not None else "native"
     measured = expected if dispatch._lstm_regime() is not None else "native"
