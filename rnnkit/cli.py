@@ -472,8 +472,10 @@ def _cpu_engine_line() -> str:
         loops_line += ", batches under 16: per-step products in rnnkit's own kernel"
     panels = compiled.panel_limits()
     if panels is not None:
-        low, high, bits, small_weight = panels
-        fewer = f" (1-{low - 1} from a weight of up to {small_weight >> 10} KiB)" if small_weight else ""
+        low, high, bits, small_weight, fewest = panels
+        fewer = f"{fewest}-{low - 1}" if fewest < low - 1 else f"{fewest}"
+        fewer = f" ({fewer} from a weight of up to {small_weight >> 10} KiB" + (
+            ", or on one thread)" if bits == 256 else ")")
         loops_line += (f", per-step products of {low}-{high - 1} rows a thread{fewer} in rnnkit's {bits}-bit panel"
                        " kernel")
     if loops["packed_gemm"]:

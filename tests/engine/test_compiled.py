@@ -142,6 +142,33 @@ def test_float32_from_a_packed_weight_or_panels_is_as_accurate_as_through_aten(c
     assert any(not torch.equal(a, b) for a, b in zip(results[route], results["aten"]))
 
 
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_float32_products_of_two_rows_go_through_the_panel_kernel(case):
+    """A call of batch 2 (one thread, two rows a product) goes through the panel kernel on every CPU from a weight
+    of up to 256 KiB (here 24 x 96 floats), instead of the small-product kernel or ATen: held to the float64 truth,
+    and really run (results differ from ATen's)."""
+    if compiled.ops() is None:
+        pytest.skip("compiled loops unavailable")
+    results, errors = _float32_routes(case, ("aten", "panel"), lengths=(7, 5))
+    assert errors["panel"] <= max(2 * errors["aten"], 2e-6), errors
+    assert any(not torch.equal(a, b) for a, b in zip(results["panel"], results["aten"]))
+
+
+@pytest.mark.parametrize("case", CELL_OPTIONS, ids=option_id)
+def test_a_split_batch_of_four_runs_its_two_row_products_in_the_panel_kernel(case):
+    """Batch 4 split over two threads gives each thread products of two rows, which the panel kernel takes (a
+    product that runs on one thread, from any weight): the same results bit for bit as the unsplit call, whose
+    four-row products it takes too (a row's sum does not depend on the other rows of its product)."""
+    if compiled.ops() is None or not compiled.status()["threaded"] or torch.get_num_threads() < 2:
+        pytest.skip("needs the compiled loops with two threads")
+    cell, x, lengths, noise = _noisy_case(case, torch.float32, (7, 3, 6, 7))
+    runs = []
+    for split in (True, False):
+        with _gemms("panel"), compiled.batch_split(split):
+            runs.append(_run(cell, x, lengths, noise))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize(("rows", "k", "m"), [(1, 1, 1), (2, 9, 20), (5, 3, 17), (6, 64, 16), (7, 13, 40),
@@ -255,14 +282,14 @@ def test_onednn_products_are_the_default_where_torch_runs_avx512_code_and_panels
 
 def test_the_panel_kernel_is_as_wide_as_the_cpu_allows():
     """The loops are compiled for this CPU (-march=native): 512-bit vectors where it has AVX-512, taking a thread's
-    products of 3 to 511 rows (of 1 and 2 too from weights of up to 256 KiB); 256-bit ones elsewhere, 3 to 63 rows.
-    Off, it reports nothing."""
+    products of 3 to 511 rows (of 1 and 2 too from weights of up to 256 KiB); 256-bit ones elsewhere, 3 to 63 rows
+    (2 too from weights of up to 256 KiB, or where the product runs on one thread). Off, it reports nothing."""
     if compiled.ops() is None:
         pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
     with open("/proc/cpuinfo") as handle:
         wide = any(line.startswith("flags") and " avx512f " in f"{line.rstrip()} " for line in handle)
     with compiled.panel_gemms(True):
-        assert compiled.panel_limits() == ((3, 512, 512, 256 << 10) if wide else (3, 64, 256, 0))
+        assert compiled.panel_limits() == ((3, 512, 512, 256 << 10, 1) if wide else (3, 64, 256, 256 << 10, 2))
     with compiled.panel_gemms(False):
         assert compiled.panel_limits() is None
 

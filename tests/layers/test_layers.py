@@ -32,7 +32,7 @@ def _regime(monkeypatch, regime):
     onednn = None if regime == "mkl" else 1 << 21
     monkeypatch.setattr(dispatch.fused_compiled, "onednn_min_macs", lambda: onednn)
     monkeypatch.setattr(dispatch.fused_compiled, "cpu_runs_avx512", lambda: regime != "mkl")
-    panels = {"mkl": (3, 64, 256, 0), "onednn": None, "wide": (3, 512, 512, 256 << 10)}[regime]
+    panels = {"mkl": (3, 64, 256, 256 << 10, 2), "onednn": None, "wide": (3, 512, 512, 256 << 10, 1)}[regime]
     monkeypatch.setattr(dispatch.fused_compiled, "panel_limits", lambda: panels)
     return dispatch
 

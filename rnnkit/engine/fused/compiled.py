@@ -249,11 +249,12 @@ def onednn_min_macs() -> int | None:
     return _state["onednn"] if ops() is not None else None
 
 
-def panel_limits() -> tuple[int, int, int, int] | None:
+def panel_limits() -> tuple[int, int, int, int, int] | None:
     """(the fewest rows, the most rows + 1 of one thread's product that the panel kernel takes, the width of its
     vectors in bits: 512 where it was compiled for AVX-512, else 256, the most bytes of a weight whose products of
-    fewer rows, down to one, it takes too: 0 for none) while the panel kernel is on; None while it is off or the
-    compiled loops are not in use."""
+    fewer rows it takes too, the fewest rows of those: 1 with 512-bit vectors, 2 with 256-bit ones, which also take
+    2 rows from any weight where the product runs on one thread) while the panel kernel is on; None while it is off
+    or the compiled loops are not in use."""
     if ops() is None or not _state["panel"]:
         return None
     return _state["panel_limits"]

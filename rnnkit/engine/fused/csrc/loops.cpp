@@ -178,8 +178,17 @@ constexpr int64_t kPanelMinRows = 3;
 constexpr int64_t kPanelSmallWeightBytes = 256 << 10;
 
 // the fewest rows of a product the panel kernel takes from a weight of `weight_bytes`
-int64_t panel_min_rows(int64_t weight_bytes) {
-  return rnnkit::panel_vector_bytes() == 64 && weight_bytes <= kPanelSmallWeightBytes ? 1 : kPanelMinRows;
+// With 256-bit vectors it takes products of 2 rows (not 1) from such a weight, and from any weight where the
+// product runs on one thread whatever its route (in a split loop each thread's product of 2 rows went through the
+// small-product kernel on that thread). In-process A/B on an AVX2 Zen 3 (fifteenth session; T=100, I=32, 2
+// threads; LSTM, LN-LSTM, GRU, Elman RNN), against the small-product kernel: batch 2 (unsplit, the kernel splits
+// the product over both threads), H=64-128: inference 0.64-0.96 of the time, training 0.75-0.95; H=256 (up to
+// 1 MB) inference 0.83-0.93 but training 1.12-1.14 (the Elman RNN's 256 KB: 0.88-0.89); batch 4 (split, 2 rows a
+// thread), H=64-256: inference 0.74-0.96, training 0.90-0.98. One row stays in the small-product kernel there:
+// batch 1, H=64-128, 0.91-1.26 (LSTM H=128: 1.26).
+int64_t panel_min_rows(int64_t weight_bytes, bool one_thread) {
+  if (rnnkit::panel_vector_bytes() == 64) return weight_bytes <= kPanelSmallWeightBytes ? 1 : kPanelMinRows;
+  return one_thread || weight_bytes <= kPanelSmallWeightBytes ? 2 : kPanelMinRows;
 }
 
 // the most rows (exclusive) of a product the panel kernel takes; `one_thread`: the product runs on one thread
@@ -189,10 +198,10 @@ int64_t panel_max_rows(bool one_thread) {
 }
 
 // [the fewest rows, the most rows + 1 of a thread's product in a split loop, the width of a vector in bits, the
-// most bytes of a weight whose products of fewer rows it takes too (0: none)]
+// most bytes of a weight whose products of fewer rows it takes too, the fewest rows of those]
 std::vector<int64_t> panel_limits() {
-  const bool wide = rnnkit::panel_vector_bytes() == 64;
-  return {kPanelMinRows, panel_max_rows(true), 8 * rnnkit::panel_vector_bytes(), wide ? kPanelSmallWeightBytes : 0};
+  return {kPanelMinRows, panel_max_rows(true), 8 * rnnkit::panel_vector_bytes(), kPanelSmallWeightBytes,
+          panel_min_rows(0, false)};
 }
 
 std::atomic<bool> panel_gemm{false};
@@ -426,8 +435,9 @@ struct Projection {
     // the widest step's product decides between the panel kernel, oneDNN (the large products), the small-product
     // kernel and the packed weight
     const int64_t weight_bytes = weight.numel() * weight.element_size();
-    if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 && rows >= panel_min_rows(weight_bytes) &&
-        rows < panel_max_rows(split || at::get_num_threads() == 1 || at::in_parallel_region())) {
+    const bool one_thread = split || at::get_num_threads() == 1 || at::in_parallel_region();
+    if (panel_gemm.load(std::memory_order_relaxed) && steps >= 4 &&
+        rows >= panel_min_rows(weight_bytes, one_thread) && rows < panel_max_rows(one_thread)) {
       pack_panels(weight.contiguous());
     } else {
       if (backward && onednn_on(weight.scalar_type())) weight_tc = weight_t.contiguous();
