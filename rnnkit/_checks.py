@@ -26,19 +26,32 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
+def describe(value) -> str:
+    """A short description of ``value`` for an error message: a tensor's dtype and shape rather than its
+    values, a sequence of tensors by count, anything else by a repr of at most 80 characters."""
+    if isinstance(value, Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}"
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, Tensor) for v in value):
+        return f"a {type(value).__name__} of {len(value)} tensors"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def check_lengths(lengths, batch: int, steps: int) -> Tensor:
     """Turn ``lengths`` (a sequence or 1-D integer tensor) into a ``[B]`` int64 tensor on the CPU.
 
     The engines plan from them on the CPU (the fused engine's packing, torch.nn's ``pack_padded_sequence``,
     which wants them there too), so that lengths given on a GPU cost one copy to the host here, and none of
     the engines waits on the GPU for a length again."""
+    given = lengths
     if not isinstance(lengths, Tensor):
         try:
             lengths = torch.as_tensor(lengths)
         except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"lengths must be a 1-D integer tensor or a list of ints, got {lengths!r}") from error
+            raise TypeError(f"lengths must be a 1-D integer tensor or a list of ints, got {describe(given)}") \
+                from error
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+        raise TypeError(f"lengths must hold integers, got {describe(given)} (dtype {lengths.dtype})")
     lengths = lengths.cpu()
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise ValueError(

@@ -185,6 +185,8 @@ class RecurrentCell(nn.Module):
 
     def sample_noise(self, steps: int, batch: int, device=None, dtype=None) -> SequenceNoise | None:
         """Draw this sequence's recurrent-dropout and zoneout masks (None when there is no noise)."""
+        if not (self.zoneout > 0 or (self.training and self.recurrent_dropout > 0)):
+            return None  # (before the parameters' lookups below: a layer draws for every cell on every call)
         dtype = dtype if dtype is not None else self.weight_ih.dtype
         device = device if device is not None else self.weight_ih.device
         shape = (batch, self.hidden_size)

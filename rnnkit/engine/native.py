@@ -52,7 +52,8 @@ def run_layer(
     weights = [w for cell in cells for w in flat_weights(cell)]
     bidirectional = len(cells) == 2
     # torch.nn stacks directions on dim 0: [D, B, H]
-    hx = tuple(torch.stack([state[k] for state in states]) for k in range(first.state_size))
+    hx = tuple(torch.stack([state[k] for state in states]) if len(states) > 1 else states[0][k].unsqueeze(0)
+               for k in range(first.state_size))
     packed = None
     if lengths is not None and bool((lengths < x.shape[0]).any()):
         packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)

@@ -42,12 +42,28 @@ def test_zero_steps(lstm):
     ([3, 4], ValueError, "lengths must be <= T=3, got max 4"),
     ([0, 2], ValueError, "lengths must be >= 1, got min 0"),
     ([3, 2, 1], ValueError, "lengths must have shape [B=2] (one length per sequence), got shape [3]"),
-    (torch.tensor([2.0, 3.0]), TypeError, "lengths must hold integers, got dtype torch.float32"),
+    (torch.tensor([2.0, 3.0]), TypeError,
+     "lengths must hold integers, got a float32 tensor of shape [2] (dtype torch.float32)"),
+    ([2.5, 3.0], TypeError, "lengths must hold integers, got [2.5, 3.0] (dtype torch.float32)"),
     ("ab", TypeError, "lengths must be a 1-D integer tensor or a list of ints, got 'ab'"),
+    ([torch.ones(3, 3, dtype=torch.long)] * 2, TypeError,
+     "lengths must be a 1-D integer tensor or a list of ints, got a list of 2 tensors"),
 ])
 def test_bad_lengths(lstm, lengths, error, message):
     with raises(error, message):
         lstm(torch.randn(2, 3, 4), lengths=lengths)
+
+
+def test_a_state_passed_where_torch_nn_takes_it_says_where_it_goes(lstm):
+    """torch.nn's second argument is the initial state (hx), rnnkit's the lengths: the error says so, naming what
+    it got by dtype and shape (not by its values)."""
+    h = torch.zeros(1, 2, 5)
+    with raises(TypeError, "lengths (the second argument) got a tuple of 2 tensors: rnnkit's layers take (x, "
+                           "lengths=None, state=None), so initial states go in by name: layer(x, state=(h_0, c_0))"):
+        lstm(torch.randn(2, 3, 4), (h, h))
+    with raises(TypeError, "lengths (the second argument) got a float32 tensor of shape [1, 2, 5]: rnnkit's layers "
+                           "take (x, lengths=None, state=None), so initial states go in by name: layer(x, state=h_0)"):
+        rk.GRU(4, 5)(torch.randn(2, 3, 4), h)
 
 
 def test_lengths_with_packed_sequence(lstm):
