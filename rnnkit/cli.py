@@ -473,9 +473,9 @@ def _cpu_engine_line() -> str:
     panels = compiled.panel_limits()
     if panels is not None:
         low, high, bits, small_weight, fewest = panels
-        fewer = f"{fewest}-{low - 1}" if fewest < low - 1 else f"{fewest}"
-        fewer = f" ({fewer} from a weight of up to {small_weight >> 10} KiB" + (
-            ", or on one thread)" if bits == 256 else ")")
+        rows = f"{fewest}-{low - 1}" if fewest < low - 1 else f"{fewest}"
+        one_thread = ", or on one thread" if bits == 256 else ""
+        fewer = f" ({rows} from a weight of up to {small_weight >> 10} KiB{one_thread})"
         loops_line += (f", per-step products of {low}-{high - 1} rows a thread{fewer} in rnnkit's {bits}-bit panel"
                        " kernel")
     if loops["packed_gemm"]:

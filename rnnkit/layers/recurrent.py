@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from rnnkit._checks import check_choice, check_lengths, check_positive_int, check_probability, describe
 from rnnkit.cells import CELLS, GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
 from rnnkit.engine.dispatch import BACKENDS, autocasting, run_layer
+from rnnkit.engine.native import stack_states
 
 
 def _looks_like_a_state(lengths) -> bool:
@@ -23,11 +24,6 @@ def _looks_like_a_state(lengths) -> bool:
     dimensions (lengths have one), or a tuple or list of them."""
     parts = lengths if isinstance(lengths, (tuple, list)) else (lengths,)
     return bool(parts) and all(isinstance(p, Tensor) and p.is_floating_point() and p.dim() >= 2 for p in parts)
-
-
-def _stack(tensors: list[Tensor]) -> Tensor:
-    """``torch.stack(tensors)``; one tensor as a view with a new first dimension (no copy: 4-5 us less a call)."""
-    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
 def _cell_class(cell) -> type[RecurrentCell]:
@@ -150,7 +146,7 @@ class RNN(nn.Module):
             if layer < self.num_layers - 1 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
 
-        final = tuple(_stack([f[k] for f in finals]) for k in range(state_size))  # [L*D, B, H]
+        final = tuple(stack_states([f[k] for f in finals]) for k in range(state_size))  # [L*D, B, H]
         if unbatched:
             outputs, final = x.squeeze(1), tuple(f.squeeze(1) for f in final)
         else:
