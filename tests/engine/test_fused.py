@@ -142,6 +142,28 @@ def test_a_forward_autograd_does_not_record_keeps_nothing_and_gives_the_same_out
         torch.testing.assert_close(unrecorded[0], expected[0], atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
+def test_an_unrecorded_forward_skips_the_autograd_functions(name, loops, monkeypatch):
+    """Where autograd records nothing, the Functions' forwards run directly (Function.apply costs 6-7 us a call,
+    which counts at T=1); where it records, through apply, whose graph the backward needs."""
+    from rnnkit.engine.fused.inputs import InputProjection
+
+    applied = []
+    for function in (InputProjection, fused.FusedSimpleRNN, fused.FusedGRU, fused.FusedLSTM):
+        real = function.apply
+        monkeypatch.setattr(function, "apply", lambda *a, real=real, f=function: applied.append(f) or real(*a))
+    cell = make_cell(name, {"layer_norm": True}, dtype=torch.float64)
+    x = torch.randn(4, 3, cell.input_size, dtype=torch.float64)
+    with torch.no_grad():
+        unrecorded, _ = fused.run_direction(cell, x, cell.init_state(3))
+    assert applied == []
+    recorded, _ = fused.run_direction(cell, x, cell.init_state(3))
+    assert recorded.grad_fn is not None and len(applied) >= 1
+    torch.testing.assert_close(unrecorded, recorded.detach(), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(unrecorded, reference.run_direction(cell, x, cell.init_state(3))[0].detach(),
+                               atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", [c for c in CELL_OPTIONS if c[0] in ("lstm", "gru")], ids=option_id)
 def test_inference_projects_the_inputs_step_by_step(case, dtype, monkeypatch):

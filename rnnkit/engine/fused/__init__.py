@@ -13,7 +13,7 @@ from torch import Tensor
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
 from rnnkit.cells.base import SequenceNoise, State
 from rnnkit.engine.fused import compiled, gru, lstm
-from rnnkit.engine.fused.common import Masks
+from rnnkit.engine.fused.common import Masks, run_function
 from rnnkit.engine.fused.gru import FusedGRU
 from rnnkit.engine.fused.inputs import input_gates
 from rnnkit.engine.fused.lstm import FusedLSTM
@@ -65,15 +65,15 @@ def _functions(cell: RecurrentCell, x: Tensor, initial: State, packing: Packing,
     bias_hh = None if folded else cell.bias_hh
     gain = cell.ln_hh_weight if cell.layer_norm else None
     if isinstance(cell, SimpleRNNCell):
-        sequence, final_h, _ = FusedSimpleRNN.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing,
-                                                    masks, cell.nonlinearity == "relu", saves)
+        sequence, final_h, _ = run_function(FusedSimpleRNN, saves, gates, initial[0], cell.weight_hh, bias_hh, gain,
+                                            packing, masks, cell.nonlinearity == "relu", saves)
         return sequence, (final_h,)
     if isinstance(cell, GRUCell):
-        sequence, final_h, _ = FusedGRU.apply(gates, initial[0], cell.weight_hh, bias_hh, gain, packing, masks,
-                                              cell.reset_after)
+        sequence, final_h, _ = run_function(FusedGRU, saves, gates, initial[0], cell.weight_hh, bias_hh, gain,
+                                            packing, masks, cell.reset_after)
         return sequence, (final_h,)
-    sequence, final_h, final_c, _ = FusedLSTM.apply(
-        gates, *initial, cell.weight_hh, bias_hh, gain, cell.weight_peephole if cell.peepholes else None,
-        cell.ln_cell_weight if cell.layer_norm else None, cell.ln_cell_bias if cell.layer_norm else None,
-        packing, masks)
+    sequence, final_h, final_c, _ = run_function(
+        FusedLSTM, saves, gates, *initial, cell.weight_hh, bias_hh, gain,
+        cell.weight_peephole if cell.peepholes else None, cell.ln_cell_weight if cell.layer_norm else None,
+        cell.ln_cell_bias if cell.layer_norm else None, packing, masks)
     return sequence, (final_h, final_c)

@@ -42,6 +42,31 @@ def first_order_only(backward):
     return checked
 
 
+class _Unrecorded:
+    """A Function's ``ctx`` where autograd records nothing: it drops what a forward keeps for a backward."""
+
+    __slots__ = ("layout", "setup", "cell_stats")
+
+    def save_for_backward(self, *tensors) -> None:
+        pass
+
+    def mark_dirty(self, *tensors) -> None:
+        pass
+
+    def set_materialize_grads(self, value: bool) -> None:
+        pass
+
+
+def run_function(function: type[torch.autograd.Function], records: bool, *args):
+    """``function.apply(*args)``, or, where autograd would record nothing (``records`` false: no grad mode or no
+    input that requires grad, as :func:`rnnkit.engine.fused.run_direction` decides), its forward called
+    directly with a ctx that keeps nothing. ``apply`` costs 6-7 us a call even then, which counts where a
+    generation loop runs a layer once a token (T=1)."""
+    if records or torch._C._are_functorch_transforms_active():  # (vmap and co. go through apply's checks)
+        return function.apply(*args)
+    return function.forward(_Unrecorded(), *args)
+
+
 def autocast_on(device_type: str) -> bool:
     """Whether ``torch.autocast`` is on for this device type (never for one it does not know, e.g. meta)."""
     try:

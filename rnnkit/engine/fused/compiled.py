@@ -55,7 +55,13 @@ _lock = threading.Lock()
 _state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False,
                 "packed": False, "panel": False, "panel_limits": None, "small": False, "split": False,
                 "reuse": False, "prefetch": False}
-_forced_off = threading.local()
+
+
+class _ForcedOff(threading.local):
+    value = False  # (a class default: reading it costs no AttributeError in a thread that never set it)
+
+
+_forced_off = _ForcedOff()
 
 
 def _env_off(name: str = "RNNKIT_COMPILED") -> bool:
@@ -234,14 +240,21 @@ def _load() -> None:
 
 
 def ops():
-    """``torch.ops.rnnkit_fused`` if the compiled loops are usable now, else None."""
-    if getattr(_forced_off, "value", False) or _env_off():
+    """``torch.ops.rnnkit_fused`` if the compiled loops are usable now, else None.
+
+    ``RNNKIT_COMPILED`` is read once, on the first call (as the other switches are), not on every call: the
+    engine asks 4-6 times a layer call, and reading an unset variable costs ~1 us each time (os.environ raises
+    and catches a KeyError), which counts at T=1."""
+    if _forced_off.value:
         return None
-    if not _state["loaded"] and _state["why_not"] is None:
-        with _lock:
-            if not _state["loaded"] and _state["why_not"] is None:
-                _load()
-    return torch.ops.rnnkit_fused if _state["loaded"] else None
+    if not _state["loaded"]:
+        if _state["why_not"] is None:
+            with _lock:
+                if not _state["loaded"] and _state["why_not"] is None:
+                    _load()
+        if not _state["loaded"]:
+            return None
+    return torch.ops.rnnkit_fused
 
 
 def onednn_min_macs() -> int | None:
@@ -302,9 +315,7 @@ def status() -> dict:
     the LSTM's training loops ask for each thread's rows of the next step's buffers a step ahead (loops.cpp's
     PREFETCH; ``RNNKIT_PREFETCH=0`` turns it off)."""
     in_use = ops() is not None
-    why = None if in_use else ("turned off by RNNKIT_COMPILED=0" if _env_off() else
-                               "turned off by python_loops()" if getattr(_forced_off, "value", False)
-                               else _state["why_not"])
+    why = None if in_use else "turned off by python_loops()" if _forced_off.value else _state["why_not"]
     return {"in_use": in_use, "library": _state["path"], "why_not": why,
             "onednn_min_macs": _state["onednn"] if in_use else None, "threaded": in_use and _state["threaded"],
             "packed_gemm": in_use and _state["packed"], "panel_gemm": in_use and _state["panel"],
@@ -419,7 +430,7 @@ def step_threads(min_elements: int | None):
 @contextlib.contextmanager
 def python_loops():
     """Run the fused engine's Python loops in this thread (to compare, or to debug)."""
-    previous = getattr(_forced_off, "value", False)
+    previous = _forced_off.value
     _forced_off.value = True
     try:
         yield

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
-from rnnkit.engine.fused.common import first_order_only
+from rnnkit.engine.fused.common import first_order_only, run_function
 from rnnkit.engine.fused.gemm import project, through_onednn, times_weight, weight_grad, weight_grad_and_sum
 
 
@@ -114,4 +114,4 @@ def input_gates(cell, x: Tensor, recurrent_bias: Tensor | None = None, saves: bo
     kernels = compiled.ops() if compiled.usable_for(x) else None
     if kernels is None:
         return cell.project(x.reshape(-1, x.shape[-1]), cell.weight_ih, bias, gain), folded
-    return InputProjection.apply(x, cell.weight_ih, bias, gain, cell.hidden_size, kernels, saves), folded
+    return run_function(InputProjection, saves, x, cell.weight_ih, bias, gain, cell.hidden_size, kernels, saves), folded
