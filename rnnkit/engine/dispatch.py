@@ -88,6 +88,23 @@ LSTM_INFER_MIN_STEPS_MKL = 100
 LSTM_INFER_MIN_WORK_WIDE = 3_000_000
 LSTM_INFER_MAX_BATCH_WIDE = 16
 LSTM_INFER_MAX_HIDDEN_WIDE = 128
+#: ... and, in that regime, the inference of batches up to LSTM_INFER_MAX_SHORT_BATCH_WIDE of up to
+#: LSTM_INFER_MAX_SHORT_STEPS_WIDE steps: a generation loop's call a token (T=1) and short prompts, where oneDNN's
+#: LSTM costs more a call than the whole fused one. Seventeenth session, Zen 4 EPYC (2 threads, I=32, no grad,
+#: in-process interleaved), fused over oneDNN's LSTM time: B1 T1 0.43-0.75 (H 64-512), T4-16 0.84-0.96 (H 64-512),
+#: T24 1.02; B2 T1-16 0.74-0.91 (H 128; H 256 T16 1.00); B4 T1-2 0.73-0.90, T4-8 1.01-1.14.
+LSTM_INFER_MAX_SHORT_BATCH_WIDE = 2
+LSTM_INFER_MAX_SHORT_STEPS_WIDE = 16
+#: ``auto`` runs Elman RNN inference on CPU with torch.nn's kernel rather than the compiled loops for sequences of up
+#: to ELMAN_NATIVE_MAX_STEPS steps while steps x batch is at most ELMAN_NATIVE_MAX_ROWS and steps x hidden size at
+#: most ELMAN_NATIVE_MAX_WIDTH: there the fused call's fixed cost (input projection, buffers, the loop's setup: ~90
+#: us against ~50 for the native one at T=1, B=1) outweighs what its faster steps save. Seventeenth session, Zen 4
+#: EPYC (2 threads, I=32, no grad, in-process interleaved), fused over native time: T1 1.33-2.08 (B1-64, H 128-512);
+#: T2 1.05-2.11 (B1-32), B64 1.00-1.25; T4 B1-4 1.25-1.73 (H 128-256), B16 0.96-1.20, B1 H512 0.77, B64 0.77-0.87;
+#: T5 B1 1.32, B16 0.97; T8 0.67-1.24; T16 0.63-0.91.
+ELMAN_NATIVE_MAX_STEPS = 4
+ELMAN_NATIVE_MAX_WIDTH = 1024
+ELMAN_NATIVE_MAX_ROWS = 64
 
 
 def _lstm_regime() -> str | None:
@@ -128,15 +145,23 @@ def lstm_infers_fused(steps: int, batch: int, hidden_size: int) -> bool:
     compiled loops (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
     regime = _lstm_regime()
     if regime == "wide":
-        return batch >= LSTM_FUSED_MIN_BATCH_WIDE and (
+        return (batch >= LSTM_FUSED_MIN_BATCH_WIDE and (
             steps * batch * hidden_size >= LSTM_INFER_MIN_WORK_WIDE
             or (batch <= LSTM_INFER_MAX_BATCH_WIDE and hidden_size <= LSTM_INFER_MAX_HIDDEN_WIDE))
+            or (batch <= LSTM_INFER_MAX_SHORT_BATCH_WIDE and steps <= LSTM_INFER_MAX_SHORT_STEPS_WIDE))
     if regime != "mkl":
         return False
     return ((batch >= LSTM_INFER_MIN_BATCH_MKL and steps >= LSTM_FUSED_MIN_STEPS_MKL
              and hidden_size <= LSTM_INFER_MAX_HIDDEN_MKL)
             or (batch >= LSTM_INFER_MIN_SMALL_BATCH_MKL and steps >= LSTM_INFER_MIN_STEPS_MKL
                 and hidden_size <= LSTM_FUSED_MAX_HIDDEN_MKL))
+
+
+def elman_infers_native(steps: int, batch: int, hidden_size: int) -> bool:
+    """Whether ``auto`` runs an Elman RNN's inference of this shape on CPU with torch.nn's kernel although the
+    compiled loops are in use: short sequences, whose fused call costs more than the native one."""
+    return (steps <= ELMAN_NATIVE_MAX_STEPS and steps * batch <= ELMAN_NATIVE_MAX_ROWS
+            and steps * hidden_size <= ELMAN_NATIVE_MAX_WIDTH)
 
 
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
@@ -149,8 +174,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
       shapes of :func:`lstm_infers_fused`;
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
       inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark
-      shape on the three CPUs measured), LSTM training and inference on CPU at those shapes, and every option
-      torch.nn lacks;
+      shape on the three CPUs measured) but the Elman RNN's shortest sequences (:func:`elman_infers_native`),
+      LSTM training and inference on CPU at those shapes, and every option torch.nn lacks;
     - the reference loop for cells the fused engine does not know.
     """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
@@ -165,7 +190,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
                     else lstm_infers_fused(x.shape[0], x.shape[1], hidden))
             if not (compiled and x.dtype == torch.float32 and fits):
                 return "native"
-        elif not (training or compiled):
+        elif not training and (not compiled or (cells[0].kind.startswith("rnn") and elman_infers_native(
+                x.shape[0], x.shape[1], cells[0].hidden_size))):
             return "native"
     if all(fused.unsupported(cell) is None for cell in cells):
         return "fused"
@@ -195,18 +221,19 @@ def run_layer(
     Raises:
         ValueError: ``backend`` is unknown, or cannot compute these options (the message says which).
     """
+    chosen = observe is None and backend == "auto"  # (choose_backend picks a backend that runs these cells)
     if observe is not None:
         backend = "reference"
-    elif backend == "auto":
+    elif chosen:
         backend = choose_backend(cells, noises, x)
     if backend == "native":
-        for cell, noise in zip(cells, noises):
+        for cell, noise in zip(cells, noises) if not chosen else ():
             reason = native.unsupported(cell, noise)
             if reason is not None:
                 raise ValueError(f"backend='native' cannot run {reason}; use backend='auto' or 'reference'")
         return native.run_layer(cells, x, states, lengths)
     if backend == "fused":
-        for cell in cells:
+        for cell in cells if not chosen else ():
             reason = fused.unsupported(cell)
             if reason is not None:
                 raise ValueError(f"backend='fused' cannot run {reason}; use backend='auto' or 'reference'")

@@ -65,13 +65,16 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
     ("mkl", 100, 8, 129, False), ("mkl", 1000, 1, 64, False), ("onednn", 5, 32, 64, False),
     ("onednn", 5, 4096, 64, False), ("wide", 5, 8, 128, True), ("wide", 5, 16, 64, True), ("wide", 5, 7, 64, False),
     ("wide", 5, 17, 128, False), ("wide", 5, 16, 129, False), ("wide", 100, 256, 118, True),
-    ("wide", 100, 256, 117, False), ("wide", 1000, 7, 1024, False)])
+    ("wide", 100, 256, 117, False), ("wide", 1000, 7, 1024, False), ("wide", 1, 1, 1024, True),
+    ("wide", 16, 2, 512, True), ("wide", 17, 2, 64, False), ("wide", 16, 3, 64, False), ("mkl", 1, 1, 128, False),
+    ("onednn", 1, 1, 128, False)])
 def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(monkeypatch, regime, steps, batch,
                                                                               hidden, expected):
     """Where the compiled loops' products go through MKL or the 256-bit panel kernel (AVX2 CPUs): from batch 32 at
     30 steps with hidden sizes up to 256, from batch 8 at 100 steps with hidden sizes up to 128; through oneDNN (AVX-512, panel kernel off): never (oneDNN's LSTM was
     faster there); through the 512-bit panel kernel: from batch 8, at 3M steps x batch x hidden or more, or at
-    batches up to 16 with hidden sizes up to 128."""
+    batches up to 16 with hidden sizes up to 128, and batches up to 2 of up to 16 steps (a generation loop's
+    calls) at any hidden size."""
     dispatch = _regime(monkeypatch, regime)
     assert dispatch.lstm_infers_fused(steps, batch, hidden) is expected
     if dispatch.fused_compiled.ops() is not None:
@@ -82,6 +85,27 @@ def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(mon
             chosen = dispatch.choose_backend(rk.LSTM(3, hidden).double().cells, [None],
                                              torch.randn(steps, batch, 3, dtype=torch.float64))
         assert chosen == "native"
+
+
+@pytest.mark.parametrize(("steps", "batch", "hidden", "expected"), [
+    (1, 1, 128, True), (4, 16, 256, True), (1, 64, 1024, True), (2, 1, 512, True), (5, 1, 4, False),
+    (4, 17, 4, False), (3, 1, 512, False), (1, 65, 4, False)])
+def test_elman_inference_of_short_sequences_runs_natively(steps, batch, hidden, expected):
+    """Up to 4 steps, 64 rows (steps x batch) and steps x hidden size 1024, the fused call's fixed cost outweighs
+    its faster steps: torch.nn's kernel then (a generation loop calls its layer once a token)."""
+    from rnnkit.engine import dispatch
+    from rnnkit.engine.fused import compiled
+
+    assert dispatch.elman_infers_native(steps, batch, hidden) is expected
+    layer = rk.SimpleRNN(3, hidden, nonlinearity="relu")
+    x = torch.randn(steps, batch, 3)
+    with torch.no_grad():
+        chosen = dispatch.choose_backend(layer.cells, [None], x)
+    assert chosen == ("native" if expected or compiled.ops() is None else "fused")
+    assert dispatch.choose_backend(layer.cells, [None], x) == "fused"  # training: fused at every shape
+    layer.cells[0].zoneout = 0.1  # what torch.nn lacks: fused at every shape
+    with torch.no_grad():
+        assert dispatch.choose_backend(layer.cells, [None], x) == "fused"
 
 
 def test_cell_options_reach_every_cell_and_layer_sizes_chain():
@@ -118,7 +142,8 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
         assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, :4]) == "native"  # under every regime's batch
     with torch.no_grad():  # GRU/SimpleRNN inference: the compiled loops beat torch.nn's per-step loop
         assert choose_backend(rk.GRU(3, 4).cells, [None], x) == expected
-        assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x.double()) == expected
+        longer = torch.randn(5, 3, 3, dtype=torch.float64)  # (the Elman RNN's shortest ones: native, see below)
+        assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], longer) == expected
         with compiled.python_loops():
             assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "native"
     assert choose_backend(rk.GRU(3, 4, layer_norm=True).cells, [None], x) == "fused"
