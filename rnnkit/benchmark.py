@@ -9,6 +9,7 @@ anything on a shared machine. Nothing here asserts a timing.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -20,8 +21,15 @@ from torch import nn
 
 import rnnkit as rk
 
-SHAPES = [(32, 100, 32, 128), (64, 200, 64, 256), (16, 1000, 16, 64), (1, 100, 32, 128), (256, 50, 64, 128)]
-QUICK_SHAPES = [(32, 100, 32, 128), (1, 100, 32, 128)]
+#: one step of one sequence a call: what a generation loop (``LanguageModel.generate``) costs a token, where the
+#: per-call overhead of the layer and its engine, not the steps, is the time
+GENERATION_STEP = (1, 1, 32, 128)
+SHAPES = [(32, 100, 32, 128), (64, 200, 64, 256), (16, 1000, 16, 64), (1, 100, 32, 128), (256, 50, 64, 128),
+          GENERATION_STEP]
+QUICK_SHAPES = [(32, 100, 32, 128), (1, 100, 32, 128), GENERATION_STEP]
+#: each timing takes at least this long: short calls (a generation step, ~0.05-0.3 ms) are timed in runs of
+#: several, so that the clock's and the loop's own costs do not count
+MIN_TIMING_MS = 1.0
 CELLS = ("rnn", "gru", "lstm", "ln-lstm")
 TORCH_CLASSES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM, "ln-lstm": nn.LSTM}
 SCALING_STEPS = (50, 100, 200, 400, 800, 1600)
@@ -68,8 +76,10 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(layers: dict[str, nn.Module], x: torch.Tensor, train: bool, rounds: int) -> dict[str, float]:
-    """Median milliseconds per contender, interleaved and in rotating order."""
+def time_interleaved(layers: dict[str, nn.Module], x: torch.Tensor, train: bool, rounds: int,
+                     calls: int = 1) -> dict[str, float]:
+    """Median milliseconds a call per contender, interleaved and in rotating order; each timing covers ``calls``
+    calls in a row."""
     names = list(layers)
     for name in names:  # warm-up
         _call(layers[name], x, train)
@@ -81,9 +91,10 @@ def time_interleaved(layers: dict[str, nn.Module], x: torch.Tensor, train: bool,
             x.grad = None
             _sync(x.device)
             start = time.perf_counter()
-            _call(layer, x, train)
+            for _ in range(calls):
+                _call(layer, x, train)
             _sync(x.device)
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append((time.perf_counter() - start) * 1e3 / calls)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -96,6 +107,11 @@ def _one_call_ms(layer: nn.Module, x: torch.Tensor, train: bool) -> float:
     _call(layer, x, train)
     _sync(x.device)
     return (time.perf_counter() - start) * 1e3
+
+
+def calls_per_timing(call_ms: float) -> int:
+    """How many calls of ``call_ms`` one timing runs to take :data:`MIN_TIMING_MS` (1 from there, at most 100)."""
+    return max(1, min(100, math.ceil(MIN_TIMING_MS / max(call_ms, 1e-3))))
 
 
 def rounds_for(estimate_ms: float, budget_ms: float, low: int, high: int) -> int:
@@ -112,8 +128,10 @@ def run_speed(cells=CELLS, shapes=SHAPES, reference: bool = True, budget_ms: flo
             x = torch.randn(batch, steps, input_size, device=device)
             for mode in ("forward", "train"):
                 x.requires_grad_(mode == "train")
-                estimate = _one_call_ms(layers["torch.nn"], x, mode == "train") * len(layers) * 1.5
-                medians = time_interleaved(layers, x, mode == "train", rounds_for(estimate, budget_ms, 3, 15))
+                one = _one_call_ms(layers["torch.nn"], x, mode == "train")
+                calls = calls_per_timing(one)
+                estimate = one * calls * len(layers) * 1.5
+                medians = time_interleaved(layers, x, mode == "train", rounds_for(estimate, budget_ms, 3, 15), calls)
                 base = medians.pop("torch.nn")
                 rows.append(Row(cell, shape, mode, base, {k: v / base for k, v in medians.items()}))
                 if progress is not None:
@@ -239,6 +257,11 @@ def _compact_table(title: str, columns: list[tuple[str, str]]):
     return table
 
 
+def _ms(value: float) -> str:
+    """Milliseconds to 2 decimals, to 3 under 1 ms (a generation step's 0.04 would say little)."""
+    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+
+
 def speed_table(rows: list[Row]):
     names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
                                                                  "reference"].index)
@@ -248,7 +271,7 @@ def speed_table(rows: list[Row]):
                             *[(short.get(n, n), "right") for n in names]])
     for row in rows:
         table.add_row(row.cell, ",".join(map(str, row.shape)), "fwd" if row.mode == "forward" else row.mode,
-                      f"{row.torch_ms:.2f}", *[f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names])
+                      _ms(row.torch_ms), *[f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names])
     return table
 
 
@@ -280,7 +303,7 @@ def markdown(rows: list[Row], scaling: list[dict], memory: list[dict], header: s
              "|---|---|---|---|" + "---|" * len(names)]
     for row in rows:
         cells = [f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names]
-        lines.append(f"| {row.cell} | {','.join(map(str, row.shape))} | {row.mode} | {row.torch_ms:.2f} | "
+        lines.append(f"| {row.cell} | {','.join(map(str, row.shape))} | {row.mode} | {_ms(row.torch_ms)} | "
                      + " | ".join(cells) + " |")
     if scaling:
         lines += ["", "Time vs sequence length (B=32, I=32, H=128, forward+backward):", "",

@@ -376,7 +376,8 @@ def translate(
 
 @app.command()
 def bench(
-    quick: bool = typer.Option(False, "--quick", help="Two shapes, no reference loop, no scaling or memory runs."),
+    quick: bool = typer.Option(False, "--quick", help="Three shapes (one a generation step, T=1), no reference "
+                               "loop, no scaling or memory runs."),
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default). 1 is steadier on a busy machine."),
     cells: str = typer.Option(",".join(("rnn", "gru", "lstm", "ln-lstm")), help="Comma-separated: rnn,gru,lstm,ln-lstm."),
     markdown: Path = typer.Option(None, help="Also write the results as Markdown to this file."),

@@ -127,3 +127,25 @@ def test_bench_runs_against_cudnn(tmp_path):
                                       "--markdown", str(report)], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
     assert "cuDNN" in report.read_text().splitlines()[0] and "| lstm |" in report.read_text()
+
+
+def test_short_calls_are_timed_in_runs_and_reported_per_call():
+    """A generation step (~0.1 ms) is timed in runs of calls of at least MIN_TIMING_MS, and each median is per call."""
+    assert benchmark.GENERATION_STEP in benchmark.SHAPES and benchmark.GENERATION_STEP in benchmark.QUICK_SHAPES
+    assert benchmark.calls_per_timing(0.1) == 10
+    assert benchmark.calls_per_timing(2.0) == 1
+    assert benchmark.calls_per_timing(0.0) == 100
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return x, None
+
+    layers = {"a": Counting(), "b": Counting()}
+    medians = benchmark.time_interleaved(layers, torch.randn(1, 1, 3), train=False, rounds=4, calls=3)
+    assert [layer.calls for layer in layers.values()] == [1 + 4 * 3] * 2  # a warm-up call, then 4 runs of 3
+    assert set(medians) == {"a", "b"} and all(0 < v < 50 for v in medians.values())
