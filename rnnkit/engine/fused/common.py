@@ -180,7 +180,6 @@ class Projection:
         ``pre`` and the statistics hold one step's rows ``[B, ...]`` (the loops index them by batch row),
         not every step's: one ``[N, g*H]`` buffer less to stream through memory."""
         self.weight = weight  # [g*H, H]
-        self.weight_t = weight.t()
         self.gain = gain
         self.hidden = hidden
         self.groups = weight.shape[0] // hidden
@@ -194,6 +193,10 @@ class Projection:
             self.means: list[Tensor] = []
             self.rstds: list[Tensor] = []
         self.grad_pre: list[Tensor] = []
+
+    @functools.cached_property
+    def weight_t(self) -> Tensor:  # [H, g*H], for the Python loops (made when first used: the compiled ones take W)
+        return self.weight.t()
 
     # per-step views of ``pre`` for the Python loops, made when first used (the compiled loops index ``pre``
     # themselves; the two lists of T views took 0.23 ms, ~4% of a batch-1 LN-LSTM training step at T=100)
