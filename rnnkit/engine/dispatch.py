@@ -203,6 +203,16 @@ def autocasting(x: Tensor) -> bool:
     return autocast_on(x.device.type)
 
 
+def _refuse_what_it_cannot_run(backend: str, cells: Sequence[RecurrentCell],
+                               noises: Sequence[SequenceNoise | None]) -> None:
+    """Raise a clear error where the backend asked for by name cannot compute these cells' options."""
+    for cell, noise in zip(cells, noises):
+        reason = (native.unsupported(cell, noise) if backend == "native"
+                  else fused.unsupported(cell) if backend == "fused" else None)
+        if reason is not None:
+            raise ValueError(f"backend={backend!r} cannot run {reason}; use backend='auto' or 'reference'")
+
+
 def run_layer(
     cells: Sequence[RecurrentCell],
     x: Tensor,
@@ -221,22 +231,15 @@ def run_layer(
     Raises:
         ValueError: ``backend`` is unknown, or cannot compute these options (the message says which).
     """
-    chosen = observe is None and backend == "auto"  # (choose_backend picks a backend that runs these cells)
     if observe is not None:
         backend = "reference"
-    elif chosen:
-        backend = choose_backend(cells, noises, x)
+    elif backend == "auto":
+        backend = choose_backend(cells, noises, x)  # one that runs these cells: nothing to check
+    else:
+        _refuse_what_it_cannot_run(backend, cells, noises)
     if backend == "native":
-        for cell, noise in zip(cells, noises) if not chosen else ():
-            reason = native.unsupported(cell, noise)
-            if reason is not None:
-                raise ValueError(f"backend='native' cannot run {reason}; use backend='auto' or 'reference'")
         return native.run_layer(cells, x, states, lengths)
     if backend == "fused":
-        for cell in cells if not chosen else ():
-            reason = fused.unsupported(cell)
-            if reason is not None:
-                raise ValueError(f"backend='fused' cannot run {reason}; use backend='auto' or 'reference'")
         if autocasting(x):  # the fused engine computes in the parameters' dtype, as written: no per-op casts
             dtype = cells[0].weight_ih.dtype
             with torch.autocast(x.device.type, enabled=False):
