@@ -157,3 +157,30 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
         pass
 
     assert choose_backend(rk.RNN(3, 4, cell=MyCell, layer_norm=True).cells, [None], x) == "reference"
+
+
+@pytest.mark.parametrize("base", [rk.LSTMCell, rk.GRUCell, rk.SimpleRNNCell])
+def test_a_subclassed_cell_never_runs_on_torch_nn_kernels(base):
+    """A user's subclass may change the step; torch.nn's kernels would ignore that. ``auto`` takes the reference
+    loop for it (training, inference, with or without the compiled loops), ``backend="native"`` refuses it, and
+    the subclass's own step is what runs."""
+    from rnnkit.engine import choose_backend
+    from rnnkit.engine.fused import compiled
+
+    class Halved(base):
+        def forward(self, x, state, noise=None):  # the step, scaled: no torch.nn kernel computes this
+            output, new = super().forward(x, state, noise)
+            return output * 0.5, tuple(s * 0.5 for s in new)
+
+    layer = rk.RNN(3, 4, cell=Halved)
+    x = torch.randn(2, 5, 3)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            assert choose_backend(layer.cells, [None], x.transpose(0, 1)) == "reference"
+            with compiled.python_loops():
+                assert choose_backend(layer.cells, [None], x.transpose(0, 1)) == "reference"
+    plain = rk.RNN(3, 4, cell=base, backend="reference")
+    plain.load_state_dict(layer.state_dict())
+    assert not torch.allclose(layer(x)[0], plain(x)[0])  # the override ran
+    with pytest.raises(ValueError, match="backend='native' cannot run custom cell Halved"):
+        rk.RNN(3, 4, cell=Halved, backend="native")(x)
