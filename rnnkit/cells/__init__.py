@@ -7,4 +7,12 @@ from rnnkit.cells.simple import SimpleRNNCell
 
 CELLS = {"rnn": SimpleRNNCell, "simple": SimpleRNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
-__all__ = ["CELLS", "GRUCell", "LSTMCell", "RecurrentCell", "SequenceNoise", "SimpleRNNCell", "StepNoise"]
+
+def is_built_in(cell: RecurrentCell) -> bool:
+    """Whether ``cell`` is one of rnnkit's own cells and not a subclass, whose step may differ: the engines that do
+    not call the cell's step (fused, native) compute these only."""
+    return type(cell) in (SimpleRNNCell, LSTMCell, GRUCell)
+
+
+__all__ = ["CELLS", "GRUCell", "LSTMCell", "RecurrentCell", "SequenceNoise", "SimpleRNNCell", "StepNoise",
+           "is_built_in"]

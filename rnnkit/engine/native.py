@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, _VF
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.cells import GRUCell, LSTMCell, SimpleRNNCell
+from rnnkit.cells import GRUCell, LSTMCell, is_built_in
 from rnnkit.cells.base import RecurrentCell, SequenceNoise, State
 
 KERNELS = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn_tanh": _VF.rnn_tanh, "rnn_relu": _VF.rnn_relu}
@@ -22,14 +22,13 @@ KERNELS = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn_tanh": _VF.rnn_tanh, "rnn_relu
 def unsupported(cell: RecurrentCell, noise: SequenceNoise | None) -> str | None:
     """Why torch.nn's kernels cannot compute ``cell`` exactly, or None when they can. A subclass of rnnkit's cells
     is refused as the fused engine refuses it: whatever it overrides, torch.nn's kernels would not run it."""
-    kind = type(cell)
-    if kind not in (SimpleRNNCell, LSTMCell, GRUCell):
-        return f"custom cell {kind.__name__} (torch.nn's kernels compute rnnkit's own cells only)"
+    if not is_built_in(cell):
+        return f"custom cell {type(cell).__name__} (torch.nn's kernels compute rnnkit's own cells only)"
     if cell.layer_norm:
         return "layer_norm=True (torch.nn has no layer-norm cells)"
-    if kind is LSTMCell and cell.peepholes:
+    if isinstance(cell, LSTMCell) and cell.peepholes:
         return "peepholes=True (torch.nn's LSTM has no peepholes)"
-    if kind is GRUCell and not cell.reset_after:
+    if isinstance(cell, GRUCell) and not cell.reset_after:
         return "reset_after=False (torch.nn's GRU computes the reset-after form only)"
     if cell.zoneout > 0:
         return f"zoneout={cell.zoneout} (torch.nn has no zoneout)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
+from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell, is_built_in
 from rnnkit.cells.base import SequenceNoise, State
 from rnnkit.engine.fused import compiled, gru, lstm
 from rnnkit.engine.fused.common import Masks, run_function
@@ -23,7 +23,7 @@ from rnnkit.engine.fused.simple import FusedSimpleRNN
 
 def unsupported(cell: RecurrentCell) -> str | None:
     """Why the fused engine cannot run ``cell``, or None when it can."""
-    if type(cell) not in (SimpleRNNCell, LSTMCell, GRUCell):
+    if not is_built_in(cell):
         return f"custom cell {type(cell).__name__} (the fused engine knows rnnkit's own cells only)"
     return None
 
