@@ -105,6 +105,18 @@ LSTM_INFER_MAX_SHORT_STEPS_WIDE = 16
 ELMAN_NATIVE_MAX_STEPS = 4
 ELMAN_NATIVE_MAX_WIDTH = 1024
 ELMAN_NATIVE_MAX_ROWS = 64
+#: a padded batch (``lengths`` shorter than the sequence): torch.nn runs a packed sequence through ATen's step-by-step
+#: LSTM, not oneDNN's fused one (which takes only equal lengths), and records every step for autograd, while the
+#: fused engine runs the packed batch as it runs any other. ``auto`` trains a padded LSTM batch fused from
+#: LSTM_PADDED_TRAIN_MIN_STEPS steps and infers with it from LSTM_PADDED_INFER_MIN_STEPS, in float32 and float64,
+#: under every regime (with the compiled loops). Eighteenth session, Zen 4 EPYC (2 threads, I=32, lengths from a
+#: third of T to T, in-process interleaved), fused over native time, float32: training T=20-50 0.20-0.42 (B16-64,
+#: H64-128, one or two directions), T=100 0.11-0.19 (B2-128, H32-256), T=8 0.57-0.73, T5-6 0.73-0.87, T4 0.89-1.09,
+#: T3 0.93-1.23; inference T=20-50 0.38-0.70, T=100 0.32-0.50, T=8 0.66-0.99, T5-6 0.91-1.09, T3-4 0.69-1.24.
+#: float64 (B4-32, H64): training T8 0.60-0.71, T100 0.14-0.16; inference T8 0.87-0.97, T100 0.37-0.43, T3 1.14.
+#: Unpadded batches of the same shapes: 0.73-1.30 training (no change: the rules above).
+LSTM_PADDED_TRAIN_MIN_STEPS = 5
+LSTM_PADDED_INFER_MIN_STEPS = 8
 
 
 def _lstm_regime() -> str | None:
@@ -164,14 +176,23 @@ def elman_infers_native(steps: int, batch: int, hidden_size: int) -> bool:
             and steps * hidden_size <= ELMAN_NATIVE_MAX_WIDTH)
 
 
-def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor) -> str:
+def lstm_padded_runs_fused(steps: int, training: bool) -> bool:
+    """Whether ``auto`` runs a plain LSTM on CPU with the fused engine's compiled loops (given they are in use) for
+    a padded batch of ``steps`` steps: torch.nn would run it through ATen's step-by-step packed-sequence LSTM."""
+    return steps >= (LSTM_PADDED_TRAIN_MIN_STEPS if training else LSTM_PADDED_INFER_MIN_STEPS)
+
+
+def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor,
+                   lengths: Tensor | None = None) -> str:
     """The backend ``auto`` runs for these cells, noise and input (measurements: benchmarks/RESULTS.md).
 
     - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN on CPU and float32
       LSTM training and inference on CPU at the shapes of :func:`lstm_trains_fused` and
-      :func:`lstm_infers_fused` with the compiled loops: on GPU cuDNN runs a whole sequence in one kernel; on
-      CPU oneDNN's LSTM is the faster one for small batches and short sequences, and for inference outside the
-      shapes of :func:`lstm_infers_fused`;
+      :func:`lstm_infers_fused` with the compiled loops, and padded LSTM batches (``lengths`` shorter than ``x``)
+      on CPU of the lengths of :func:`lstm_padded_runs_fused`: on GPU cuDNN runs a whole sequence in one kernel,
+      packed or not; on CPU oneDNN's LSTM is the faster one for small batches and short sequences of equal
+      lengths, and for inference outside the shapes of :func:`lstm_infers_fused`, but it takes no packed batch
+      (torch.nn runs those through a step-by-step loop, 2.5-9x the fused engine's time);
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
       inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark
       shape on the three CPUs measured) but the Elman RNN's shortest sequences (:func:`elman_infers_native`),
@@ -185,10 +206,13 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
             return "native"
         compiled = fused_compiled.ops() is not None and fused_compiled.usable_for(x)
         if cells[0].kind == "lstm":
-            hidden = cells[0].hidden_size
-            fits = (lstm_trains_fused(x.shape[0], x.shape[1], hidden) if training
-                    else lstm_infers_fused(x.shape[0], x.shape[1], hidden))
-            if not (compiled and x.dtype == torch.float32 and fits):
+            steps, batch, hidden = x.shape[0], x.shape[1], cells[0].hidden_size
+            if lengths is not None and bool((lengths < steps).any()):  # a packed batch (see native.run_layer)
+                fits = lstm_padded_runs_fused(steps, training)
+            else:
+                fits = x.dtype == torch.float32 and (lstm_trains_fused(steps, batch, hidden) if training
+                                                     else lstm_infers_fused(steps, batch, hidden))
+            if not (compiled and fits):
                 return "native"
         elif not training and (not compiled or (cells[0].kind.startswith("rnn") and elman_infers_native(
                 x.shape[0], x.shape[1], cells[0].hidden_size))):
@@ -234,7 +258,7 @@ def run_layer(
     if observe is not None:
         backend = "reference"
     elif backend == "auto":
-        backend = choose_backend(cells, noises, x)  # one that runs these cells: nothing to check
+        backend = choose_backend(cells, noises, x, lengths)  # one that runs these cells: nothing to check
     else:
         _refuse_what_it_cannot_run(backend, cells, noises)
     if backend == "native":

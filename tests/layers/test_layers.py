@@ -108,6 +108,55 @@ def test_elman_inference_of_short_sequences_runs_natively(steps, batch, hidden, 
         assert dispatch.choose_backend(layer.cells, [None], x) == "fused"
 
 
+@pytest.mark.parametrize(("steps", "training", "expected"), [
+    (5, True, True), (4, True, False), (100, True, True), (8, False, True), (7, False, False), (30, False, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_padded_lstm_batches_run_fused_where_torch_nn_would_loop_over_packed_steps(steps, training, expected, dtype):
+    """A padded batch goes through ATen's step-by-step packed LSTM in torch.nn (oneDNN takes equal lengths only):
+    fused from 5 steps in training, 8 in inference, at any batch and size, in float32 and float64; the same shape
+    unpadded keeps the shape rules (a small batch: oneDNN's LSTM); on a GPU, cuDNN takes packed batches."""
+    from rnnkit.engine import dispatch
+    from rnnkit.engine.fused import compiled
+
+    assert dispatch.lstm_padded_runs_fused(steps, training) is expected
+    layer = rk.LSTM(3, 8, bidirectional=True).to(dtype)
+    x = torch.randn(steps, 2, 3, dtype=dtype)
+    padded, full = torch.tensor([steps, steps - 1]), torch.tensor([steps, steps])
+    with torch.set_grad_enabled(training):
+        chosen = dispatch.choose_backend(layer.cells, [None, None], x, padded)
+        unpadded = dispatch.choose_backend(layer.cells, [None, None], x, full)
+        assert unpadded == dispatch.choose_backend(layer.cells, [None, None], x)  # equal lengths: the shape rules
+        if training or dtype == torch.float64:  # a batch of 2: oneDNN's LSTM (but a wide CPU's short inference)
+            assert unpadded == "native"
+        assert dispatch.choose_backend(layer.to("meta").cells, [None, None], x.to("meta"), padded) == "native"
+        with compiled.python_loops():
+            assert dispatch.choose_backend(layer.cells, [None, None], x, padded) == "native"
+    assert chosen == ("fused" if expected and compiled.ops() is not None else "native")
+
+
+def test_padded_lstm_batch_through_auto_matches_torch_nn_on_packed_sequences():
+    """What auto now runs for a padded LSTM batch (the fused engine) against torch.nn's packed LSTM with the same
+    weights: outputs on every real step, zeros on padding, final states and every gradient."""
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True).double()
+    layer = rk.RNN.from_torch(reference)
+    x = torch.randn(4, 12, 5, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([12, 9, 5, 12])
+    out, (h, c) = layer(x, lengths=lengths)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, (h_ref, c_ref) = reference(packed)
+    expected = torch.nn.utils.rnn.pad_packed_sequence(expected, batch_first=True, total_length=12)[0]
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(c, c_ref, rtol=0, atol=1e-10)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum() + h.sum() + c.sum(), [x, *layer.parameters()])
+    grads_ref = torch.autograd.grad((expected * weights).sum() + h_ref.sum() + c_ref.sum(),
+                                    [x, *reference.parameters()])
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
 def test_cell_options_reach_every_cell_and_layer_sizes_chain():
     layer = rk.LSTM(3, 4, 3, bidirectional=True, layer_norm=True, peepholes=True, zoneout=0.1)
     assert len(layer.cells) == 6
