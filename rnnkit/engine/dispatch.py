@@ -114,9 +114,13 @@ ELMAN_NATIVE_MAX_ROWS = 64
 #: H64-128, one or two directions), T=100 0.11-0.19 (B2-128, H32-256), T=8 0.57-0.73, T5-6 0.73-0.87, T4 0.89-1.09,
 #: T3 0.93-1.23; inference T=20-50 0.38-0.70, T=100 0.32-0.50, T=8 0.66-0.99, T5-6 0.91-1.09, T3-4 0.69-1.24.
 #: float64 (B4-32, H64): training T8 0.60-0.71, T100 0.14-0.16; inference T8 0.87-0.97, T100 0.37-0.43, T3 1.14.
-#: Unpadded batches of the same shapes: 0.73-1.30 training (no change: the rules above).
+#: Unpadded batches of the same shapes: 0.73-1.30 training (no change: the rules above). Without the compiled loops
+#: (``RNNKIT_COMPILED=0``, or no compiler), the fused engine's Python loops train a padded batch fused from
+#: LSTM_PADDED_PYTHON_TRAIN_MIN_STEPS steps (same machine: T8 0.72-0.87, T50 0.41-0.48, T4-5 0.76-1.11) and leave
+#: inference to torch.nn (1.10-1.59 there).
 LSTM_PADDED_TRAIN_MIN_STEPS = 5
 LSTM_PADDED_INFER_MIN_STEPS = 8
+LSTM_PADDED_PYTHON_TRAIN_MIN_STEPS = 8
 
 
 def _lstm_regime() -> str | None:
@@ -176,9 +180,11 @@ def elman_infers_native(steps: int, batch: int, hidden_size: int) -> bool:
             and steps * hidden_size <= ELMAN_NATIVE_MAX_WIDTH)
 
 
-def lstm_padded_runs_fused(steps: int, training: bool) -> bool:
-    """Whether ``auto`` runs a plain LSTM on CPU with the fused engine's compiled loops (given they are in use) for
-    a padded batch of ``steps`` steps: torch.nn would run it through ATen's step-by-step packed-sequence LSTM."""
+def lstm_padded_runs_fused(steps: int, training: bool, compiled: bool = True) -> bool:
+    """Whether ``auto`` runs a plain LSTM on CPU with the fused engine for a padded batch of ``steps`` steps, with
+    the compiled loops in use or not: torch.nn would run it through ATen's step-by-step packed-sequence LSTM."""
+    if not compiled:
+        return training and steps >= LSTM_PADDED_PYTHON_TRAIN_MIN_STEPS
     return steps >= (LSTM_PADDED_TRAIN_MIN_STEPS if training else LSTM_PADDED_INFER_MIN_STEPS)
 
 
@@ -208,11 +214,11 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
         if cells[0].kind == "lstm":
             steps, batch, hidden = x.shape[0], x.shape[1], cells[0].hidden_size
             if lengths is not None and bool((lengths < steps).any()):  # a packed batch (see native.run_layer)
-                fits = lstm_padded_runs_fused(steps, training)
+                fits = lstm_padded_runs_fused(steps, training, compiled)
             else:
-                fits = x.dtype == torch.float32 and (lstm_trains_fused(steps, batch, hidden) if training
-                                                     else lstm_infers_fused(steps, batch, hidden))
-            if not (compiled and fits):
+                fits = compiled and x.dtype == torch.float32 and (
+                    lstm_trains_fused(steps, batch, hidden) if training else lstm_infers_fused(steps, batch, hidden))
+            if not fits:
                 return "native"
         elif not training and (not compiled or (cells[0].kind.startswith("rnn") and elman_infers_native(
                 x.shape[0], x.shape[1], cells[0].hidden_size))):

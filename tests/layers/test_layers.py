@@ -129,9 +129,11 @@ def test_padded_lstm_batches_run_fused_where_torch_nn_would_loop_over_packed_ste
         if training or dtype == torch.float64:  # a batch of 2: oneDNN's LSTM (but a wide CPU's short inference)
             assert unpadded == "native"
         assert dispatch.choose_backend(layer.to("meta").cells, [None, None], x.to("meta"), padded) == "native"
-        with compiled.python_loops():
-            assert dispatch.choose_backend(layer.cells, [None, None], x, padded) == "native"
-    assert chosen == ("fused" if expected and compiled.ops() is not None else "native")
+        with compiled.python_loops():  # the Python loops: training from 8 steps
+            python = dispatch.choose_backend(layer.cells, [None, None], x, padded)
+    assert dispatch.lstm_padded_runs_fused(steps, training, compiled=False) is (training and steps >= 8)
+    assert python == ("fused" if training and steps >= 8 else "native")
+    assert chosen == ("fused" if expected and compiled.ops() is not None else python)
 
 
 def test_padded_lstm_batch_through_auto_matches_torch_nn_on_packed_sequences():
