@@ -27,6 +27,9 @@ GENERATION_STEP = (1, 1, 32, 128)
 SHAPES = [(32, 100, 32, 128), (64, 200, 64, 256), (16, 1000, 16, 64), (1, 100, 32, 128), (256, 50, 64, 128),
           GENERATION_STEP]
 QUICK_SHAPES = [(32, 100, 32, 128), (1, 100, 32, 128), GENERATION_STEP]
+#: shapes also timed as a padded batch (lengths spread from a third of T to T, :func:`padded_lengths`): torch.nn on
+#: the ``PackedSequence`` its user builds (``pack_padded_sequence``), rnnkit with ``lengths=``
+PADDED_SHAPES = [(32, 100, 32, 128)]
 #: each timing takes at least this long: short calls (a generation step, ~0.05-0.3 ms) are timed in runs of
 #: several, so that the clock's and the loop's own costs do not count
 MIN_TIMING_MS = 1.0
@@ -42,10 +45,40 @@ class Row:
     mode: str  # "forward" (no grad) or "train" (forward + backward)
     torch_ms: float
     ratios: dict[str, float] = field(default_factory=dict)  # contender -> median / torch.nn median
+    padded: bool = False  # a padded batch (lengths from T/3 to T): reported in a table of its own
 
 
-def contenders(cell: str, input_size: int, hidden: int, reference: bool, device) -> dict[str, nn.Module]:
-    """torch.nn baseline and control, and the rnnkit layers to compare (same weights where comparable)."""
+def padded_lengths(batch: int, steps: int) -> torch.Tensor:
+    """A padded batch's lengths ``[B]`` on the CPU: evenly spread from ``steps`` down to a third of it, the
+    longest first (a batch of sequences of mixed lengths, as a classifier's are)."""
+    return torch.linspace(steps, max(1, steps // 3), batch).round().long()
+
+
+class Padded(nn.Module):
+    """A layer called on a padded batch ``x [B, T, I]`` of ``lengths``: rnnkit's with ``lengths=``, torch.nn's on
+    the ``PackedSequence`` a torch.nn user builds, its output padded again (zeros past each length)."""
+
+    def __init__(self, layer: nn.Module, lengths: torch.Tensor) -> None:
+        super().__init__()
+        self.layer, self.lengths = layer, lengths
+
+    def forward(self, x: torch.Tensor):
+        if not isinstance(self.layer, nn.RNNBase):
+            return self.layer(x, lengths=self.lengths)
+        packed = nn.utils.rnn.pack_padded_sequence(x, self.lengths, batch_first=True, enforce_sorted=False)
+        out, state = self.layer(packed)
+        return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], state
+
+
+def contenders(cell: str, input_size: int, hidden: int, reference: bool, device,
+               lengths: torch.Tensor | None = None) -> dict[str, nn.Module]:
+    """torch.nn baseline and control, and the rnnkit layers to compare (same weights where comparable); each
+    called on a padded batch of ``lengths`` (:class:`Padded`) when they are given."""
+    layers = _contenders(cell, input_size, hidden, reference, device)
+    return layers if lengths is None else {name: Padded(layer, lengths) for name, layer in layers.items()}
+
+
+def _contenders(cell: str, input_size: int, hidden: int, reference: bool, device) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     base = TORCH_CLASSES[cell](input_size, hidden, batch_first=True).to(device)
     control = TORCH_CLASSES[cell](input_size, hidden, batch_first=True).to(device)
@@ -119,12 +152,14 @@ def rounds_for(estimate_ms: float, budget_ms: float, low: int, high: int) -> int
 
 
 def run_speed(cells=CELLS, shapes=SHAPES, reference: bool = True, budget_ms: float = 3000.0,
-              device="cpu", progress=None) -> list[Row]:
+              device="cpu", progress=None, padded_shapes=()) -> list[Row]:
+    """A :class:`Row` per cell, shape and mode (forward without grad, training), then per cell and padded shape."""
     rows = []
     for cell in cells:
-        for shape in shapes:
+        for shape, padded in [(s, False) for s in shapes] + [(s, True) for s in padded_shapes]:
             batch, steps, input_size, hidden = shape
-            layers = contenders(cell, input_size, hidden, reference, device)
+            layers = contenders(cell, input_size, hidden, reference, device,
+                                padded_lengths(batch, steps) if padded else None)
             x = torch.randn(batch, steps, input_size, device=device)
             for mode in ("forward", "train"):
                 x.requires_grad_(mode == "train")
@@ -133,7 +168,7 @@ def run_speed(cells=CELLS, shapes=SHAPES, reference: bool = True, budget_ms: flo
                 estimate = one * calls * len(layers) * 1.5
                 medians = time_interleaved(layers, x, mode == "train", rounds_for(estimate, budget_ms, 3, 15), calls)
                 base = medians.pop("torch.nn")
-                rows.append(Row(cell, shape, mode, base, {k: v / base for k, v in medians.items()}))
+                rows.append(Row(cell, shape, mode, base, {k: v / base for k, v in medians.items()}, padded))
                 if progress is not None:
                     progress(rows[-1])
     return rows
@@ -245,6 +280,18 @@ def run_memory(cells=("gru", "lstm"), steps_list=(100, 400, 1600), device="cpu")
 
 
 # ---------------------------------------------------------------- reporting
+def _markdown_speed(rows: list[Row]) -> list[str]:
+    names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
+                                                                 "reference"].index)
+    lines = ["| cell | B,T,I,H | mode | torch.nn ms | " + " | ".join(names) + " |",
+             "|---|---|---|---|" + "---|" * len(names)]
+    for row in rows:
+        cells = [f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names]
+        lines.append(f"| {row.cell} | {','.join(map(str, row.shape))} | {row.mode} | {_ms(row.torch_ms)} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def _compact_table(title: str, columns: list[tuple[str, str]]):
     """A rich table that fits 80 columns (a pipe, a small terminal) without cutting numbers short: no
     vertical borders, two spaces between columns; ``columns`` are (header, "left" or "right")."""
@@ -262,11 +309,11 @@ def _ms(value: float) -> str:
     return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
 
 
-def speed_table(rows: list[Row]):
+def speed_table(rows: list[Row], title: str = "rnnkit / torch.nn, median time ratio (< 1.00x: faster than torch.nn)"):
     names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
                                                                  "reference"].index)
     short = {"control": "ctrl", "reference": "ref"}
-    table = _compact_table("rnnkit / torch.nn, median time ratio (< 1.00x: faster than torch.nn)",
+    table = _compact_table(title,
                            [("cell", "left"), ("B,T,I,H", "right"), ("mode", "left"), ("torch ms", "right"),
                             *[(short.get(n, n), "right") for n in names]])
     for row in rows:
@@ -286,6 +333,11 @@ def memory_table(memory: list[dict]):
     return table
 
 
+#: what a "pad" row is
+PADDED_NOTE = ("Padded batches (lengths spread evenly from T down to T/3): torch.nn runs the PackedSequence its "
+               "user builds (pack_padded_sequence, then pad_packed_sequence), rnnkit gets lengths=.")
+PADDED_TITLE = "padded batch: rnnkit (lengths=) / torch.nn (PackedSequence)"
+
 #: how :func:`run_memory` measures, on the CPU and on a GPU
 MEMORY_NOTE = ("Peak training memory (rise of peak resident memory over one forward+backward, MiB; B=32, I=32, "
                "H=128). First step: the first at this shape in a fresh process; steady: a step after one at the "
@@ -297,14 +349,10 @@ GPU_MEMORY_NOTE = ("Peak training memory on the GPU (rise of the peak of memory 
 
 def markdown(rows: list[Row], scaling: list[dict], memory: list[dict], header: str,
              memory_note: str = MEMORY_NOTE) -> str:
-    names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
-                                                                 "reference"].index)
-    lines = [header, "", "| cell | B,T,I,H | mode | torch.nn ms | " + " | ".join(names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
-    for row in rows:
-        cells = [f"{row.ratios[n]:.2f}x" if n in row.ratios else "" for n in names]
-        lines.append(f"| {row.cell} | {','.join(map(str, row.shape))} | {row.mode} | {_ms(row.torch_ms)} | "
-                     + " | ".join(cells) + " |")
+    lines = [header, "", *_markdown_speed([row for row in rows if not row.padded])]
+    padded = [row for row in rows if row.padded]
+    if padded:
+        lines += ["", PADDED_NOTE, "", *_markdown_speed(padded)]
     if scaling:
         lines += ["", "Time vs sequence length (B=32, I=32, H=128, forward+backward):", "",
                   "| cell | T | torch.nn ms | fused ms | torch.nn µs/step | fused µs/step |", "|---|---|---|---|---|---|"]

@@ -377,7 +377,7 @@ def translate(
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Three shapes (one a generation step, T=1), no reference "
-                               "loop, no scaling or memory runs."),
+                               "loop, no padded batch, no scaling or memory runs."),
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default). 1 is steadier on a busy machine."),
     cells: str = typer.Option(",".join(("rnn", "gru", "lstm", "ln-lstm")), help="Comma-separated: rnn,gru,lstm,ln-lstm."),
     markdown: Path = typer.Option(None, help="Also write the results as Markdown to this file."),
@@ -410,12 +410,16 @@ def bench(
         loops_line = _cpu_engine_line()
     console.print(loops_line)
     shapes = benchmark.QUICK_SHAPES if quick else benchmark.SHAPES
+    padded = () if quick else benchmark.PADDED_SHAPES
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("benchmarking", total=len(chosen) * len(shapes) * 2)
+        task = progress.add_task("benchmarking", total=len(chosen) * (len(shapes) + len(padded)) * 2)
         rows = benchmark.run_speed(chosen, shapes, reference=not quick, budget_ms=800 if quick else 3000,
-                                   device=where, progress=lambda row: progress.update(
+                                   device=where, padded_shapes=padded, progress=lambda row: progress.update(
                                        task, advance=1, description=f"{row.cell} {row.shape} {row.mode}"))
-    console.print(benchmark.speed_table(rows))
+    console.print(benchmark.speed_table([row for row in rows if not row.padded]))
+    if padded:
+        console.print(benchmark.speed_table([row for row in rows if row.padded], benchmark.PADDED_TITLE))
+        console.print(benchmark.PADDED_NOTE)
     scaling = memory = []
     if not quick:
         with console.status("time vs sequence length"):

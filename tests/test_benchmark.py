@@ -17,6 +17,41 @@ def test_contenders_compute_the_same_function_as_torch_nn(cell):
         torch.testing.assert_close(layer(x)[0], expected, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "ln-lstm"])
+def test_padded_contenders_compute_what_torch_nn_computes_on_the_packed_batch(cell):
+    """A "pad" row's contenders: torch.nn on pack_padded_sequence (padded again), rnnkit with lengths=: the same
+    outputs (zeros past each length) and final states, against torch.nn's layer called by hand."""
+    lengths = benchmark.padded_lengths(4, 9)
+    assert lengths.tolist() == [9, 7, 5, 3]
+    layers = benchmark.contenders(cell, 3, 4, reference=True, device="cpu", lengths=lengths)
+    x = torch.randn(4, 9, 3)
+    base = layers["torch.nn"].layer
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True)
+    out, state = base(packed)
+    expected = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=9)[0]
+    assert expected[3, 3:].abs().sum() == 0
+    names = ("torch.nn", "control") if cell == "ln-lstm" else tuple(layers)  # (its own weights, layer norm)
+    for name in names:
+        got, got_state = layers[name](x)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got_state, state, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+    if cell == "ln-lstm":
+        torch.testing.assert_close(layers["fused"](x)[0], layers["reference"](x)[0], atol=1e-5, rtol=1e-5)
+        assert layers["fused"](x)[0][3, 3:].abs().sum() == 0
+
+
+def test_padded_rows_are_timed_marked_and_explained():
+    rows = benchmark.run_speed(("gru",), [], reference=False, budget_ms=1, padded_shapes=[(3, 4, 2, 3)])
+    assert [(r.padded, r.mode, r.shape) for r in rows] == [(True, "forward", (3, 4, 2, 3)),
+                                                           (True, "train", (3, 4, 2, 3))]
+    assert all(set(r.ratios) == {"control", "fused", "native", "auto"} and r.torch_ms > 0 for r in rows)
+    plain = benchmark.Row("gru", (1, 2, 3, 4), "train", 1.0, {"fused": 0.5})
+    text = benchmark.markdown([plain, *rows], [], [], "header")
+    # the plain table first, then the padded one under its note
+    assert text.index("| gru | 1,2,3,4 | train |") < text.index(benchmark.PADDED_NOTE) < text.index("| gru | 3,4,2,3 |")
+    assert benchmark.PADDED_NOTE not in benchmark.markdown([plain], [], [], "header")
+
+
 def test_layer_norm_lstm_contenders_share_weights():
     layers = benchmark.contenders("ln-lstm", 3, 4, reference=True, device="cpu")
     x = torch.randn(2, 5, 3)
@@ -71,12 +106,16 @@ def test_console_tables_keep_every_number_in_80_columns():
 
     console = Console(width=80, record=True, file=io.StringIO())
     rows = [benchmark.Row("ln-lstm", (256, 50, 64, 128), "forward", 250.32,
-                          {"control": 1.0, "fused": 0.5, "native": 1.01, "auto": 1.0, "reference": 16.38})]
-    console.print(benchmark.speed_table(rows))
+                          {"control": 1.0, "fused": 0.5, "native": 1.01, "auto": 1.0, "reference": 16.38}),
+            benchmark.Row("ln-lstm", (256, 100, 64, 128), "train", 1250.32,
+                          {"control": 1.0, "fused": 0.25, "reference": 12.38}, padded=True)]
+    console.print(benchmark.speed_table(rows[:1]))
+    console.print(benchmark.speed_table(rows[1:], benchmark.PADDED_TITLE))
     console.print(benchmark.memory_table([{"cell": "lstm", "T": 1600, "torch.nn": 394.7, "fused": 352.0,
                                            "torch.nn steady": 394.4, "fused steady": 350.9}]))
     text = console.export_text()
-    for value in ("ln-lstm", "256,50,64,128", "250.32", "16.38x", "0.50x", "394.7", "350.9", "0.89x"):
+    for value in ("ln-lstm", "256,50,64,128", "250.32", "16.38x", "0.50x", "394.7", "350.9", "0.89x",
+                  benchmark.PADDED_TITLE, "256,100,64,128", "1250.32", "12.38x"):
         assert value in text
     assert "…" not in text
 
