@@ -105,6 +105,13 @@ LSTM_INFER_MAX_SHORT_STEPS_WIDE = 16
 ELMAN_NATIVE_MAX_STEPS = 4
 ELMAN_NATIVE_MAX_WIDTH = 1024
 ELMAN_NATIVE_MAX_ROWS = 64
+#: ``auto`` trains a GRU or Elman RNN on CPU with torch.nn's kernel rather than the fused engine for sequences of up
+#: to SHORT_TRAINING_NATIVE_MAX_STEPS[kind] steps (a decoder or generation loop called a step at a time in training):
+#: there the fused call's fixed cost (packing, two autograd Functions, buffers) is more than torch.nn's per-step loop
+#: records. Eighteenth session, Zen 4 EPYC (2 threads, I=64, in-process interleaved), fused over native training
+#: time at B4-256, H64-256: GRU T1 1.16-2.05, T2 0.87-1.13 (a tie, left fused), T4 0.60-0.74, T8 0.45-0.73; Elman
+#: RNN T1 1.49-2.05, T2 1.13-1.53, T3 1.02-1.34, T4 0.90-1.16, T8 0.74-0.93.
+SHORT_TRAINING_NATIVE_MAX_STEPS = {"gru": 1, "rnn_tanh": 3, "rnn_relu": 3}
 #: a padded batch (``lengths`` shorter than the sequence): torch.nn runs a packed sequence through ATen's step-by-step
 #: LSTM, not oneDNN's fused one (which takes only equal lengths), and records every step for autograd, while the
 #: fused engine runs the packed batch as it runs any other. ``auto`` trains a padded LSTM batch fused from
@@ -199,7 +206,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
       packed or not; on CPU oneDNN's LSTM is the faster one for small batches and short sequences of equal
       lengths, and for inference outside the shapes of :func:`lstm_infers_fused`, but it takes no packed batch
       (torch.nn runs those through a step-by-step loop, 2.5-9x the fused engine's time);
-    - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there), their
+    - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there) but the
+      shortest sequences (:data:`SHORT_TRAINING_NATIVE_MAX_STEPS`: 1 step for the GRU, 3 for the Elman RNN), their
       inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark
       shape on the three CPUs measured) but the Elman RNN's shortest sequences (:func:`elman_infers_native`),
       LSTM training and inference on CPU at those shapes, and every option torch.nn lacks;
@@ -220,8 +228,11 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
                     lstm_trains_fused(steps, batch, hidden) if training else lstm_infers_fused(steps, batch, hidden))
             if not fits:
                 return "native"
-        elif not training and (not compiled or (cells[0].kind.startswith("rnn") and elman_infers_native(
-                x.shape[0], x.shape[1], cells[0].hidden_size))):
+        elif training:
+            if x.shape[0] <= SHORT_TRAINING_NATIVE_MAX_STEPS[cells[0].kind]:
+                return "native"
+        elif not compiled or (cells[0].kind.startswith("rnn") and elman_infers_native(
+                x.shape[0], x.shape[1], cells[0].hidden_size)):
             return "native"
     if all(fused.unsupported(cell) is None for cell in cells):
         return "fused"

@@ -102,7 +102,8 @@ def test_elman_inference_of_short_sequences_runs_natively(steps, batch, hidden, 
     with torch.no_grad():
         chosen = dispatch.choose_backend(layer.cells, [None], x)
     assert chosen == ("native" if expected or compiled.ops() is None else "fused")
-    assert dispatch.choose_backend(layer.cells, [None], x) == "fused"  # training: fused at every shape
+    # training: fused from 4 steps (SHORT_TRAINING_NATIVE_MAX_STEPS)
+    assert dispatch.choose_backend(layer.cells, [None], x) == ("native" if steps <= 3 else "fused")
     layer.cells[0].zoneout = 0.1  # what torch.nn lacks: fused at every shape
     with torch.no_grad():
         assert dispatch.choose_backend(layer.cells, [None], x) == "fused"
@@ -171,8 +172,11 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     from rnnkit.engine import choose_backend
 
     x = torch.randn(2, 3, 3)
-    assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "fused"  # training GRU: fused
-    assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x) == "fused"
+    assert choose_backend(rk.GRU(3, 4).cells, [None], x) == "fused"  # training GRU: fused from 2 steps
+    assert choose_backend(rk.GRU(3, 4).cells, [None], x[:1]) == "native"  # one step: torch.nn's (fixed cost)
+    assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], torch.randn(4, 3, 3)) == "fused"  # from 4 steps
+    assert choose_backend(rk.SimpleRNN(3, 4).cells, [None], x) == "native"
+    assert choose_backend(rk.SimpleRNN(3, 4, zoneout=0.1).cells, [None], x) == "fused"  # what torch.nn lacks
     assert choose_backend(rk.LSTM(3, 4).cells, [None], x) == "native"  # oneDNN's LSTM for small batches
     from rnnkit.engine import dispatch
     from rnnkit.engine.fused import compiled
