@@ -95,6 +95,10 @@ LSTM_INFER_MAX_HIDDEN_WIDE = 128
 #: T24 1.02; B2 T1-16 0.74-0.91 (H 128; H 256 T16 1.00); B4 T1-2 0.73-0.90, T4-8 1.01-1.14.
 LSTM_INFER_MAX_SHORT_BATCH_WIDE = 2
 LSTM_INFER_MAX_SHORT_STEPS_WIDE = 16
+#: ... and single steps of batches up to LSTM_INFER_MAX_SINGLE_STEP_BATCH_WIDE (a batched or beam decoder's calls).
+#: Eighteenth session, same machine and method, I=64: T1 B3-8 0.51-0.91 (H 64-256), B16 0.75-0.87, B64 0.97-1.21,
+#: B256 0.95-1.11; T2 B3-4 0.75-0.95 but B6-8 0.95-1.20 and T4 B3-8 0.87-1.44, left to oneDNN.
+LSTM_INFER_MAX_SINGLE_STEP_BATCH_WIDE = 16
 #: ``auto`` runs Elman RNN inference on CPU with torch.nn's kernel rather than the compiled loops for sequences of up
 #: to ELMAN_NATIVE_MAX_STEPS steps while steps x batch is at most ELMAN_NATIVE_MAX_ROWS and steps x hidden size at
 #: most ELMAN_NATIVE_MAX_WIDTH: there the fused call's fixed cost (input projection, buffers, the loop's setup: ~90
@@ -171,7 +175,8 @@ def lstm_infers_fused(steps: int, batch: int, hidden_size: int) -> bool:
         return (batch >= LSTM_FUSED_MIN_BATCH_WIDE and (
             steps * batch * hidden_size >= LSTM_INFER_MIN_WORK_WIDE
             or (batch <= LSTM_INFER_MAX_BATCH_WIDE and hidden_size <= LSTM_INFER_MAX_HIDDEN_WIDE))
-            or (batch <= LSTM_INFER_MAX_SHORT_BATCH_WIDE and steps <= LSTM_INFER_MAX_SHORT_STEPS_WIDE))
+            or (batch <= LSTM_INFER_MAX_SHORT_BATCH_WIDE and steps <= LSTM_INFER_MAX_SHORT_STEPS_WIDE)
+            or (steps == 1 and batch <= LSTM_INFER_MAX_SINGLE_STEP_BATCH_WIDE))
     if regime != "mkl":
         return False
     return ((batch >= LSTM_INFER_MIN_BATCH_MKL and steps >= LSTM_FUSED_MIN_STEPS_MKL

@@ -67,14 +67,15 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
     ("wide", 5, 17, 128, False), ("wide", 5, 16, 129, False), ("wide", 100, 256, 118, True),
     ("wide", 100, 256, 117, False), ("wide", 1000, 7, 1024, False), ("wide", 1, 1, 1024, True),
     ("wide", 16, 2, 512, True), ("wide", 17, 2, 64, False), ("wide", 16, 3, 64, False), ("mkl", 1, 1, 128, False),
-    ("onednn", 1, 1, 128, False)])
+    ("onednn", 1, 1, 128, False), ("wide", 1, 16, 256, True), ("wide", 1, 17, 256, False), ("wide", 2, 3, 256, False),
+    ("mkl", 1, 16, 256, False)])
 def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(monkeypatch, regime, steps, batch,
                                                                               hidden, expected):
     """Where the compiled loops' products go through MKL or the 256-bit panel kernel (AVX2 CPUs): from batch 32 at
     30 steps with hidden sizes up to 256, from batch 8 at 100 steps with hidden sizes up to 128; through oneDNN (AVX-512, panel kernel off): never (oneDNN's LSTM was
     faster there); through the 512-bit panel kernel: from batch 8, at 3M steps x batch x hidden or more, or at
-    batches up to 16 with hidden sizes up to 128, and batches up to 2 of up to 16 steps (a generation loop's
-    calls) at any hidden size."""
+    batches up to 16 with hidden sizes up to 128, batches up to 2 of up to 16 steps (a generation loop's
+    calls) and single steps of batches up to 16 (a batched decoder's) at any hidden size."""
     dispatch = _regime(monkeypatch, regime)
     assert dispatch.lstm_infers_fused(steps, batch, hidden) is expected
     if dispatch.fused_compiled.ops() is not None:
