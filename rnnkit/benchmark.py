@@ -333,7 +333,7 @@ def memory_table(memory: list[dict]):
     return table
 
 
-#: what a "pad" row is
+#: what the padded-batch table measures
 PADDED_NOTE = ("Padded batches (lengths spread evenly from T down to T/3): torch.nn runs the PackedSequence its "
                "user builds (pack_padded_sequence, then pad_packed_sequence), rnnkit gets lengths=.")
 PADDED_TITLE = "padded batch: rnnkit (lengths=) / torch.nn (PackedSequence)"

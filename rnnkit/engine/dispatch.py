@@ -210,7 +210,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
       on CPU of the lengths of :func:`lstm_padded_runs_fused`: on GPU cuDNN runs a whole sequence in one kernel,
       packed or not; on CPU oneDNN's LSTM is the faster one for small batches and short sequences of equal
       lengths, and for inference outside the shapes of :func:`lstm_infers_fused`, but it takes no packed batch
-      (torch.nn runs those through a step-by-step loop, 2.5-9x the fused engine's time);
+      (torch.nn runs those through a step-by-step loop, 2.4-9x the fused engine's time);
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there) but the
       shortest sequences (:data:`SHORT_TRAINING_NATIVE_MAX_STEPS`: 1 step for the GRU, 3 for the Elman RNN), their
       inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark

@@ -146,6 +146,8 @@ def test_padded_lstm_batch_through_auto_matches_torch_nn_on_packed_sequences():
     layer = rk.RNN.from_torch(reference)
     x = torch.randn(4, 12, 5, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([12, 9, 5, 12])
+    from rnnkit.engine import dispatch  # (the Python loops too train a padded batch of 8 steps or more fused)
+    assert dispatch.choose_backend(layer.cells[:2], [None, None], x.transpose(0, 1), lengths) == "fused"
     out, (h, c) = layer(x, lengths=lengths)
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     expected, (h_ref, c_ref) = reference(packed)
