@@ -132,6 +132,12 @@ SHORT_TRAINING_NATIVE_MAX_STEPS = {"gru": 1, "rnn_tanh": 3, "rnn_relu": 3}
 LSTM_PADDED_TRAIN_MIN_STEPS = 5
 LSTM_PADDED_INFER_MIN_STEPS = 8
 LSTM_PADDED_PYTHON_TRAIN_MIN_STEPS = 8
+#: float64, which oneDNN's LSTM does not take either: torch.nn runs it through the same step-by-step ATen loop as a
+#: packed batch. ``auto`` runs a float64 LSTM fused (with the compiled loops) from LSTM_FLOAT64_MIN_STEPS steps.
+#: Eighteenth session, Zen 4 EPYC (2 threads, I=32, in-process interleaved), fused over native time: training
+#: T=100 0.14-0.59 (B1-128, H64-256), T=10 0.41-0.76, T=5 0.41-0.84, T=3 0.88-1.08, T=2 0.76-1.25, T=1 1.22-1.78;
+#: inference T=100 0.27-0.54, T=10 0.45-0.75, T=5 0.76-0.89, T=2-3 0.83-1.21, T=1 0.81-1.26.
+LSTM_FLOAT64_MIN_STEPS = 4
 
 
 def _lstm_regime() -> str | None:
@@ -207,10 +213,11 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
     - torch.nn's kernels whenever they compute the options exactly, except GRU/SimpleRNN on CPU and float32
       LSTM training and inference on CPU at the shapes of :func:`lstm_trains_fused` and
       :func:`lstm_infers_fused` with the compiled loops, and padded LSTM batches (``lengths`` shorter than ``x``)
-      on CPU of the lengths of :func:`lstm_padded_runs_fused`: on GPU cuDNN runs a whole sequence in one kernel,
+      on CPU of the lengths of :func:`lstm_padded_runs_fused`, and float64 LSTMs from
+      :data:`LSTM_FLOAT64_MIN_STEPS` steps with the compiled loops: on GPU cuDNN runs a whole sequence in one kernel,
       packed or not; on CPU oneDNN's LSTM is the faster one for small batches and short sequences of equal
       lengths, and for inference outside the shapes of :func:`lstm_infers_fused`, but it takes no packed batch
-      (torch.nn runs those through a step-by-step loop, 2.4-9x the fused engine's time);
+      and no float64 (torch.nn runs those through a step-by-step loop, up to 9x the fused engine's time);
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there) but the
       shortest sequences (:data:`SHORT_TRAINING_NATIVE_MAX_STEPS`: 1 step for the GRU, 3 for the Elman RNN), their
       inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark
@@ -228,6 +235,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
             steps, batch, hidden = x.shape[0], x.shape[1], cells[0].hidden_size
             if lengths is not None and bool((lengths < steps).any()):  # a packed batch (see native.run_layer)
                 fits = lstm_padded_runs_fused(steps, training, compiled)
+            elif x.dtype != torch.float32:  # float64 (what else the compiled loops take): no oneDNN LSTM either
+                fits = compiled and steps >= LSTM_FLOAT64_MIN_STEPS
             else:
                 fits = compiled and x.dtype == torch.float32 and (
                     lstm_trains_fused(steps, batch, hidden) if training else lstm_infers_fused(steps, batch, hidden))

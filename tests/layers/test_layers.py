@@ -82,10 +82,10 @@ def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(mon
         with torch.no_grad():
             chosen = dispatch.choose_backend(rk.LSTM(3, hidden).cells, [None], torch.randn(steps, batch, 3))
         assert chosen == ("fused" if expected else "native")
-        with torch.no_grad():  # float64: torch.nn's kernels
+        with torch.no_grad():  # float64, which oneDNN's LSTM does not take: fused from 4 steps on every CPU
             chosen = dispatch.choose_backend(rk.LSTM(3, hidden).double().cells, [None],
                                              torch.randn(steps, batch, 3, dtype=torch.float64))
-        assert chosen == "native"
+        assert chosen == ("fused" if steps >= 4 else "native")
 
 
 @pytest.mark.parametrize(("steps", "batch", "hidden", "expected"), [
@@ -128,7 +128,9 @@ def test_padded_lstm_batches_run_fused_where_torch_nn_would_loop_over_packed_ste
         chosen = dispatch.choose_backend(layer.cells, [None, None], x, padded)
         unpadded = dispatch.choose_backend(layer.cells, [None, None], x, full)
         assert unpadded == dispatch.choose_backend(layer.cells, [None, None], x)  # equal lengths: the shape rules
-        if training or dtype == torch.float64:  # a batch of 2: oneDNN's LSTM (but a wide CPU's short inference)
+        if dtype == torch.float64:  # no oneDNN LSTM: fused from 4 steps (LSTM_FLOAT64_MIN_STEPS)
+            assert unpadded == ("fused" if compiled.ops() is not None and steps >= 4 else "native")
+        elif training:  # a batch of 2: oneDNN's LSTM (a wide CPU infers short sequences of 1-2 rows fused)
             assert unpadded == "native"
         assert dispatch.choose_backend(layer.to("meta").cells, [None, None], x.to("meta"), padded) == "native"
         with compiled.python_loops():  # the Python loops: training from 8 steps
@@ -193,7 +195,8 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     expected = "fused" if compiled.ops() is not None else "native"
     measured = expected if dispatch._lstm_regime() is not None else "native"
     assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == measured
-    assert choose_backend(rk.LSTM(3, 4).cells, [None], big.double()) == "native"
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], big.double()) == expected  # no oneDNN LSTM in float64
+    assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:3].double()) == "native"  # but under 4 steps
     with compiled.python_loops():
         assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"
     with torch.no_grad():  # inference: see test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster
