@@ -237,9 +237,9 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
                 fits = lstm_padded_runs_fused(steps, training, compiled)
             elif x.dtype != torch.float32:  # float64 (what else the compiled loops take): no oneDNN LSTM either
                 fits = compiled and steps >= LSTM_FLOAT64_MIN_STEPS
-            else:
-                fits = compiled and x.dtype == torch.float32 and (
-                    lstm_trains_fused(steps, batch, hidden) if training else lstm_infers_fused(steps, batch, hidden))
+            else:  # float32 at equal lengths: the measured shape rules against oneDNN's LSTM
+                fits = compiled and (lstm_trains_fused(steps, batch, hidden) if training
+                                     else lstm_infers_fused(steps, batch, hidden))
             if not fits:
                 return "native"
         elif training:

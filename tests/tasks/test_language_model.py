@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import rnnkit as rk
+from rnnkit.data.text import SPECIALS
 from rnnkit.tasks.language_model import filter_logits
 
 TEXT = "the cat sat on the mat. " * 40
@@ -58,7 +59,7 @@ def test_generation_draws_each_token_from_the_whole_sequence_s_scores(cell):
     replayed = []
     for position in range(len("the c") - 1, len(ids) - 1):
         scores = logits[0, position].detach() / 1.5
-        scores[:4] = float("-inf")  # <pad>, <unk>, <go>, <eos>
+        scores[: len(SPECIALS)] = float("-inf")  # <pad>, <unk>, <go>, <eos>: never generated
         replayed.append(int(torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)))
     assert replayed == ids[len("the c"):]
     assert len(set(replayed)) > 5  # the draws vary: a real test of the sampling, not of a certain argmax
