@@ -41,8 +41,10 @@ LSTM_FUSED_MIN_BATCH_WIDE = 8
 #: ... and under that work from LSTM_FUSED_MIN_STEPS_WIDE steps at hidden sizes up to LSTM_FUSED_MAX_HIDDEN_WIDE. On
 #: the Zen 5 with the backward writing over its saved buffers (compiled.may_reuse_saved; thirteenth session), fused
 #: over oneDNN's LSTM training time under 600k, two sweeps: T=100 H=64 B8-48 0.83-0.97, H=128 B8-32 0.90-0.99
-#: (H=256 B8-16 1.01-1.11); T=200 H=32-128 B8-32 0.74-0.89; T=50-75 H=64-128 about a tie (0.96-1.07).
-LSTM_FUSED_MIN_STEPS_WIDE = 100
+#: (H=256 B8-16 1.01-1.11); T=200 H=32-128 B8-32 0.74-0.89; T=50-75 H=64-128 about a tie (0.96-1.07). On a Zen 4
+#: (eighteenth session, I=32, in-process, 12 rounds): T=50 B8-64 H64-128 0.89-0.95, T=75 0.82-0.93, T=30 0.90-1.09:
+#: from 50 steps (it was 100), a 5-18% win on the Zen 4 against a tie on the Zen 5.
+LSTM_FUSED_MIN_STEPS_WIDE = 50
 LSTM_FUSED_MAX_HIDDEN_WIDE = 128
 #: where the products go through MKL or the 256-bit panel kernel (AVX2 CPUs), ``auto`` trains a plain float32
 #: LSTM with the compiled loops from batch LSTM_FUSED_MIN_BATCH_MKL at LSTM_FUSED_MIN_STEPS_MKL steps or more; at

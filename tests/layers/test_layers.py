@@ -43,14 +43,14 @@ def _regime(monkeypatch, regime):
     ("mkl", 200, 8, 512, True), ("mkl", 200, 7, 512, False), ("mkl", 199, 8, 512, False), ("onednn", 100, 48, 125, True), ("onednn", 100, 48, 124, False),
     ("onednn", 1000, 16, 64, True), ("onednn", 100, 32, 128, False), ("onednn", 10000, 15, 64, False),
     ("wide", 10000, 8, 64, True), ("wide", 10000, 7, 64, False), ("wide", 100, 48, 125, True),
-    ("wide", 100, 32, 128, True), ("wide", 99, 32, 128, False), ("wide", 100, 32, 129, False),
-    ("wide", 100, 8, 64, True), ("wide", 99, 48, 129, True), ("wide", 99, 48, 124, False)])
+    ("wide", 50, 32, 128, True), ("wide", 49, 32, 128, False), ("wide", 100, 32, 129, False),
+    ("wide", 50, 8, 64, True), ("wide", 99, 48, 129, True), ("wide", 49, 48, 124, False)])
 def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypatch, regime, steps, batch, hidden,
                                                                         expected):
     """Where the compiled loops' products go through MKL or the 256-bit panel kernel (AVX2 CPUs): from batch 32
     at 30 steps, at any batch from 50 steps with hidden sizes up to 128 (or batches up to 2), from batch 8 at 200
     steps; where they go through oneDNN (AVX-512, panel kernel off): from 600k steps x batch x
-    hidden, batch 16; through the 512-bit panel kernel (AVX-512): the same work from batch 8, or from 100 steps at
+    hidden, batch 16; through the 512-bit panel kernel (AVX-512): the same work from batch 8, or from 50 steps at
     hidden sizes up to 128."""
     dispatch = _regime(monkeypatch, regime)
     assert dispatch.lstm_trains_fused(steps, batch, hidden) is expected
