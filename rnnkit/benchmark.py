@@ -280,9 +280,14 @@ def run_memory(cells=("gru", "lstm"), steps_list=(100, 400, 1600), device="cpu")
 
 
 # ---------------------------------------------------------------- reporting
-def _markdown_speed(rows: list[Row]) -> list[str]:
-    names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
+def _contender_names(rows: list[Row]) -> list[str]:
+    """The contenders these rows have ratios for, in the tables' column order."""
+    return sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
                                                                  "reference"].index)
+
+
+def _markdown_speed(rows: list[Row]) -> list[str]:
+    names = _contender_names(rows)
     lines = ["| cell | B,T,I,H | mode | torch.nn ms | " + " | ".join(names) + " |",
              "|---|---|---|---|" + "---|" * len(names)]
     for row in rows:
@@ -310,8 +315,7 @@ def _ms(value: float) -> str:
 
 
 def speed_table(rows: list[Row], title: str = "rnnkit / torch.nn, median time ratio (< 1.00x: faster than torch.nn)"):
-    names = sorted({k for row in rows for k in row.ratios}, key=["control", "fused", "native", "auto",
-                                                                 "reference"].index)
+    names = _contender_names(rows)
     short = {"control": "ctrl", "reference": "ref"}
     table = _compact_table(title,
                            [("cell", "left"), ("B,T,I,H", "right"), ("mode", "left"), ("torch ms", "right"),

@@ -235,7 +235,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
         compiled = fused_compiled.ops() is not None and fused_compiled.usable_for(x)
         if cells[0].kind == "lstm":
             steps, batch, hidden = x.shape[0], x.shape[1], cells[0].hidden_size
-            if lengths is not None and bool((lengths < steps).any()):  # a packed batch (see native.run_layer)
+            if native.packs(lengths, steps):  # torch.nn would get a PackedSequence
                 fits = lstm_padded_runs_fused(steps, training, compiled)
             elif x.dtype != torch.float32:  # float64 (what else the compiled loops take): no oneDNN LSTM either
                 fits = compiled and steps >= LSTM_FLOAT64_MIN_STEPS

@@ -43,6 +43,12 @@ def stack_states(tensors: Sequence[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tuple(tensors))
 
 
+def packs(lengths: Tensor | None, steps: int) -> bool:
+    """Whether torch.nn's kernels get this batch as a ``PackedSequence``: some sequence is shorter than ``steps``.
+    (oneDNN's fused LSTM takes no packed batch; ``auto`` reads this too, see dispatch.lstm_padded_runs_fused.)"""
+    return lengths is not None and bool((lengths < steps).any())
+
+
 def flat_weights(cell: RecurrentCell) -> list[Tensor]:
     weights = [cell.weight_ih, cell.weight_hh]
     if cell.bias:
@@ -64,7 +70,7 @@ def run_layer(
     # torch.nn stacks directions on dim 0: [D, B, H]
     hx = tuple(stack_states([state[k] for state in states]) for k in range(first.state_size))
     packed = None
-    if lengths is not None and bool((lengths < x.shape[0]).any()):
+    if packs(lengths, x.shape[0]):
         packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
         hx = tuple(h.index_select(1, packed.sorted_indices) for h in hx)
     hx_arg = hx if first.kind == "lstm" else hx[0]
