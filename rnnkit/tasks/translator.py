@@ -55,7 +55,7 @@ class Seq2SeqModule(_NetworkModule):
         log_probs, _ = self.network(source, lengths, target[:, :-1], self.ratio() if stage == "train" else 1.0)
         loss = nn.functional.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), target[:, 1:].reshape(-1),
                                       ignore_index=PAD)
-        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.log_epoch_mean(f"{stage}_loss", loss, len(source))
         return loss
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
 from rnnkit._checks import check_positive_int
+from rnnkit.training.modules import EpochMeans, adam
 
 
 def detach_state(state):
@@ -42,7 +42,7 @@ class StatefulRegressor(nn.Module):
         return self.head(out), state
 
 
-class TBPTTModule(pl.LightningModule):
+class TBPTTModule(EpochMeans):
     """Train a stateful network (``network(x, state) -> (y, state)``) on long sequences with truncated BPTT.
 
     Every batch ``(x [B, T, I], y [B, T, O])`` is processed ``k`` steps at a time: forward from the carried
@@ -74,7 +74,7 @@ class TBPTTModule(pl.LightningModule):
             state = detach_state(state)
             losses.append(loss.detach())
         mean = torch.stack(losses).mean()
-        self.log("train_loss", mean, prog_bar=True, on_step=False, on_epoch=True)
+        self.log_epoch_mean("train_loss", mean, len(x))
         return mean
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -85,7 +85,7 @@ class TBPTTModule(pl.LightningModule):
             prediction, state = self.network(x_chunk, state)
             total = total + self.loss_function(prediction, y_chunk) * y_chunk.numel()
             count += y_chunk.numel()
-        self.log("val_loss", total / count, prog_bar=True, on_step=False, on_epoch=True)
+        self.log_epoch_mean("val_loss", total / count, len(x))
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+        return adam(self.parameters(), self.learning_rate)
