@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rnnkit.tasks.sequence import SequenceTask, classification_report
+from rnnkit.tasks.trainer import check_training_options
 
 
 class SequenceClassifier(SequenceTask):
@@ -29,6 +30,7 @@ class SequenceClassifier(SequenceTask):
         hashable; stored as strings). ``validation=(sequences, labels)`` adds a validation loss/accuracy
         and, with ``patience``, early stopping. Other ``training`` options go to
         :func:`rnnkit.tasks.trainer.fit_module` (checkpoints and resume, data-parallel, logs, callbacks)."""
+        check_training_options(self, training)
         inputs = self._fit_inputs(sequences)
         labels = [str(label) for label in labels]
         if len(labels) != len(inputs):

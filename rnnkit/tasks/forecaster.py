@@ -33,7 +33,7 @@ from rnnkit._checks import check_choice, check_positive_int, check_probability
 from rnnkit.data.series import SeriesTransform, as_series, windows
 from rnnkit.io import check_state_dict, load_model, save_model
 from rnnkit.tasks.metrics import drift_forecast, forecast_metrics, mean_change, naive_forecast, seasonal_naive_forecast
-from rnnkit.tasks.trainer import fit_module
+from rnnkit.tasks.trainer import check_training_options, fit_module
 from rnnkit.training.modules import RegressionModule
 
 TASK = "forecaster"
@@ -170,6 +170,7 @@ class Forecaster:
         Raises:
             ValueError: NaN/inf, a constant series, or one shorter than season + window + horizon.
         """
+        check_training_options(self, training)
         o = self.options
         values = as_series(series)
         self.transform = SeriesTransform.fit(values, o["log"], o["season"])

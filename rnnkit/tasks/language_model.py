@@ -24,7 +24,7 @@ import rnnkit as rk
 from rnnkit._checks import check_choice, check_positive_int, check_probability
 from rnnkit.data.text import LEVELS, SPECIALS, Vocabulary
 from rnnkit.io import ModelFileError, check_state_dict, load_model, save_model
-from rnnkit.tasks.trainer import fit_module
+from rnnkit.tasks.trainer import check_training_options, fit_module
 from rnnkit.training.tbptt import TBPTTModule, detach_state
 
 TASK = "language-model"
@@ -127,6 +127,7 @@ class LanguageModel:
         ``validation_text`` adds a ``val_loss`` (mean negative log-likelihood per token) every epoch.
         ``training`` options (progress, log_dir, callbacks, patience, checkpoint_dir/resume) go to
         :func:`rnnkit.tasks.trainer.fit_module`; clipping is done inside (norm 1.0)."""
+        check_training_options(self, training, reserved=("gradient_clip",))
         inputs, targets = self._streams(self._ids(text, "text"), batch_size)
         pl.seed_everything(self.options["seed"], verbose=False)
         module = TBPTTModule(self.network, k=check_positive_int("bptt", bptt), learning_rate=self.options["learning_rate"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from rnnkit.tasks.sequence import SequenceTask, classification_report
+from rnnkit.tasks.trainer import check_training_options
 
 
 class SequenceTagger(SequenceTask):
@@ -37,6 +38,7 @@ class SequenceTagger(SequenceTask):
         """Fit on ``sequences`` (token lists or ``[T_i, F]`` arrays) and one tag per step of each.
         ``validation=(sequences, tags)`` adds a validation loss/accuracy and, with ``patience``, early stopping. Other ``training`` options go to
         :func:`rnnkit.tasks.trainer.fit_module` (checkpoints and resume, data-parallel, logs, callbacks)."""
+        check_training_options(self, training)
         inputs = self._fit_inputs(sequences)
         tags = [[str(tag) for tag in row] for row in tags]
         self.classes = sorted({tag for row in tags for tag in row})

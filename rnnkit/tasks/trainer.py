@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
 import logging
 import os
 import signal
@@ -129,6 +131,27 @@ def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLo
         finally:
             module.cpu()
     return trainer
+
+
+def check_training_options(task, options: dict, reserved: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an option of ``task.fit(**options)`` that :func:`fit_module` does not take (or that
+    the task sets itself: ``reserved``), with a TypeError naming the task, the option and the ones it takes; an
+    option of the task's constructor (``seed``, ``learning_rate``, ...) or a near miss is pointed out."""
+    known = [name for name in inspect.signature(fit_module).parameters
+             if name not in ("module", "train", "validation", "epochs", *reserved)]
+    unknown = [name for name in options if name not in known]
+    if not unknown:
+        return
+    name, owner = unknown[0], type(task).__name__
+    if name in inspect.signature(type(task)).parameters:
+        hint = f" ({name} is set when the model is made: {owner}(..., {name}=...))"
+    elif name in reserved:
+        hint = f" ({owner} sets {name} itself)"
+    else:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise TypeError(f"{owner}.fit() got an unknown option {name!r}{hint}; besides its own arguments it takes "
+                    f"the training options {', '.join(known)}")
 
 
 def _check_accelerator(accelerator: str, devices: int) -> str:

@@ -20,7 +20,7 @@ from rnnkit._checks import check_choice, check_positive_int
 from rnnkit.data.text import LEVELS, Vocabulary, tokenize
 from rnnkit.io import ModelFileError, check_state_dict, load_model, save_model
 from rnnkit.seq2seq.model import EOS, GO, PAD, Seq2SeqNetwork
-from rnnkit.tasks.trainer import fit_module
+from rnnkit.tasks.trainer import check_training_options, fit_module
 from rnnkit.training.modules import _NetworkModule
 
 TASK = "seq2seq"
@@ -121,6 +121,7 @@ class Seq2Seq:
     def fit(self, sources, targets, epochs: int = 10, batch_size: int = 64, validation=None, **training) -> "Seq2Seq":
         """Fit on pairs of strings; ``validation=(sources, targets)`` adds a validation loss. ``training``
         options go to :func:`rnnkit.tasks.trainer.fit_module` (early stopping, logs, checkpoints, ...)."""
+        check_training_options(self, training)
         o = self.options
         if not isinstance(sources, (list, tuple)) or not isinstance(targets, (list, tuple)) or len(sources) != len(targets):
             raise ValueError("sources and targets must be lists of strings of the same length")

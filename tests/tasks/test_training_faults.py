@@ -64,3 +64,21 @@ def test_classifier_takes_callbacks_and_checkpoints(tmp_path):
     rk.SequenceClassifier(hidden_size=8).fit(sequences, labels, epochs=3, progress=False, checkpoint_dir=tmp_path,
                                              callbacks=[log])
     assert log.epochs == [0, 1, 2] and (tmp_path / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("make, data, option, hint", [
+    (lambda: rk.SequenceClassifier(), (["ab", "ba"], ["x", "y"]), "seed", r"SequenceClassifier\(\.\.\., seed=\.\.\.\)"),
+    (lambda: rk.SequenceTagger(), ([["a"]], [["X"]]), "learning_rate", r"SequenceTagger\(\.\.\., learning_rate="),
+    (lambda: rk.Forecaster(), (load_airline()[1],), "patiense", "did you mean 'patience'"),
+    (lambda: rk.LanguageModel.from_text("abcabc"), ("abcabc",), "gradient_clip", "LanguageModel sets gradient_clip itself"),
+    (lambda: rk.Seq2Seq(), (["ab"], ["ba"]), "beam", "the training options gradient_clip, patience"),
+])
+def test_fit_refuses_an_unknown_option_by_name_before_training(make, data, option, hint, monkeypatch):
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("fit trained despite an unknown option")
+
+    for module in ("classifier", "tagger", "forecaster", "language_model", "translator", "sequence"):
+        monkeypatch.setattr(f"rnnkit.tasks.{module}.fit_module", must_not_train, raising=False)
+    task = make()
+    with pytest.raises(TypeError, match=rf"{type(task).__name__}\.fit\(\) got an unknown option '{option}'.*{hint}"):
+        task.fit(*data, **{option: 1})
