@@ -77,8 +77,8 @@ def test_fit_refuses_an_unknown_option_by_name_before_training(make, data, optio
     def must_not_train(*args, **kwargs):
         raise AssertionError("fit trained despite an unknown option")
 
-    for module in ("classifier", "tagger", "forecaster", "language_model", "translator", "sequence"):
-        monkeypatch.setattr(f"rnnkit.tasks.{module}.fit_module", must_not_train, raising=False)
+    for module in ("sequence", "forecaster", "language_model", "translator"):  # where the tasks call it
+        monkeypatch.setattr(f"rnnkit.tasks.{module}.fit_module", must_not_train)
     task = make()
     with pytest.raises(TypeError, match=rf"{type(task).__name__}\.fit\(\) got an unknown option '{option}'.*{hint}"):
         task.fit(*data, **{option: 1})
