@@ -101,6 +101,17 @@ LSTM_INFER_MAX_SHORT_STEPS_WIDE = 16
 #: Eighteenth session, same machine and method, I=64: T1 B3-8 0.51-0.91 (H 64-256), B16 0.75-0.87, B64 0.97-1.21,
 #: B256 0.95-1.11; T2 B3-4 0.75-0.95 but B6-8 0.95-1.20 and T4 B3-8 0.87-1.44, left to oneDNN.
 LSTM_INFER_MAX_SINGLE_STEP_BATCH_WIDE = 16
+#: ... and batches under LSTM_FUSED_MIN_BATCH_WIDE (8) at hidden sizes up to LSTM_SMALL_BATCH_MAX_HIDDEN_WIDE: their
+#: inference at any length in one direction and from LSTM_SMALL_BATCH_BIDIRECTIONAL_MIN_STEPS steps in two (a
+#: bidirectional layer's two fused calls against oneDNN's one primitive: T1-16 a tie, 0.74-1.29), their training
+#: from LSTM_SMALL_BATCH_TRAIN_MIN_STEPS steps. Twentieth session, Zen 4 EPYC (2 threads, in-process interleaved, B1-7),
+#: fused over oneDNN's LSTM time, inference, one direction: H32-96 0.45-0.99 (T2-400, I=32; I=128 H64 0.72-0.92),
+#: H112 0.68-0.95, H128 0.73-1.08 (a tie at B1-3), H192-256 B2-4 1.06-1.61; two directions (I=32): H32-96 T30-300
+#: 0.51-0.99, H128 0.83-1.15. Training, H32-96, T200-400: one direction 0.53-0.93, two 0.42-0.94 (T100 0.72-1.02, T30-50
+#: 0.81-1.40: left); H128 T200 0.78-1.07; H256 T400 0.88-1.34.
+LSTM_SMALL_BATCH_MAX_HIDDEN_WIDE = 96
+LSTM_SMALL_BATCH_BIDIRECTIONAL_MIN_STEPS = 30
+LSTM_SMALL_BATCH_TRAIN_MIN_STEPS = 200
 #: ``auto`` runs Elman RNN inference on CPU with torch.nn's kernel rather than the compiled loops for sequences of up
 #: to ELMAN_NATIVE_MAX_STEPS steps while steps x batch is at most ELMAN_NATIVE_MAX_ROWS and steps x hidden size at
 #: most ELMAN_NATIVE_MAX_WIDTH: there the fused call's fixed cost (input projection, buffers, the loop's setup: ~90
@@ -162,9 +173,10 @@ def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
     (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
     regime = _lstm_regime()
     if regime == "wide":
-        return batch >= LSTM_FUSED_MIN_BATCH_WIDE and (
-            steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
-            or (steps >= LSTM_FUSED_MIN_STEPS_WIDE and hidden_size <= LSTM_FUSED_MAX_HIDDEN_WIDE))
+        if batch < LSTM_FUSED_MIN_BATCH_WIDE:
+            return steps >= LSTM_SMALL_BATCH_TRAIN_MIN_STEPS and hidden_size <= LSTM_SMALL_BATCH_MAX_HIDDEN_WIDE
+        return (steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
+                or (steps >= LSTM_FUSED_MIN_STEPS_WIDE and hidden_size <= LSTM_FUSED_MAX_HIDDEN_WIDE))
     if regime == "onednn":
         return batch >= LSTM_FUSED_MIN_BATCH and steps * batch * hidden_size >= LSTM_FUSED_MIN_WORK
     if regime == "mkl":
@@ -175,11 +187,14 @@ def lstm_trains_fused(steps: int, batch: int, hidden_size: int) -> bool:
     return False
 
 
-def lstm_infers_fused(steps: int, batch: int, hidden_size: int) -> bool:
-    """Whether ``auto`` runs a plain float32 LSTM's inference of this shape on CPU with the fused engine's
-    compiled loops (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
+def lstm_infers_fused(steps: int, batch: int, hidden_size: int, directions: int = 1) -> bool:
+    """Whether ``auto`` runs a plain float32 LSTM's inference of this shape (one layer of ``directions``) on CPU with
+    the fused engine's compiled loops (given they are in use) rather than with oneDNN's LSTM through torch.nn."""
     regime = _lstm_regime()
     if regime == "wide":
+        if (batch < LSTM_FUSED_MIN_BATCH_WIDE and hidden_size <= LSTM_SMALL_BATCH_MAX_HIDDEN_WIDE
+                and (directions == 1 or steps >= LSTM_SMALL_BATCH_BIDIRECTIONAL_MIN_STEPS)):
+            return True
         return (batch >= LSTM_FUSED_MIN_BATCH_WIDE and (
             steps * batch * hidden_size >= LSTM_INFER_MIN_WORK_WIDE
             or (batch <= LSTM_INFER_MAX_BATCH_WIDE and hidden_size <= LSTM_INFER_MAX_HIDDEN_WIDE))
@@ -241,7 +256,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
                 fits = compiled and steps >= LSTM_FLOAT64_MIN_STEPS
             else:  # float32 at equal lengths: the measured shape rules against oneDNN's LSTM
                 fits = compiled and (lstm_trains_fused(steps, batch, hidden) if training
-                                     else lstm_infers_fused(steps, batch, hidden))
+                                     else lstm_infers_fused(steps, batch, hidden, len(cells)))
             if not fits:
                 return "native"
         elif training:

@@ -42,7 +42,8 @@ def _regime(monkeypatch, regime):
     ("mkl", 49, 1, 128, False), ("mkl", 50, 31, 129, False), ("mkl", 50, 2, 512, True), ("mkl", 50, 3, 512, False),
     ("mkl", 200, 8, 512, True), ("mkl", 200, 7, 512, False), ("mkl", 199, 8, 512, False), ("onednn", 100, 48, 125, True), ("onednn", 100, 48, 124, False),
     ("onednn", 1000, 16, 64, True), ("onednn", 100, 32, 128, False), ("onednn", 10000, 15, 64, False),
-    ("wide", 10000, 8, 64, True), ("wide", 10000, 7, 64, False), ("wide", 100, 48, 125, True),
+    ("wide", 10000, 8, 64, True), ("wide", 10000, 7, 128, False), ("wide", 100, 48, 125, True),
+    ("wide", 200, 1, 96, True), ("wide", 200, 7, 96, True), ("wide", 199, 7, 96, False), ("wide", 200, 7, 97, False),
     ("wide", 50, 32, 128, True), ("wide", 49, 32, 128, False), ("wide", 100, 32, 129, False),
     ("wide", 50, 8, 64, True), ("wide", 99, 48, 129, True), ("wide", 49, 48, 124, False)])
 def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypatch, regime, steps, batch, hidden,
@@ -51,7 +52,7 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
     at 30 steps, at any batch from 50 steps with hidden sizes up to 128 (or batches up to 2), from batch 8 at 200
     steps; where they go through oneDNN (AVX-512, panel kernel off): from 600k steps x batch x
     hidden, batch 16; through the 512-bit panel kernel (AVX-512): the same work from batch 8, or from 50 steps at
-    hidden sizes up to 128."""
+    hidden sizes up to 128, and batches under 8 from 200 steps at hidden sizes up to 96."""
     dispatch = _regime(monkeypatch, regime)
     assert dispatch.lstm_trains_fused(steps, batch, hidden) is expected
     if regime != "wide":  # RNNKIT_ONEDNN forced the other route: no LSTM measurement covers it
@@ -63,19 +64,21 @@ def test_lstm_training_moves_to_the_fused_engine_at_the_measured_shapes(monkeypa
     ("mkl", 30, 32, 256, True), ("mkl", 30, 4096, 64, True), ("mkl", 29, 32, 64, False), ("mkl", 30, 31, 64, False),
     ("mkl", 30, 32, 257, False), ("mkl", 100, 8, 128, True), ("mkl", 99, 8, 128, False), ("mkl", 100, 7, 128, False),
     ("mkl", 100, 8, 129, False), ("mkl", 1000, 1, 64, False), ("onednn", 5, 32, 64, False),
-    ("onednn", 5, 4096, 64, False), ("wide", 5, 8, 128, True), ("wide", 5, 16, 64, True), ("wide", 5, 7, 64, False),
+    ("onednn", 5, 4096, 64, False), ("wide", 5, 8, 128, True), ("wide", 5, 16, 64, True), ("wide", 5, 7, 128, False),
     ("wide", 5, 17, 128, False), ("wide", 5, 16, 129, False), ("wide", 100, 256, 118, True),
     ("wide", 100, 256, 117, False), ("wide", 1000, 7, 1024, False), ("wide", 1, 1, 1024, True),
-    ("wide", 16, 2, 512, True), ("wide", 17, 2, 64, False), ("wide", 16, 3, 64, False), ("mkl", 1, 1, 128, False),
+    ("wide", 16, 2, 512, True), ("wide", 17, 2, 128, False), ("wide", 16, 3, 128, False), ("mkl", 1, 1, 128, False),
     ("onednn", 1, 1, 128, False), ("wide", 1, 16, 256, True), ("wide", 1, 17, 256, False), ("wide", 2, 3, 256, False),
-    ("mkl", 1, 16, 256, False)])
+    ("mkl", 1, 16, 256, False), ("wide", 1000, 7, 96, True), ("wide", 2, 3, 96, True), ("wide", 17, 2, 97, False),
+    ("mkl", 1000, 7, 96, False), ("onednn", 1000, 7, 96, False)])
 def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(monkeypatch, regime, steps, batch,
                                                                               hidden, expected):
     """Where the compiled loops' products go through MKL or the 256-bit panel kernel (AVX2 CPUs): from batch 32 at
     30 steps with hidden sizes up to 256, from batch 8 at 100 steps with hidden sizes up to 128; through oneDNN (AVX-512, panel kernel off): never (oneDNN's LSTM was
     faster there); through the 512-bit panel kernel: from batch 8, at 3M steps x batch x hidden or more, or at
     batches up to 16 with hidden sizes up to 128, batches up to 2 of up to 16 steps (a generation loop's
-    calls) and single steps of batches up to 16 (a batched decoder's) at any hidden size."""
+    calls) and single steps of batches up to 16 (a batched decoder's) at any hidden size, and batches under 8 at
+    hidden sizes up to 96."""
     dispatch = _regime(monkeypatch, regime)
     assert dispatch.lstm_infers_fused(steps, batch, hidden) is expected
     if dispatch.fused_compiled.ops() is not None:
@@ -86,6 +89,23 @@ def test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster(mon
             chosen = dispatch.choose_backend(rk.LSTM(3, hidden).double().cells, [None],
                                              torch.randn(steps, batch, 3, dtype=torch.float64))
         assert chosen == ("fused" if steps >= 4 else "native")
+
+
+@pytest.mark.parametrize(("steps", "batch", "hidden", "expected"), [
+    (30, 1, 96, True), (30, 7, 32, True), (29, 7, 96, False), (300, 7, 97, False), (29, 8, 64, True),
+    (16, 2, 64, True), (1, 16, 256, True)])
+def test_small_lstm_batches_infer_fused_in_two_directions_from_30_steps(monkeypatch, steps, batch, hidden, expected):
+    """Batches under 8 (hidden sizes up to 96) on AVX-512 CPUs: one direction fused at any length, two from 30 steps
+    (below that a bidirectional layer's two fused calls tie with oneDNN's one primitive); the rules for batches of
+    8 and more, and for the shortest calls, do not look at the directions."""
+    dispatch = _regime(monkeypatch, "wide")
+    assert dispatch.lstm_infers_fused(steps, batch, hidden, directions=2) is expected
+    assert dispatch.lstm_infers_fused(steps, batch, hidden, directions=1) is (expected or hidden <= 96)
+    if dispatch.fused_compiled.ops() is not None:
+        layer = rk.LSTM(3, hidden, bidirectional=True)
+        with torch.no_grad():
+            chosen = dispatch.choose_backend(layer.cells, [None, None], torch.randn(steps, batch, 3))
+        assert chosen == ("fused" if expected else "native")
 
 
 @pytest.mark.parametrize(("steps", "batch", "hidden", "expected"), [
@@ -200,7 +220,8 @@ def test_auto_backend_picks_native_where_exact_and_fastest_else_fused():
     with compiled.python_loops():
         assert choose_backend(rk.LSTM(3, 4).cells, [None], big) == "native"
     with torch.no_grad():  # inference: see test_lstm_inference_moves_to_the_fused_engine_only_where_measured_faster
-        assert choose_backend(rk.LSTM(3, 4).cells, [None], big[:, :4]) == "native"  # under every regime's batch
+        # under every regime's batch (at hidden sizes over 96: batches under 8 run fused on AVX-512 CPUs below them)
+        assert choose_backend(rk.LSTM(3, 128).cells, [None], big[:, :4]) == "native"
     with torch.no_grad():  # GRU/SimpleRNN inference: the compiled loops beat torch.nn's per-step loop
         assert choose_backend(rk.GRU(3, 4).cells, [None], x) == expected
         longer = torch.randn(5, 3, 3, dtype=torch.float64)  # (the Elman RNN's shortest ones: native, see below)
