@@ -84,11 +84,11 @@ def _contenders(cell: str, input_size: int, hidden: int, reference: bool, device
     control = TORCH_CLASSES[cell](input_size, hidden, batch_first=True).to(device)
     control.load_state_dict(base.state_dict())
     layers: dict[str, nn.Module] = {"torch.nn": base, "control": control}
-    if cell == "ln-lstm":
+    if cell == "ln-lstm":  # its own weights (torch.nn has no layer norm), shared by rnnkit's contenders
         layers["fused"] = rk.LSTM(input_size, hidden, layer_norm=True, backend="fused").to(device)
-        if reference:
-            layers["reference"] = rk.LSTM(input_size, hidden, layer_norm=True, backend="reference").to(device)
-            layers["reference"].load_state_dict(layers["fused"].state_dict())
+        for backend in ("auto",) + (("reference",) if reference else ()):
+            layers[backend] = rk.LSTM(input_size, hidden, layer_norm=True, backend=backend).to(device)
+            layers[backend].load_state_dict(layers["fused"].state_dict())
         return layers
     for backend in ("fused", "native", "auto") + (("reference",) if reference else ()):
         layers[backend] = rk.RNN.from_torch(base, backend=backend)

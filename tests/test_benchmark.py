@@ -36,7 +36,8 @@ def test_padded_contenders_compute_what_torch_nn_computes_on_the_packed_batch(ce
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
         torch.testing.assert_close(got_state, state, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
     if cell == "ln-lstm":
-        torch.testing.assert_close(layers["fused"](x)[0], layers["reference"](x)[0], atol=1e-5, rtol=1e-5)
+        for name in ("auto", "reference"):
+            torch.testing.assert_close(layers[name](x)[0], layers["fused"](x)[0], atol=1e-5, rtol=1e-5)
         assert layers["fused"](x)[0][3, 3:].abs().sum() == 0
 
 
@@ -54,8 +55,10 @@ def test_padded_rows_are_timed_marked_and_explained():
 
 def test_layer_norm_lstm_contenders_share_weights():
     layers = benchmark.contenders("ln-lstm", 3, 4, reference=True, device="cpu")
-    x = torch.randn(2, 5, 3)
-    torch.testing.assert_close(layers["fused"](x)[0], layers["reference"](x)[0], atol=1e-5, rtol=1e-5)
+    assert set(layers) == {"torch.nn", "control", "fused", "auto", "reference"}
+    for x in (torch.randn(2, 5, 3), torch.randn(2, 1, 3)):  # (auto trains a single step with the reference loop)
+        for name in ("auto", "reference"):
+            torch.testing.assert_close(layers[name](x)[0], layers["fused"](x)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_markdown_report_lists_every_ratio():

@@ -129,6 +129,15 @@ ELMAN_NATIVE_MAX_ROWS = 64
 #: time at B4-256, H64-256: GRU T1 1.16-2.05, T2 0.87-1.13 (a tie, left fused), T4 0.60-0.74, T8 0.45-0.73; Elman
 #: RNN T1 1.49-2.05, T2 1.13-1.53, T3 1.02-1.34, T4 0.90-1.16, T8 0.74-0.93.
 SHORT_TRAINING_NATIVE_MAX_STEPS = {"gru": 1, "rnn_tanh": 3, "rnn_relu": 3}
+#: ``auto`` trains a single step of the cells torch.nn cannot compute (layer norm, peepholes, the reset-before GRU,
+#: zoneout, recurrent dropout) on CPU with the reference loop rather than the fused engine while batch x hidden size
+#: is at most SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH: one step's few autograd ops cost less than the fused call's
+#: fixed cost (packing, the input projection's and the recurrence's Functions, buffers). Twentieth session, Zen 4
+#: EPYC (2 threads, I=32-64, in-process interleaved), fused over reference training time at T=1: B1-64 with H64-512
+#: (one or two directions) 1.05-1.78 for every option; from 32k (B256 H128, B128 H256) layer-norm LSTM and GRU
+#: 0.69-0.92, peepholes 0.94-1.35, layer-norm Elman RNN 0.89-1.27; 16k (B128 H128, B256 H64) 0.93-1.57. At T=2
+#: the fused engine is ahead or even (0.71-1.02), and in inference at T=1 neither is (0.63-1.26): fused there.
+SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH = 16384
 #: a padded batch (``lengths`` shorter than the sequence): torch.nn runs a packed sequence through ATen's step-by-step
 #: LSTM, not oneDNN's fused one (which takes only equal lengths), and records every step for autograd, while the
 #: fused engine runs the packed batch as it runs any other. ``auto`` trains a padded LSTM batch fused from
@@ -223,6 +232,11 @@ def lstm_padded_runs_fused(steps: int, training: bool, compiled: bool = True) ->
     return steps >= (LSTM_PADDED_TRAIN_MIN_STEPS if training else LSTM_PADDED_INFER_MIN_STEPS)
 
 
+def _records_autograd(cells: Sequence[RecurrentCell], x: Tensor) -> bool:
+    """Whether autograd will record this call (a backward may follow): training, as the rules above mean it."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for c in cells for p in c.parameters()))
+
+
 def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor,
                    lengths: Tensor | None = None) -> str:
     """The backend ``auto`` runs for these cells, noise and input (measurements: benchmarks/RESULTS.md).
@@ -239,12 +253,13 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
       shortest sequences (:data:`SHORT_TRAINING_NATIVE_MAX_STEPS`: 1 step for the GRU, 3 for the Elman RNN), their
       inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark
       shape on the three CPUs measured) but the Elman RNN's shortest sequences (:func:`elman_infers_native`),
-      LSTM training and inference on CPU at those shapes, and every option torch.nn lacks;
-    - the reference loop for cells the fused engine does not know.
+      LSTM training and inference on CPU at those shapes, and every option torch.nn lacks but a single step's
+      training on CPU at batch x hidden size up to :data:`SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH` (outside
+      autocast, under which the fused engine computes in the parameters' dtype and the reference loop would not);
+    - the reference loop for those single steps and for cells the fused engine does not know.
     """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
-        training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for c in cells
-                                                                          for p in c.parameters()))
+        training = _records_autograd(cells, x)
         if x.device.type != "cpu":
             return "native"
         compiled = fused_compiled.ops() is not None and fused_compiled.usable_for(x)
@@ -266,6 +281,10 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
                 x.shape[0], x.shape[1], cells[0].hidden_size)):
             return "native"
     if all(fused.unsupported(cell) is None for cell in cells):
+        if (x.shape[0] == 1 and x.device.type == "cpu"
+                and x.shape[1] * cells[0].hidden_size <= SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH
+                and not autocasting(x) and _records_autograd(cells, x)):
+            return "reference"
         return "fused"
     return "reference"
 
