@@ -122,6 +122,13 @@ LSTM_SMALL_BATCH_TRAIN_MIN_STEPS = 200
 ELMAN_NATIVE_MAX_STEPS = 4
 ELMAN_NATIVE_MAX_WIDTH = 1024
 ELMAN_NATIVE_MAX_ROWS = 64
+#: ... and a GRU's single-step inference of up to GRU_NATIVE_SINGLE_STEP_MAX_BATCH rows at hidden sizes up to
+#: GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN (a generation loop's call a token). Twentieth session, Zen 4 EPYC (2 threads,
+#: no grad, in-process interleaved), fused over native time at T=1: H32-160 B1-64 1.03-1.49 (I=32 and 64), B256
+#: 0.88-1.01; H256 0.87-1.10; H512-1024 0.52-1.02; at T=2 0.69-1.01 (fused). The eighteenth session's 0.76-1.31
+#: (H64-256) had read as a tie.
+GRU_NATIVE_SINGLE_STEP_MAX_BATCH = 64
+GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN = 128
 #: ``auto`` trains a GRU or Elman RNN on CPU with torch.nn's kernel rather than the fused engine for sequences of up
 #: to SHORT_TRAINING_NATIVE_MAX_STEPS[kind] steps (a decoder or generation loop called a step at a time in training):
 #: there the fused call's fixed cost (packing, two autograd Functions, buffers) is more than torch.nn's per-step loop
@@ -138,6 +145,11 @@ SHORT_TRAINING_NATIVE_MAX_STEPS = {"gru": 1, "rnn_tanh": 3, "rnn_relu": 3}
 #: 0.69-0.92, peepholes 0.94-1.35, layer-norm Elman RNN 0.89-1.27; 16k (B128 H128, B256 H64) 0.93-1.57. At T=2
 #: the fused engine is ahead or even (0.71-1.02), and in inference at T=1 neither is (0.63-1.26): fused there.
 SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH = 16384
+#: The same holds for a plain float32 LSTM's single training step on CPU against oneDNN's LSTM, at every width
+#: measured: ``auto`` trains it with the reference loop (outside autocast). Twentieth session, Zen 4 EPYC (2 threads,
+#: I=64, in-process interleaved), reference over native training time at T=1: B1-64 with H64-1024 0.39-0.90, B256
+#: 0.86-1.02 (over fused 0.25-0.88); at T=2 1.07-1.44 (oneDNN's then). GRU and Elman RNN single steps stay with
+#: torch.nn's kernel (reference over native 0.93-2.07 and 0.94-1.52).
 #: a padded batch (``lengths`` shorter than the sequence): torch.nn runs a packed sequence through ATen's step-by-step
 #: LSTM, not oneDNN's fused one (which takes only equal lengths), and records every step for autograd, while the
 #: fused engine runs the packed batch as it runs any other. ``auto`` trains a padded LSTM batch fused from
@@ -252,11 +264,13 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
     - the fused engine for GRU/SimpleRNN training on CPU (torch.nn records a per-step graph there) but the
       shortest sequences (:data:`SHORT_TRAINING_NATIVE_MAX_STEPS`: 1 step for the GRU, 3 for the Elman RNN), their
       inference on CPU with the compiled loops (0.28-0.85x torch.nn's per-step C++ loop, at every benchmark
-      shape on the three CPUs measured) but the Elman RNN's shortest sequences (:func:`elman_infers_native`),
+      shape on the three CPUs measured) but the Elman RNN's shortest sequences (:func:`elman_infers_native`) and
+      the GRU's single steps of small batches and sizes (:data:`GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN`),
       LSTM training and inference on CPU at those shapes, and every option torch.nn lacks but a single step's
       training on CPU at batch x hidden size up to :data:`SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH` (outside
       autocast, under which the fused engine computes in the parameters' dtype and the reference loop would not);
-    - the reference loop for those single steps and for cells the fused engine does not know.
+    - the reference loop for those single steps, a plain float32 LSTM's single training step on CPU (outside
+      autocast), and cells the fused engine does not know.
     """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
         training = _records_autograd(cells, x)
@@ -269,6 +283,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
                 fits = lstm_padded_runs_fused(steps, training, compiled)
             elif x.dtype != torch.float32:  # float64 (what else the compiled loops take): no oneDNN LSTM either
                 fits = compiled and steps >= LSTM_FLOAT64_MIN_STEPS
+            elif training and steps == 1 and not autocasting(x):  # see SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH
+                return "reference"
             else:  # float32 at equal lengths: the measured shape rules against oneDNN's LSTM
                 fits = compiled and (lstm_trains_fused(steps, batch, hidden) if training
                                      else lstm_infers_fused(steps, batch, hidden, len(cells)))
@@ -278,7 +294,9 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
             if x.shape[0] <= SHORT_TRAINING_NATIVE_MAX_STEPS[cells[0].kind]:
                 return "native"
         elif not compiled or (cells[0].kind.startswith("rnn") and elman_infers_native(
-                x.shape[0], x.shape[1], cells[0].hidden_size)):
+                x.shape[0], x.shape[1], cells[0].hidden_size)) or (
+                cells[0].kind == "gru" and x.shape[0] == 1 and x.shape[1] <= GRU_NATIVE_SINGLE_STEP_MAX_BATCH
+                and cells[0].hidden_size <= GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN):
             return "native"
     if all(fused.unsupported(cell) is None for cell in cells):
         if (x.shape[0] == 1 and x.device.type == "cpu"

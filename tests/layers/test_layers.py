@@ -108,6 +108,20 @@ def test_small_lstm_batches_infer_fused_in_two_directions_from_30_steps(monkeypa
         assert chosen == ("fused" if expected else "native")
 
 
+@pytest.mark.parametrize(("steps", "batch", "hidden", "expected"), [
+    (1, 1, 128, "native"), (1, 64, 32, "native"), (1, 65, 32, "fused"), (1, 1, 129, "fused"), (2, 1, 64, "fused")])
+def test_gru_inference_of_a_single_step_runs_natively_at_small_sizes(steps, batch, hidden, expected):
+    """Up to 64 rows at hidden sizes up to 128, torch.nn's kernel costs less a call than the fused engine (fused over
+    native 1.03-1.49 there); from two steps, larger batches or sizes, the compiled loops (where they are in use)."""
+    from rnnkit.engine import dispatch
+    from rnnkit.engine.fused import compiled
+
+    layer = rk.GRU(3, hidden)
+    with torch.no_grad():
+        chosen = dispatch.choose_backend(layer.cells, [None], torch.randn(steps, batch, 3))
+    assert chosen == (expected if compiled.ops() is not None else "native")
+
+
 @pytest.mark.parametrize("options", [{"cell": "lstm", "layer_norm": True}, {"cell": "gru", "reset_after": False},
                                      {"cell": "rnn", "zoneout": 0.1}, {"cell": "lstm", "peepholes": True},
                                      {"cell": "gru", "recurrent_dropout": 0.2, "bidirectional": True}])
@@ -143,6 +157,36 @@ def test_a_single_training_step_of_what_torch_nn_lacks_runs_the_reference_loop(o
         x.grad = None
     for auto_value, fused_value in zip(*results, strict=True):
         assert_close(auto_value, fused_value, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_single_lstm_training_step_runs_the_reference_loop_and_matches_torch_nn(bidirectional):
+    """A plain float32 LSTM's single training step on CPU: the reference loop (0.39-1.02x oneDNN's LSTM's time), at
+    any width; from two steps, without grad, in float64 or under autocast: the other rules. Values and gradients as
+    torch.nn's nn.LSTM with the same weights."""
+    from rnnkit.engine.dispatch import choose_backend
+
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(3, 32, batch_first=True, bidirectional=bidirectional)
+    layer = rk.LSTM.from_torch(reference)
+    noises = [None] * len(layer.cells)
+    assert choose_backend(layer.cells, noises, torch.randn(1, 4096, 3)) == "reference"
+    assert choose_backend(layer.cells, noises, torch.randn(2, 4, 3)) == "native"
+    assert choose_backend(layer.cells, noises, torch.randn(1, 4, 3).double()) == "native"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert choose_backend(layer.cells, noises, torch.randn(1, 4, 3)) == "native"
+    with torch.no_grad():
+        assert choose_backend(layer.cells, noises, torch.randn(1, 32, 3)) == "native"
+    x = torch.randn(5, 1, 3, requires_grad=True)
+    h0, c0 = torch.randn(2, len(layer.cells), 5, 32).unbind(0)
+    results = []
+    for model, kwargs in ((layer, {"state": (h0, c0)}), (reference, {})):
+        outputs, (h, c) = model(x, **kwargs) if kwargs else model(x, (h0, c0))
+        (outputs.sin().sum() + h.cos().sum() + (c * c).sum()).backward()
+        results.append([outputs, h, c, x.grad.clone(), *(p.grad for p in model.parameters())])
+        x.grad = None
+    for ours, theirs in zip(*results, strict=True):
+        assert_close(ours, theirs, dtype=torch.float32)
 
 
 @pytest.mark.parametrize(("steps", "batch", "hidden", "expected"), [
