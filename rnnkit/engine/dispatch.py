@@ -112,6 +112,11 @@ LSTM_INFER_MAX_SINGLE_STEP_BATCH_WIDE = 16
 LSTM_SMALL_BATCH_MAX_HIDDEN_WIDE = 96
 LSTM_SMALL_BATCH_BIDIRECTIONAL_MIN_STEPS = 30
 LSTM_SMALL_BATCH_TRAIN_MIN_STEPS = 200
+#: ... and a bidirectional layer's inference from batch 8 at LSTM_PAIRED_INFER_MIN_STEPS steps or more where its two
+#: loops run at once (:func:`rnnkit.engine.fused.pairs_at`: batch x hidden up to 16k). Twentieth session, Zen 4
+#: EPYC (2 threads, I=32, in-process interleaved), fused (paired) over oneDNN's LSTM time, B8-64: H64-256 T100-200
+#: 0.61-0.98; T30 0.79-1.10, T10 0.73-1.17 (left to the rules above).
+LSTM_PAIRED_INFER_MIN_STEPS = 100
 #: ``auto`` runs Elman RNN inference on CPU with torch.nn's kernel rather than the compiled loops for sequences of up
 #: to ELMAN_NATIVE_MAX_STEPS steps while steps x batch is at most ELMAN_NATIVE_MAX_ROWS and steps x hidden size at
 #: most ELMAN_NATIVE_MAX_WIDTH: there the fused call's fixed cost (input projection, buffers, the loop's setup: ~90
@@ -215,6 +220,9 @@ def lstm_infers_fused(steps: int, batch: int, hidden_size: int, directions: int 
     if regime == "wide":
         if (batch < LSTM_FUSED_MIN_BATCH_WIDE and hidden_size <= LSTM_SMALL_BATCH_MAX_HIDDEN_WIDE
                 and (directions == 1 or steps >= LSTM_SMALL_BATCH_BIDIRECTIONAL_MIN_STEPS)):
+            return True
+        if (directions == 2 and batch >= LSTM_FUSED_MIN_BATCH_WIDE and steps >= LSTM_PAIRED_INFER_MIN_STEPS
+                and fused.pairs_at(steps, batch, hidden_size)):
             return True
         return (batch >= LSTM_FUSED_MIN_BATCH_WIDE and (
             steps * batch * hidden_size >= LSTM_INFER_MIN_WORK_WIDE
@@ -354,15 +362,14 @@ def run_layer(
             with torch.autocast(x.device.type, enabled=False):
                 return run_layer(cells, x.to(dtype), [tuple(s.to(dtype) for s in state) for state in states],
                                  lengths, [None if n is None else n.to(dtype) for n in noises], "fused")
-        run_direction = fused.run_direction
+        results = fused.run_directions(cells, x, states, lengths, noises)  # (both at once where that is faster)
     elif backend == "reference":
-        run_direction = reference.run_direction
+        results = []
+        for direction, (cell, state, noise) in enumerate(zip(cells, states, noises)):
+            extra = {} if observe is None else {"observe": functools.partial(observe, direction)}
+            results.append(reference.run_direction(cell, x, state, lengths, reverse=direction == 1, noise=noise,
+                                                   **extra))
     else:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
-    outputs, finals = [], []
-    for direction, (cell, state, noise) in enumerate(zip(cells, states, noises)):
-        extra = {} if observe is None else {"observe": functools.partial(observe, direction)}  # reference only
-        out, final = run_direction(cell, x, state, lengths, reverse=direction == 1, noise=noise, **extra)
-        outputs.append(out)
-        finals.append(final)
-    return torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0], finals
+    outputs = [out for out, _ in results]
+    return torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0], [final for _, final in results]

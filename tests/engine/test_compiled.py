@@ -12,7 +12,7 @@ import torch
 
 import rnnkit as rk
 from rnnkit.engine.fused import compiled
-from tests.helpers import CELL_OPTIONS, make_cell, option_id
+from tests.helpers import CELL_OPTIONS, assert_close, make_cell, option_id, randomise
 
 
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which(os.environ.get("CXX", "c++")) is None,
@@ -91,7 +91,8 @@ def test_compiled_loops_can_be_turned_off():
         assert compiled.status() == {"in_use": False, "library": None, "why_not": "turned off by RNNKIT_COMPILED=0",
                                      "onednn_min_macs": None, "threaded": False, "packed_gemm": False,
                                      "panel_gemm": False, "small_products": False, "batch_split": False,
-                                     "reuse_saved": False, "prefetch": False}, compiled.status()
+                                     "reuse_saved": False, "prefetch": False, "paired_directions": False}, \
+            compiled.status()
         layer = rk.GRU(3, 4, backend="fused")
         out, _ = layer(torch.randn(2, 5, 3))
         out.sum().backward()
@@ -477,6 +478,108 @@ def test_the_batch_split_over_threads_gives_the_same_results(case, dtype):
         torch.set_num_threads(threads)
 
 
+class _CountingPairs:
+    """The compiled loops' ops, recording every pair_loops call."""
+
+    def __init__(self, real):
+        self.real, self.pairs = real, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def pair_loops(self, count):
+        self.pairs.append(count)
+        return self.real.pair_loops(count)
+
+
+def _bidirectional(name, options, dtype, backend="fused"):
+    torch.manual_seed(0)
+    layer = rk.RNN(5, 64, cell=name, bidirectional=True, backend=backend, zoneout=0.1, **options).to(dtype)
+    return randomise(layer)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", [c for c in CELL_OPTIONS if c[0] in ("lstm", "gru")], ids=option_id)
+def test_a_bidirectional_layers_two_inference_loops_run_at_once_and_compute_the_same(monkeypatch, case, dtype):
+    """Without autograd, at batch x hidden up to 16k, the two directions' compiled loops run together, one thread
+    each (loops.cpp's PAIRED DIRECTIONS): the same outputs and final states bit for bit as one after the other,
+    with and without lengths, zoneout's masks included, and (float64) equal to the reference loop's."""
+    if not compiled.status()["threaded"]:
+        pytest.skip("the compiled loops were built without OpenMP")
+    threads = torch.get_num_threads()
+    counting = _CountingPairs(compiled.ops())
+    monkeypatch.setattr(compiled, "ops", lambda: counting)
+    name, options = case
+    layer, reference = _bidirectional(name, options, dtype), _bidirectional(name, options, dtype, "reference")
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 20, 5, dtype=dtype)  # 3 x 64 rows wide, 20 x 64 steps deep: paired
+    try:
+        torch.set_num_threads(2)
+        for lengths in (None, torch.tensor([20, 7, 13])):
+            runs = []
+            for model, paired in ((layer, True), (layer, False), (reference, False)):
+                counting.pairs.clear()
+                torch.manual_seed(1)  # the same zoneout masks for every run
+                with torch.no_grad(), compiled.paired_directions(paired):
+                    out, final = model(x, lengths=lengths)
+                assert counting.pairs == ([2, 0] if paired and model is layer else [])
+                runs.append([out, *(final if isinstance(final, tuple) else (final,))])
+            assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+            if dtype == torch.float64:  # (in float32 both engines' rounding grows over 20 steps of 64 units)
+                for a, b in zip(runs[0], runs[2], strict=True):
+                    assert_close(a, b, dtype=dtype)
+        with torch.no_grad():  # not paired: past 16k wide, too short, a single thread, or recorded for a backward
+            for shape, threads_now in (((257, 20, 5), 2), ((3, 15, 5), 2), ((3, 20, 5), 1)):
+                torch.set_num_threads(threads_now)
+                counting.pairs.clear()
+                layer(torch.randn(*shape, dtype=dtype))
+                assert counting.pairs == []
+        torch.set_num_threads(2)
+        layer(x)
+        assert counting.pairs == []
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_an_error_between_two_paired_loops_runs_the_kept_one_and_ends_the_pairing(monkeypatch):
+    """Should the second direction fail to start, the first direction's kept loop runs and the pairing ends
+    (pair_loops(0)), so that the next loops run alone and right."""
+    from rnnkit.engine import fused
+
+    if not compiled.status()["threaded"]:
+        pytest.skip("the compiled loops were built without OpenMP")
+    threads = torch.get_num_threads()
+    layer, reference = _bidirectional("lstm", {}, torch.float64), _bidirectional("lstm", {}, torch.float64, "reference")
+    layer.eval(), reference.eval()
+    reference.load_state_dict(layer.state_dict())
+    start, started = fused._start, []
+
+    def failing_second(*args):
+        started.append(args)
+        if len(started) == 2:
+            raise RuntimeError("the second direction failed")
+        return start(*args)
+
+    x = torch.randn(2, 30, 5, dtype=torch.float64)
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            monkeypatch.setattr(fused, "_start", failing_second)
+            with pytest.raises(RuntimeError, match="second direction failed"):
+                layer(x)
+            monkeypatch.setattr(fused, "_start", start)
+            single = rk.LSTM(5, 64, backend="fused").double()  # one direction: never paired
+            single.load_state_dict({k: v for k, v in layer.state_dict().items() if "cells.0" in k})
+            single_reference = rk.LSTM(5, 64, backend="reference").double()
+            single_reference.load_state_dict(single.state_dict())
+            assert_close(single(x)[0], single_reference(x)[0])
+            assert_close(layer(x)[0], reference(x)[0])
+        with pytest.raises(RuntimeError, match="pair_loops takes 0 or 2"):
+            compiled.ops().pair_loops(3)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_step_threads_restores_the_setting_and_needs_the_compiled_loops():
     if compiled.ops() is None:
         pytest.skip(f"compiled loops unavailable: {compiled.status()['why_not']}")
@@ -518,7 +621,7 @@ def test_loops_are_built_single_threaded_where_openmp_cannot_be_used(tmp_path, w
 @pytest.mark.parametrize(("switch", "variable", "needs"), [
     ("packed_gemm", "RNNKIT_PACKED_GEMM", "packed_gemm"), ("batch_split", "RNNKIT_BATCH_SPLIT", "threaded"),
     ("small_products", "RNNKIT_SMALL_PRODUCTS", "in_use"), ("reuse_saved", "RNNKIT_REUSE_SAVED", "in_use"),
-    ("prefetch", "RNNKIT_PREFETCH", "in_use")])
+    ("prefetch", "RNNKIT_PREFETCH", "in_use"), ("paired_directions", "RNNKIT_PAIR_DIRECTIONS", "threaded")])
 def test_a_switch_of_the_compiled_loops_can_be_turned_off_from_the_environment(switch, variable, needs):
     """On by default where the loops can use it; `variable=0` turns it off in a new process."""
     if not compiled.status()[needs]:

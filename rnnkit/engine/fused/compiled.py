@@ -54,7 +54,7 @@ ONEDNN_MIN_MACS = 1 << 21
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "why_not": None, "path": None, "onednn": None, "threaded": False,
                 "packed": False, "panel": False, "panel_limits": None, "small": False, "split": False,
-                "reuse": False, "prefetch": False}
+                "reuse": False, "prefetch": False, "pair": False}
 
 
 class _ForcedOff(threading.local):
@@ -234,6 +234,7 @@ def _load() -> None:
     _state["split"] = not _env_off("RNNKIT_BATCH_SPLIT")
     torch.ops.rnnkit_fused.set_batch_split(_state["split"])
     _state["reuse"] = not _env_off("RNNKIT_REUSE_SAVED")
+    _state["pair"] = not _env_off("RNNKIT_PAIR_DIRECTIONS")
     _state["prefetch"] = not _env_off("RNNKIT_PREFETCH")
     torch.ops.rnnkit_fused.set_prefetch(_state["prefetch"])
     torch.ops.rnnkit_fused.set_parallel_min(PARALLEL_MIN)
@@ -296,7 +297,7 @@ def may_reuse_saved() -> bool:
 def status() -> dict:
     """``{"in_use": bool, "library": path or None, "why_not": reason or None, "onednn_min_macs": int or
     None, "threaded": bool, "packed_gemm": bool, "panel_gemm": bool, "small_products": bool, "batch_split":
-    bool, "reuse_saved": bool, "prefetch": bool}`` (builds on first call).
+    bool, "reuse_saved": bool, "prefetch": bool, "paired_directions": bool}`` (builds on first call).
     ``onednn_min_macs``: from what size float32 recurrent products go through oneDNN (None: never).
     ``threaded``: whether a step's pointwise work can be split over torch's threads (the library was built
     with OpenMP). ``packed_gemm``: whether the other float32 recurrent products read a weight packed once per
@@ -313,7 +314,8 @@ def status() -> dict:
     BATCH SPLIT). ``reuse_saved``: whether a backward that frees its graph writes gradients into the saved
     buffers it has read (:func:`may_reuse_saved`; ``RNNKIT_REUSE_SAVED=0`` turns it off). ``prefetch``: whether
     the LSTM's training loops ask for each thread's rows of the next step's buffers a step ahead (loops.cpp's
-    PREFETCH; ``RNNKIT_PREFETCH=0`` turns it off)."""
+    PREFETCH; ``RNNKIT_PREFETCH=0`` turns it off). ``paired_directions``: whether a bidirectional layer's two
+    inference loops run at once, each on a thread, where neither splits its batch (:func:`pairs_directions`)."""
     in_use = ops() is not None
     why = None if in_use else "turned off by python_loops()" if _forced_off.value else _state["why_not"]
     return {"in_use": in_use, "library": _state["path"], "why_not": why,
@@ -321,7 +323,8 @@ def status() -> dict:
             "packed_gemm": in_use and _state["packed"], "panel_gemm": in_use and _state["panel"],
             "small_products": in_use and _state["small"],
             "batch_split": in_use and _state["threaded"] and _state["split"],
-            "reuse_saved": in_use and _state["reuse"], "prefetch": in_use and _state["prefetch"]}
+            "reuse_saved": in_use and _state["reuse"], "prefetch": in_use and _state["prefetch"],
+            "paired_directions": pairs_directions()}
 
 
 @contextlib.contextmanager
@@ -398,6 +401,26 @@ def prefetch_steps(on: bool):
     """Let the LSTM's training loops ask for the next step's rows a step ahead (True) or not (False) inside the
     block, for every thread (loops.cpp's PREFETCH). For tests and benchmarks; results are the same bit for bit."""
     return _switch("set_prefetch", "prefetch", on)
+
+
+def pairs_directions() -> bool:
+    """Whether a bidirectional layer's two inference loops may run at once, each on a thread, where neither splits
+    its batch (loops.cpp's PAIRED DIRECTIONS; ``RNNKIT_PAIR_DIRECTIONS=0`` turns it off)."""
+    return ops() is not None and _state["pair"] and _state["threaded"]
+
+
+@contextlib.contextmanager
+def paired_directions(on: bool):
+    """Let a bidirectional layer's two inference loops run at once where neither splits its batch (True) or one
+    after the other (False) inside the block, for every thread. For tests and benchmarks; results are the same bit
+    for bit."""
+    _loaded_ops()
+    saved = _state["pair"]
+    _state["pair"] = bool(on)
+    try:
+        yield
+    finally:
+        _state["pair"] = saved
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ step then costs a few pointwise ops and the same GEMMs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -133,10 +135,10 @@ def _reset_before_grads(grad_gates, grad_in, h_in, hidden_terms, projections, ha
     return grad_gates, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
 
 
-def infer(cell, x, h0, packing, masks: Masks, kernels) -> tuple[Tensor, Tensor]:
+def infer(cell, x, h0, packing, masks: Masks, kernels) -> Callable[[], tuple[Tensor, Tensor]]:
     """:class:`FusedGRU`'s forward where autograd records nothing, each step projecting its inputs in the compiled
-    loop (as :func:`rnnkit.engine.fused.lstm.infer`): the gates in a ``[B, 3H]`` scratch. Returns every step's
-    ``h [N, H]`` (a view) and the final ``h``."""
+    loop (as :func:`rnnkit.engine.fused.lstm.infer`): the gates in a ``[B, 3H]`` scratch. Starts the loop and
+    returns what gives every step's ``h [N, H]`` (a view) and the final ``h`` once it is done."""
     batch, hidden, rows_total = packing.batch, cell.hidden_size, packing.rows
     states = workspace.empty((batch + rows_total, hidden), x)
     states[:batch] = h0
@@ -155,7 +157,7 @@ def infer(cell, x, h0, packing, masks: Masks, kernels) -> tuple[Tensor, Tensor]:
     kernels.gru_forward(x.new_empty(batch, 3 * hidden), states, terms, candidate, *_compiled_buffers(projections),
                         bias_hh, masks.recurrent, None if masks.zoneout is None else masks.zoneout[0], x.contiguous(),
                         inputs.compiled_buffers(), input_bias, packing.batch_sizes, cell.reset_after, LAYER_NORM_EPS)
-    return state_outputs(states, packing)
+    return lambda: state_outputs(states, packing)
 
 
 def _compiled_buffers(projections, backward: bool = False) -> tuple[list, int]:

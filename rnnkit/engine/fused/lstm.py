@@ -17,6 +17,8 @@ four pointwise ops and one recurrent GEMM.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -126,11 +128,12 @@ class FusedLSTM(torch.autograd.Function):
                 grad_cell_gain, grad_cell_bias, None, None)
 
 
-def infer(cell, x, h0, c0, packing, masks: Masks, kernels) -> tuple[Tensor, Tensor, Tensor]:
+def infer(cell, x, h0, c0, packing, masks: Masks, kernels) -> Callable[[], tuple[Tensor, Tensor, Tensor]]:
     """:class:`FusedLSTM`'s forward where autograd records nothing, with each step's input projection done in the
     compiled loop (loops.cpp's INPUTS STEP BY STEP) instead of one GEMM over all packed rows ``x [N, I]`` up front:
-    the gates live in a ``[B, 4H]`` scratch, not an ``[N, 4H]`` buffer. Returns every step's ``h [N, H]`` (a view)
-    and the final ``h``, ``c``."""
+    the gates live in a ``[B, 4H]`` scratch, not an ``[N, 4H]`` buffer. Starts the loop and returns what gives
+    every step's ``h [N, H]`` (a view) and the final ``h``, ``c`` once it is done (a paired loop may run later:
+    loops.cpp's PAIRED DIRECTIONS)."""
     batch, hidden, rows_total = packing.batch, cell.hidden_size, packing.rows
     hs = workspace.empty((batch + rows_total, hidden), x)
     cs = workspace.empty((batch + rows_total, hidden), x)
@@ -146,7 +149,7 @@ def infer(cell, x, h0, c0, packing, masks: Masks, kernels) -> tuple[Tensor, Tens
                          *((x.new_empty(rows_total), x.new_empty(rows_total)) if norm else (None, None)),
                          masks.recurrent, *(masks.zoneout or (None, None)), x.contiguous(), inputs.compiled_buffers(),
                          bias, packing.batch_sizes, LAYER_NORM_EPS)
-    return *state_outputs(hs, packing), final_states(cs, packing)
+    return lambda: (*state_outputs(hs, packing), final_states(cs, packing))
 
 
 def _forward_steps(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias, packing, masks):

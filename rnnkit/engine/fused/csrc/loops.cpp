@@ -11,6 +11,7 @@
 #include <ATen/ThreadLocalState.h>
 
 #include <atomic>
+#include <functional>
 #include <algorithm>
 #include <limits>
 #include <optional>
@@ -684,6 +685,51 @@ bool graph_kept() {
 // over how many threads a loop that may split its batch splits one of `batch` rows now (for tests)
 int64_t batch_threads(int64_t batch) { return Split(batch).threads; }
 
+// PAIRED DIRECTIONS. A bidirectional layer's two loops are independent: run one after the other, each either
+// leaves the second thread idle (a batch of 1-3 rows does not split, see BATCH SPLIT) or splits its batch, so that
+// each thread's products have half the rows. After pair_loops(2) on a thread, that thread's next two forward loops
+// (lstm_forward, gru_forward) run together: the first is kept (with its own copies of every argument) and returns
+// at once, its buffers not yet written; the second runs both, each on a thread of its own with its whole batch
+// (inside that parallel region neither splits, and a product that would go through oneDNN runs on its thread).
+// The caller reads neither's results before the second call returns. pair_loops(0) runs whatever is kept (after
+// an error between the two calls) and ends the pairing. Each loop computes exactly what it computes alone.
+// Inference, in-process A/B on a Zen 4: rnnkit.engine.fused.PAIRED_MAX_WIDTH.
+thread_local std::vector<std::function<void()>> kept_loops;
+thread_local int64_t loops_to_pair = 0;
+
+void run_loops(std::vector<std::function<void()>>& loops) {
+  if (loops.size() < 2) {
+    for (auto& loop : loops) loop();
+    return;
+  }
+  const at::ThreadLocalState caller;  // (BELOW AUTOGRAD: grad mode and dispatch settings are per thread)
+  at::parallel_for(0, static_cast<int64_t>(loops.size()), 1, [&](int64_t first, int64_t last) {
+    const at::ThreadLocalStateGuard same(caller);
+    for (int64_t k = first; k < last; ++k) loops[k]();
+  });
+}
+
+void pair_loops(int64_t count) {
+  TORCH_CHECK(count == 0 || count == 2, "rnnkit compiled loops: pair_loops takes 0 or 2, got ", count);
+  std::vector<std::function<void()>> loops;
+  loops.swap(kept_loops);
+  loops_to_pair = count;
+  run_loops(loops);
+}
+
+// loop() now, or kept until the pair is complete (PAIRED DIRECTIONS); loop owns its arguments
+void run_or_pair(std::function<void()> loop) {
+  if (loops_to_pair <= 0) {
+    loop();
+    return;
+  }
+  kept_loops.push_back(std::move(loop));
+  if (--loops_to_pair > 0) return;
+  std::vector<std::function<void()>> loops;
+  loops.swap(kept_loops);
+  run_loops(loops);
+}
+
 // INPUTS STEP BY STEP. Where no backward will run, the LSTM's forward takes the packed inputs x [N, I] and the input
 // projection (`input`: [W_ih] or, with layer norm, [W_ih, gain, pre, mean, rstd] of one step's rows, see
 // Projection::per_step; `input_bias`: b_ih + b_hh or none) instead of every step's gates from one GEMM up front:
@@ -738,10 +784,10 @@ inline bool prefetching(int64_t rows) {
   return rows >= kPrefetchMinRows && prefetch_steps.load(std::memory_order_relaxed);
 }
 
-void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
-                  OptTensor peephole, OptTensor cell_gain, OptTensor cell_bias, OptTensor cell_mean,
-                  OptTensor cell_rstd, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, OptTensor x,
-                  at::TensorList input, OptTensor input_bias, at::IntArrayRef batch_sizes, double eps) {
+void lstm_forward_now(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
+                      OptTensor peephole, OptTensor cell_gain, OptTensor cell_bias, OptTensor cell_mean,
+                      OptTensor cell_rstd, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, OptTensor x,
+                      at::TensorList input, OptTensor input_bias, at::IntArrayRef batch_sizes, double eps) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see BELOW AUTOGRAD above
   for (const Tensor& t : {act, hs, cs, cell_tilde, tanh_c}) check_dense(t, "LSTM buffer");
   for (const auto& t : {peephole, cell_gain, cell_bias, cell_mean, cell_rstd, recurrent, zone_h, zone_c, x, input_bias})
@@ -785,6 +831,19 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
         });
       }
     });
+  });
+}
+
+void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor tanh_c, at::TensorList projection,
+                  OptTensor peephole, OptTensor cell_gain, OptTensor cell_bias, OptTensor cell_mean,
+                  OptTensor cell_rstd, OptTensor recurrent, OptTensor zone_h, OptTensor zone_c, OptTensor x,
+                  at::TensorList input, OptTensor input_bias, at::IntArrayRef batch_sizes, double eps) {
+  if (loops_to_pair <= 0)
+    return lstm_forward_now(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias, cell_mean,
+                            cell_rstd, recurrent, zone_h, zone_c, x, input, input_bias, batch_sizes, eps);
+  run_or_pair([=, projection = projection.vec(), input = input.vec(), batch_sizes = batch_sizes.vec()] {
+    lstm_forward_now(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias, cell_mean,
+                     cell_rstd, recurrent, zone_h, zone_c, x, input, input_bias, batch_sizes, eps);
   });
 }
 
@@ -858,9 +917,10 @@ void lstm_backward(Tensor grad_in, Tensor grad_c, Tensor tanh_c, Tensor cs, Tens
 // reset before: projection = [R_rz..., R_n...] (split by `split` tensors), terms [N, H] receives r * h~.
 // x, input, input_bias: the step-by-step input projection of inference, as lstm_forward's (INPUTS STEP BY STEP):
 // act is then a [B, 3H] scratch; input_bias is b_ih (reset after) or b_ih + b_hh (reset before).
-void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, at::TensorList projection,
-                 int64_t split, OptTensor bias, OptTensor recurrent, OptTensor zone, OptTensor x, at::TensorList input,
-                 OptTensor input_bias, at::IntArrayRef batch_sizes, bool reset_after, double eps) {
+void gru_forward_now(Tensor act, Tensor states, Tensor terms, OptTensor candidate, at::TensorList projection,
+                     int64_t split, OptTensor bias, OptTensor recurrent, OptTensor zone, OptTensor x,
+                     at::TensorList input, OptTensor input_bias, at::IntArrayRef batch_sizes, bool reset_after,
+                     double eps) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see BELOW AUTOGRAD above
   for (const Tensor& t : {act, states, terms}) check_dense(t, "GRU buffer");
   for (const auto& t : {candidate, bias, recurrent, zone, x, input_bias}) check_dense(t, "GRU option");
@@ -923,6 +983,18 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
         }
       }
     });
+  });
+}
+
+void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, at::TensorList projection,
+                 int64_t split, OptTensor bias, OptTensor recurrent, OptTensor zone, OptTensor x, at::TensorList input,
+                 OptTensor input_bias, at::IntArrayRef batch_sizes, bool reset_after, double eps) {
+  if (loops_to_pair <= 0)
+    return gru_forward_now(act, states, terms, candidate, projection, split, bias, recurrent, zone, x, input,
+                           input_bias, batch_sizes, reset_after, eps);
+  run_or_pair([=, projection = projection.vec(), input = input.vec(), batch_sizes = batch_sizes.vec()] {
+    gru_forward_now(act, states, terms, candidate, projection, split, bias, recurrent, zone, x, input, input_bias,
+                    batch_sizes, reset_after, eps);
   });
 }
 
@@ -1199,6 +1271,7 @@ TORCH_LIBRARY(rnnkit_fused, m) {
   m.def("set_small_products(bool on) -> int", &set_small_products);
   m.def("set_batch_split(bool on) -> int", &set_batch_split);
   m.def("batch_threads(int batch) -> int", &batch_threads);
+  m.def("pair_loops(int count) -> ()", &pair_loops);
   m.def("threaded() -> bool", &threaded);
   m.def("graph_kept() -> bool", &graph_kept);
   m.def("transpose_into(Tensor src, Tensor(a!) dst) -> ()", &transpose_into);
