@@ -315,7 +315,7 @@ def status() -> dict:
     buffers it has read (:func:`may_reuse_saved`; ``RNNKIT_REUSE_SAVED=0`` turns it off). ``prefetch``: whether
     the LSTM's training loops ask for each thread's rows of the next step's buffers a step ahead (loops.cpp's
     PREFETCH; ``RNNKIT_PREFETCH=0`` turns it off). ``paired_directions``: whether a bidirectional layer's two
-    inference loops run at once, each on a thread, where neither splits its batch (:func:`pairs_directions`)."""
+    inference loops may run at once, one thread each (:func:`pairs_directions`)."""
     in_use = ops() is not None
     why = None if in_use else "turned off by python_loops()" if _forced_off.value else _state["why_not"]
     return {"in_use": in_use, "library": _state["path"], "why_not": why,
@@ -404,37 +404,34 @@ def prefetch_steps(on: bool):
 
 
 def pairs_directions() -> bool:
-    """Whether a bidirectional layer's two inference loops may run at once, each on a thread, where neither splits
-    its batch (loops.cpp's PAIRED DIRECTIONS; ``RNNKIT_PAIR_DIRECTIONS=0`` turns it off)."""
+    """Whether a bidirectional layer's two inference loops may run at once, one thread each (loops.cpp's PAIRED
+    DIRECTIONS, at the shapes of :func:`rnnkit.engine.fused.pairs_at`; ``RNNKIT_PAIR_DIRECTIONS=0`` turns it off)."""
     return ops() is not None and _state["pair"] and _state["threaded"]
 
 
-@contextlib.contextmanager
 def paired_directions(on: bool):
-    """Let a bidirectional layer's two inference loops run at once where neither splits its batch (True) or one
-    after the other (False) inside the block, for every thread. For tests and benchmarks; results are the same bit
-    for bit."""
-    _loaded_ops()
-    saved = _state["pair"]
-    _state["pair"] = bool(on)
-    try:
-        yield
-    finally:
-        _state["pair"] = saved
+    """Let a bidirectional layer's two inference loops run at once (True) or one after the other (False) inside the
+    block, for every thread. For tests and benchmarks; results are the same bit for bit."""
+    return _python_switch("pair", on)
 
 
-@contextlib.contextmanager
 def reuse_saved(on: bool):
     """Let a fused backward that frees its graph write gradients into its saved buffers (True) or always into
     buffers of their own (False) inside the block, for every thread (:func:`may_reuse_saved`). For tests and
     benchmarks; results are the same bit for bit."""
+    return _python_switch("reuse", on)
+
+
+@contextlib.contextmanager
+def _python_switch(key: str, on: bool):
+    """Set ``_state[key]``, a switch the Python side reads, to ``on`` inside the block (the loops must be in use)."""
     _loaded_ops()
-    saved = _state["reuse"]
-    _state["reuse"] = bool(on)
+    saved = _state[key]
+    _state[key] = bool(on)
     try:
         yield
     finally:
-        _state["reuse"] = saved
+        _state[key] = saved
 
 
 @contextlib.contextmanager
