@@ -542,8 +542,8 @@ def test_a_bidirectional_layers_two_inference_loops_run_at_once_and_compute_the_
 
 
 def test_an_error_between_two_paired_loops_runs_the_kept_one_and_ends_the_pairing(monkeypatch):
-    """Should the second direction fail to start, the first direction's kept loop runs and the pairing ends
-    (pair_loops(0)), so that the next loops run alone and right."""
+    """Should the second direction fail to start, the pairing ends (pair_loops(0), which runs a kept loop), so that
+    the next loops run alone and right."""
     from rnnkit.engine import fused
 
     if not compiled.status()["threaded"]:
@@ -561,12 +561,15 @@ def test_an_error_between_two_paired_loops_runs_the_kept_one_and_ends_the_pairin
         return start(*args)
 
     x = torch.randn(2, 30, 5, dtype=torch.float64)
+    counting = _CountingPairs(compiled.ops())
+    monkeypatch.setattr(compiled, "ops", lambda: counting)
     try:
         torch.set_num_threads(2)
         with torch.no_grad():
             monkeypatch.setattr(fused, "_start", failing_second)
             with pytest.raises(RuntimeError, match="second direction failed"):
                 layer(x)
+            assert counting.pairs == [2, 0]  # the pairing ended
             monkeypatch.setattr(fused, "_start", start)
             single = rk.LSTM(5, 64, backend="fused").double()  # one direction: never paired
             single.load_state_dict({k: v for k, v in layer.state_dict().items() if "cells.0" in k})
@@ -574,8 +577,15 @@ def test_an_error_between_two_paired_loops_runs_the_kept_one_and_ends_the_pairin
             single_reference.load_state_dict(single.state_dict())
             assert_close(single(x)[0], single_reference(x)[0])
             assert_close(layer(x)[0], reference(x)[0])
+            # pair_loops(0) runs a kept loop: a lone call after pair_loops(2) returns its buffers unwritten (its
+            # outputs a view of them), pair_loops(0) then writes them
+            fresh = torch.randn(2, 30, 5, dtype=torch.float64)
+            counting.real.pair_loops(2)
+            kept, _ = single(fresh)
+            counting.real.pair_loops(0)
+            assert_close(kept, single_reference(fresh)[0])
         with pytest.raises(RuntimeError, match="pair_loops takes 0 or 2"):
-            compiled.ops().pair_loops(3)
+            counting.real.pair_loops(3)
     finally:
         torch.set_num_threads(threads)
 
