@@ -528,13 +528,19 @@ def test_a_bidirectional_layers_two_inference_loops_run_at_once_and_compute_the_
             if dtype == torch.float64:  # (in float32 both engines' rounding grows over 20 steps of 64 units)
                 for a, b in zip(runs[0], runs[2], strict=True):
                     assert_close(a, b, dtype=dtype)
-        with torch.no_grad():  # not paired: past 16k wide, too short, a single thread, or recorded for a backward
-            for shape, threads_now in (((257, 20, 5), 2), ((3, 15, 5), 2), ((3, 20, 5), 1)):
+        with torch.no_grad():  # not paired: past 16k wide, too short, a single thread, a batch that one direction
+            # would split over more than two threads (6 rows on 4: 3 threads), or recorded for a backward
+            for shape, threads_now in (((257, 20, 5), 2), ((3, 15, 5), 2), ((3, 20, 5), 1), ((6, 20, 5), 4)):
                 torch.set_num_threads(threads_now)
                 counting.pairs.clear()
                 layer(torch.randn(*shape, dtype=dtype))
                 assert counting.pairs == []
+            torch.set_num_threads(4)  # 5 rows on 4 threads: 2 threads a direction alone, paired
+            counting.pairs.clear()
+            layer(torch.randn(5, 20, 5, dtype=dtype))
+            assert counting.pairs == [2, 0]
         torch.set_num_threads(2)
+        counting.pairs.clear()
         layer(x)
         assert counting.pairs == []
     finally:

@@ -76,9 +76,12 @@ PAIRED_MIN_WORK = 1024
 
 def pairs_at(steps: int, batch: int, hidden_size: int) -> bool:
     """Whether a bidirectional LSTM or GRU layer's inference of this shape runs its two compiled loops at once
-    (on a CPU tensor the compiled loops take; see :func:`run_directions`)."""
+    (on a CPU tensor the compiled loops take; see :func:`run_directions`): also only where a direction alone would
+    split its batch over two threads at most (a pair runs on two), so that on a CPU of more threads a batch that
+    each direction spreads over more of them is not paired (measured on two threads only)."""
     return (hidden_size <= PAIRED_MAX_HIDDEN and batch * hidden_size <= PAIRED_MAX_WIDTH
-            and steps * hidden_size >= PAIRED_MIN_WORK and compiled.pairs_directions() and torch.get_num_threads() > 1)
+            and steps * hidden_size >= PAIRED_MIN_WORK and compiled.pairs_directions() and torch.get_num_threads() > 1
+            and compiled.ops().batch_threads(batch) <= 2)
 
 
 def _pairs(cells, x: Tensor, states) -> bool:
