@@ -717,12 +717,9 @@ void pair_loops(int64_t count) {
   run_loops(loops);
 }
 
-// loop() now, or kept until the pair is complete (PAIRED DIRECTIONS); loop owns its arguments
-void run_or_pair(std::function<void()> loop) {
-  if (loops_to_pair <= 0) {
-    loop();
-    return;
-  }
+// while a pair is being formed (loops_to_pair > 0: the callers run their loop directly otherwise): loop, which owns
+// its arguments, is kept, and the pair's last one runs them all (PAIRED DIRECTIONS)
+void keep_for_pair(std::function<void()> loop) {
   kept_loops.push_back(std::move(loop));
   if (--loops_to_pair > 0) return;
   std::vector<std::function<void()>> loops;
@@ -841,7 +838,7 @@ void lstm_forward(Tensor act, Tensor hs, Tensor cs, Tensor cell_tilde, Tensor ta
   if (loops_to_pair <= 0)
     return lstm_forward_now(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias, cell_mean,
                             cell_rstd, recurrent, zone_h, zone_c, x, input, input_bias, batch_sizes, eps);
-  run_or_pair([=, projection = projection.vec(), input = input.vec(), batch_sizes = batch_sizes.vec()] {
+  keep_for_pair([=, projection = projection.vec(), input = input.vec(), batch_sizes = batch_sizes.vec()] {
     lstm_forward_now(act, hs, cs, cell_tilde, tanh_c, projection, peephole, cell_gain, cell_bias, cell_mean,
                      cell_rstd, recurrent, zone_h, zone_c, x, input, input_bias, batch_sizes, eps);
   });
@@ -992,7 +989,7 @@ void gru_forward(Tensor act, Tensor states, Tensor terms, OptTensor candidate, a
   if (loops_to_pair <= 0)
     return gru_forward_now(act, states, terms, candidate, projection, split, bias, recurrent, zone, x, input,
                            input_bias, batch_sizes, reset_after, eps);
-  run_or_pair([=, projection = projection.vec(), input = input.vec(), batch_sizes = batch_sizes.vec()] {
+  keep_for_pair([=, projection = projection.vec(), input = input.vec(), batch_sizes = batch_sizes.vec()] {
     gru_forward_now(act, states, terms, candidate, projection, split, bias, recurrent, zone, x, input, input_bias,
                     batch_sizes, reset_after, eps);
   });
