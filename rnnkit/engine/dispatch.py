@@ -282,7 +282,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
     """
     if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
         training = _records_autograd(cells, x)
-        if x.device.type != "cpu":
+        if not x.is_cpu:  # (is_cpu: 0.07 us, device.type 0.45, which counts at T=1)
             return "native"
         compiled = fused_compiled.ops() is not None and fused_compiled.usable_for(x)
         if cells[0].kind == "lstm":
@@ -307,7 +307,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
                 and cells[0].hidden_size <= GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN):
             return "native"
     if all(fused.unsupported(cell) is None for cell in cells):
-        if (x.shape[0] == 1 and x.device.type == "cpu"
+        if (x.shape[0] == 1 and x.is_cpu
                 and x.shape[1] * cells[0].hidden_size <= SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH
                 and not autocasting(x) and _records_autograd(cells, x)):
             return "reference"
@@ -317,7 +317,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
 
 def autocasting(x: Tensor) -> bool:
     """Whether ``torch.autocast`` is on for ``x``'s device type."""
-    return autocast_on(x.device.type)
+    return autocast_on("cpu" if x.is_cpu else x.device.type)
 
 
 def _refuse_what_it_cannot_run(backend: str, cells: Sequence[RecurrentCell],

@@ -49,11 +49,14 @@ def packs(lengths: Tensor | None, steps: int) -> bool:
     return lengths is not None and bool((lengths < steps).any())
 
 
+_WEIGHT_NAMES = {True: ("weight_ih", "weight_hh", "bias_ih", "bias_hh"), False: ("weight_ih", "weight_hh")}
+
+
 def flat_weights(cell: RecurrentCell) -> list[Tensor]:
-    weights = [cell.weight_ih, cell.weight_hh]
-    if cell.bias:
-        weights += [cell.bias_ih, cell.bias_hh]
-    return weights
+    """torch.nn's weight list of one direction. Read from the cell's parameter dict: each ``cell.weight_ih`` goes
+    through ``nn.Module.__getattr__`` (~0.6 us; 2.3 us for the four, of a ~45 us generation step)."""
+    parameters = cell._parameters
+    return [parameters[name] for name in _WEIGHT_NAMES[cell.bias]]
 
 
 def run_layer(

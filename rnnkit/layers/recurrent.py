@@ -115,8 +115,9 @@ class RNN(nn.Module):
                 raise ValueError("lengths must be None when x is a PackedSequence (it carries its own lengths)")
             x, lengths = pad_packed_sequence(packed, batch_first=self.batch_first)
         # the cells as a tuple: indexing or slicing the ModuleList costs 4-7 us a time, which adds up at T=1
-        # (a generation loop calls the layer once a token)
-        every_cell = tuple(self.cells)
+        # (a generation loop calls the layer once a token); read from the module dicts, as ModuleList iterates them
+        # (``tuple(self.cells)`` goes through nn.Module.__getattr__ first: 1.0 against 0.14 us)
+        every_cell = tuple(self._modules["cells"]._modules.values())
         x = self._check_input(x, every_cell[0])
         unbatched = x.dim() == 2
         if unbatched:
@@ -139,7 +140,8 @@ class RNN(nn.Module):
             index = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
             cells = every_cell[index]
             # in the parameters' dtype, which x's is but under autocast (a bfloat16 1 / keep would be rounded)
-            noises = [cell.sample_noise(steps, batch, x.device) for cell in cells]
+            # (on the parameters' device, which x is on: a cell without noise returns before looking at any)
+            noises = [cell.sample_noise(steps, batch) for cell in cells]
             observe = None if self.step_observer is None else functools.partial(self.step_observer, layer)
             x, layer_finals = run_layer(cells, x, states[index], lengths, noises, self.backend, observe)
             finals += layer_finals
@@ -165,11 +167,15 @@ class RNN(nn.Module):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"x must have input_size={self.input_size} features in its last dim, "
                              f"got shape {list(x.shape)}")
-        weight = first_cell.weight_ih
+        # from the parameter dict, not through nn.Module.__getattr__ (~0.5 us less a call), where it is (a
+        # parametrization, torch.nn.utils.parametrize, moves it out)
+        weight = first_cell._parameters.get("weight_ih")
+        if weight is None:
+            weight = first_cell.weight_ih
         if x.dtype != weight.dtype and not (x.is_floating_point() and autocasting(x)):
             raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {weight.dtype}; "
                             f"convert one of them (e.g. layer.to({x.dtype})), or run under torch.autocast")
-        if x.device != weight.device:
+        if not (x.is_cpu and weight.is_cpu) and x.device != weight.device:  # (is_cpu: 0.07 us, .device 0.4)
             raise ValueError(f"x is on {x.device} but the layer's parameters are on {weight.device}")
         if x.shape[0 if x.dim() == 2 or not self.batch_first else 1] == 0:
             raise ValueError(f"x must have at least one time step, got shape {list(x.shape)}")
@@ -194,7 +200,7 @@ class RNN(nn.Module):
                 raise ValueError(f"state {name} must have shape [L*D, B, H] = {expected_shape}, "
                                  f"got {list(part.shape)}")
             mixed = part.dtype != x.dtype and not (part.is_floating_point() and autocasting(x))
-            if mixed or part.device != x.device:
+            if mixed or not (part.is_cpu and x.is_cpu) and part.device != x.device:
                 raise TypeError(f"state {name} must match x's dtype and device ({x.dtype}, {x.device}), "
                                 f"got ({part.dtype}, {part.device})")
         if unbatched:

@@ -376,3 +376,31 @@ def test_a_subclassed_cell_never_runs_on_torch_nn_kernels(base):
     assert not torch.allclose(layer(x)[0], plain(x)[0])  # the override ran
     with pytest.raises(ValueError, match="backend='native' cannot run custom cell Halved"):
         rk.RNN(3, 4, cell=Halved, backend="native")(x)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_a_parametrized_cell_runs_with_its_computed_weights(cell):
+    """``torch.nn.utils.parametrizations.weight_norm`` moves a weight out of the cell's parameter dict (which the
+    layer reads directly on its hot path) and makes the cell a subclass: ``auto`` runs the reference loop on the
+    weights it computes, in training and inference, and the gradients reach the parametrization's parameters."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    layer = rk.RNN(3, 4, cell=cell).double()
+    plain = rk.RNN(3, 4, cell=cell, backend="reference").double()
+    weight_norm(layer.cells[0], "weight_ih")
+    weight_norm(layer.cells[0], "weight_hh")
+    with torch.no_grad():  # a gain other than the norm: the computed weights differ from the stored direction
+        layer.cells[0].parametrizations.weight_ih.original0.mul_(1.5)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):  # the weights the parametrization computes
+            getattr(plain.cells[0], name).copy_(getattr(layer.cells[0], name))
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = layer(x)
+    expected, _ = plain(x)
+    assert_close(out, expected)
+    with torch.no_grad():
+        assert_close(layer(x)[0], expected)
+    gain = layer.cells[0].parametrizations.weight_ih.original0
+    grad_x, grad_gain = torch.autograd.grad(out.sum(), [x, gain])
+    assert_close(grad_x, torch.autograd.grad(expected.sum(), x)[0])
+    assert grad_gain.abs().sum() > 0

@@ -274,9 +274,15 @@ def panel_limits() -> tuple[int, int, int, int, int] | None:
     return _state["panel_limits"]
 
 
+_LOOP_DTYPES = (torch.float32, torch.float64)
+
+
 def usable_for(*tensors) -> bool:
     """The compiled loops take float32/float64 CPU tensors."""
-    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+    for t in tensors:  # (a loop, and is_cpu rather than device.type: 0.1 against 1.4 us, asked on every layer call)
+        if not (t.is_cpu and t.dtype in _LOOP_DTYPES):
+            return False
+    return True
 
 
 def may_reuse_saved() -> bool:

@@ -144,16 +144,17 @@ def infer(cell, x, h0, packing, masks: Masks, kernels) -> Callable[[], tuple[Ten
     states[:batch] = h0
     candidate = workspace.empty((rows_total, hidden), x) if masks.zoneout is not None else None
     terms = workspace.empty((rows_total, hidden), x)
-    norm = cell.layer_norm
-    inputs = Projection(cell.weight_ih, cell.ln_ih_weight if norm else None, packing, hidden, per_step=True)
-    gain = cell.ln_hh_weight if norm else None
+    norm, parameters = cell.layer_norm, cell._parameters  # (from the cell's dict, as lstm.infer reads them)
+    inputs = Projection(parameters["weight_ih"], parameters["ln_ih_weight"] if norm else None, packing, hidden,
+                        per_step=True)
+    gain, weight_hh = parameters["ln_hh_weight"] if norm else None, parameters["weight_hh"]
     if cell.reset_after:  # b_hh inside the reset's product, b_ih with the inputs
-        projections = (Projection(cell.weight_hh, gain, packing, hidden, per_step=True),)
-        input_bias, bias_hh = cell.bias_ih, cell.bias_hh
+        projections = (Projection(weight_hh, gain, packing, hidden, per_step=True),)
+        input_bias, bias_hh = parameters["bias_ih"], parameters["bias_hh"]
     else:
-        projections = tuple(Projection(cell.weight_hh[s], None if gain is None else gain[s], packing, hidden,
+        projections = tuple(Projection(weight_hh[s], None if gain is None else gain[s], packing, hidden,
                                        per_step=True) for s in (slice(0, 2 * hidden), slice(2 * hidden, None)))
-        input_bias, bias_hh = combined_bias(cell.bias_ih, cell.bias_hh), None
+        input_bias, bias_hh = combined_bias(parameters["bias_ih"], parameters["bias_hh"]), None
     kernels.gru_forward(x.new_empty(batch, 3 * hidden), states, terms, candidate, *_compiled_buffers(projections),
                         bias_hh, masks.recurrent, None if masks.zoneout is None else masks.zoneout[0], x.contiguous(),
                         inputs.compiled_buffers(), input_bias, packing.batch_sizes, cell.reset_after, LAYER_NORM_EPS)
