@@ -1,5 +1,7 @@
 """Property tests over random sizes, lengths and options."""
 
+import copy
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,3 +93,74 @@ def test_fused_equals_reference_with_noise(config, noisy):
         results.append([out, *finals, *torch.autograd.grad(loss, list(layer.parameters()))])
     for a, b in zip(*results):
         assert_close(b, a)
+
+
+@st.composite
+def float32_configurations(draw):
+    """Sizes on both sides of the dispatch rules' and the compiled loops' thresholds (batch split, panel products,
+    single steps, small batches, paired directions), which the tiny float64 sizes above never reach."""
+    cell, options = draw(st.sampled_from([
+        ("rnn", {}), ("rnn", {"nonlinearity": "relu"}), ("rnn", {"layer_norm": True}), ("gru", {}),
+        ("gru", {"reset_after": False}), ("gru", {"layer_norm": True}), ("lstm", {}), ("lstm", {"peepholes": True}),
+        ("lstm", {"layer_norm": True}), ("lstm", {"bias": False})]))
+    batch = draw(st.sampled_from([1, 2, 3, 5, 8, 9, 16, 33]))
+    steps = draw(st.sampled_from([1, 2, 3, 10, 30, 31, 100, 101]))
+    padded = draw(st.booleans())
+    lengths = draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch)) if padded else None
+    if lengths:
+        lengths[0] = steps
+    return {"cell": cell, "options": options, "batch": batch, "steps": steps, "lengths": lengths,
+            "hidden_size": draw(st.sampled_from([16, 64, 96, 97, 128, 160])),
+            "input_size": draw(st.sampled_from([1, 8, 32])), "num_layers": draw(st.integers(1, 2)),
+            "bidirectional": draw(st.booleans()), "batch_first": draw(st.booleans()),
+            "train": draw(st.booleans()), "initial_state": draw(st.booleans()), "threads": draw(st.sampled_from([1, 2])),
+            "backend": draw(st.sampled_from(["auto", "fused"])), "seed": draw(st.integers(0, 2**16))}
+
+
+def _run_for_errors(layer, x, lengths, state, train):
+    """outputs, final states and (training) the gradients of the input and every parameter."""
+    with torch.set_grad_enabled(train):
+        out, final = layer(x, lengths=lengths, state=state)
+    finals = final if isinstance(final, tuple) else (final,)
+    if not train:
+        return [out, *finals]
+    loss = (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum() + sum((f * f).sum() for f in finals)
+    return [out, *finals, *torch.autograd.grad(loss, [x, *layer.parameters()])]
+
+
+@settings(max_examples=30, deadline=None)
+@given(float32_configurations())
+def test_float32_fast_paths_are_as_accurate_as_the_reference_loop(config):
+    """``auto`` and ``fused`` in float32 against a float64 truth (the reference loop), at realistic sizes, with the
+    float32 reference loop as the yardstick: any wrong dispatch or kernel gives errors far above float32 rounding."""
+    c = config
+    torch.manual_seed(c["seed"])
+    reference = rk.RNN(c["input_size"], c["hidden_size"], c["num_layers"], cell=c["cell"],
+                       bidirectional=c["bidirectional"], batch_first=c["batch_first"], backend="reference",
+                       **c["options"])
+    randomise(reference, 0.7 / c["hidden_size"] ** 0.5)  # (stable dynamics: errors stay at rounding size)
+    ours = rk.RNN(c["input_size"], c["hidden_size"], c["num_layers"], cell=c["cell"],
+                  bidirectional=c["bidirectional"], batch_first=c["batch_first"], backend=c["backend"], **c["options"])
+    ours.load_state_dict(reference.state_dict())
+    truth_layer = copy.deepcopy(reference).double()
+    shape = (c["batch"], c["steps"], c["input_size"])
+    x = torch.randn(shape if c["batch_first"] else (shape[1], shape[0], shape[2]), requires_grad=c["train"])
+    state = None
+    if c["initial_state"]:
+        h = torch.randn(c["num_layers"] * (2 if c["bidirectional"] else 1), c["batch"], c["hidden_size"]) * 0.5
+        state = (h, torch.randn_like(h) * 0.5) if c["cell"] == "lstm" else h
+    x64 = x.detach().double().requires_grad_(c["train"])
+    state64 = None if state is None else (tuple(s.double() for s in state) if isinstance(state, tuple)
+                                          else state.double())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(c["threads"])
+    try:
+        truth = _run_for_errors(truth_layer, x64, c["lengths"], state64, c["train"])
+        yardstick = _run_for_errors(reference, x, c["lengths"], state, c["train"])
+        results = _run_for_errors(ours, x, c["lengths"], state, c["train"])
+    finally:
+        torch.set_num_threads(threads)
+    for k, (ours_k, ref_k, exact) in enumerate(zip(results, yardstick, truth)):
+        error = (ours_k.double() - exact).abs().max().item()
+        allowed = 3 * (ref_k.double() - exact).abs().max().item() + 1e-5 * max(1.0, exact.abs().max().item())
+        assert error <= allowed, (k, error, allowed)
