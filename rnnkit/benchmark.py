@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -343,6 +345,24 @@ PADDED_NOTE = ("Padded batches (lengths spread evenly from T down to T/3): torch
 PADDED_TITLE = "padded batch: rnnkit (lengths=) / torch.nn (PackedSequence)"
 
 #: how :func:`run_memory` measures, on the CPU and on a GPU
+#: what decides whether a freed block goes back to the system, after which the next fresh buffer of its size is
+#: page-faulted in again: glibc's thresholds (environment variables or tunables) or a preloaded allocator. It moves
+#: torch.nn's times as much as rnnkit's (oneDNN's LSTM training at (64,200,64,256): 67k faults a step, ~40% of
+#: its time, with glibc's defaults; none with the thresholds raised), so a run says which it had.
+ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+def allocator_line() -> str:
+    """The memory allocator settings of this run, for the benchmark's header."""
+    settings = [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
+    if settings:
+        return "allocator: " + ", ".join(settings)
+    if platform.libc_ver()[0] == "glibc":
+        return ("allocator: glibc's defaults (freed large blocks go back to the system and are page-faulted in "
+                "again, in torch.nn's calls and rnnkit's: see the README's Speed section)")
+    return "allocator: the platform's default"
+
+
 MEMORY_NOTE = ("Peak training memory (rise of peak resident memory over one forward+backward, MiB; B=32, I=32, "
                "H=128). First step: the first at this shape in a fresh process; steady: a step after one at the "
                "same shape, freed memory handed back in between:")

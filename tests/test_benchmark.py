@@ -75,7 +75,7 @@ def test_bench_command_says_which_loops_products_and_pool_it_measured(tmp_path):
 
     report = tmp_path / "bench.md"
     result = CliRunner().invoke(app, ["bench", "--quick", "--cells", "rnn", "--markdown", str(report)],
-                                env={"COLUMNS": "400", "RNNKIT_WORKSPACE_MB": "256"})
+                                env={"COLUMNS": "400", "RNNKIT_WORKSPACE_MB": "256", "MALLOC_TRIM_THRESHOLD_": "1234"})
     assert result.exit_code == 0, result.output
     header = report.read_text().splitlines()[0]
     status = compiled.status()
@@ -85,7 +85,21 @@ def test_bench_command_says_which_loops_products_and_pool_it_measured(tmp_path):
         assert (threads if status["threaded"] else "single-threaded steps") in header
     assert ("through oneDNN" if status["onednn_min_macs"] is not None else "through ATen") in header
     assert "buffer pool up to 256 MiB" in header
+    assert "allocator: MALLOC_TRIM_THRESHOLD_=1234" in header
     assert "| rnn |" in report.read_text()
+
+
+def test_the_allocator_line_says_what_decides_page_faults(monkeypatch):
+    for name in benchmark.ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(benchmark.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    assert benchmark.allocator_line().startswith("allocator: glibc's defaults (freed large blocks go back")
+    monkeypatch.setattr(benchmark.platform, "libc_ver", lambda: ("", ""))
+    assert benchmark.allocator_line() == "allocator: the platform's default"
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1073741824")
+    assert benchmark.allocator_line() == ("allocator: MALLOC_MMAP_THRESHOLD_=1073741824, "
+                                          "LD_PRELOAD=/usr/lib/libjemalloc.so.2")
 
 
 def test_markdown_memory_rows_give_both_ratios():
