@@ -344,7 +344,6 @@ PADDED_NOTE = ("Padded batches (lengths spread evenly from T down to T/3): torch
                "user builds (pack_padded_sequence, then pad_packed_sequence), rnnkit gets lengths=.")
 PADDED_TITLE = "padded batch: rnnkit (lengths=) / torch.nn (PackedSequence)"
 
-#: how :func:`run_memory` measures, on the CPU and on a GPU
 #: what decides whether a freed block goes back to the system, after which the next fresh buffer of its size is
 #: page-faulted in again: glibc's thresholds (environment variables or tunables) or a preloaded allocator. It moves
 #: torch.nn's times as much as rnnkit's (oneDNN's LSTM training at (64,200,64,256): 67k faults a step, ~40% of
@@ -363,6 +362,7 @@ def allocator_line() -> str:
     return "allocator: the platform's default"
 
 
+#: how :func:`run_memory` measures, on the CPU and on a GPU
 MEMORY_NOTE = ("Peak training memory (rise of peak resident memory over one forward+backward, MiB; B=32, I=32, "
                "H=128). First step: the first at this shape in a fresh process; steady: a step after one at the "
                "same shape, freed memory handed back in between:")

@@ -410,8 +410,9 @@ def bench(
         loops_line = _cpu_engine_line()
     console.print(loops_line)
     if where.type == "cpu":
-        loops_line += f"; {benchmark.allocator_line()}"
-        console.print(benchmark.allocator_line())
+        allocator = benchmark.allocator_line()
+        console.print(allocator)
+        loops_line += f"; {allocator}"
     shapes = benchmark.QUICK_SHAPES if quick else benchmark.SHAPES
     padded = () if quick else benchmark.PADDED_SHAPES
     with Progress(console=console, transient=True) as progress:

@@ -200,7 +200,7 @@ class RNN(nn.Module):
                 raise ValueError(f"state {name} must have shape [L*D, B, H] = {expected_shape}, "
                                  f"got {list(part.shape)}")
             mixed = part.dtype != x.dtype and not (part.is_floating_point() and autocasting(x))
-            if mixed or not (part.is_cpu and x.is_cpu) and part.device != x.device:
+            if mixed or (not (part.is_cpu and x.is_cpu) and part.device != x.device):
                 raise TypeError(f"state {name} must match x's dtype and device ({x.dtype}, {x.device}), "
                                 f"got ({part.dtype}, {part.device})")
         if unbatched:
