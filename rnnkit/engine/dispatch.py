@@ -150,6 +150,13 @@ SHORT_TRAINING_NATIVE_MAX_STEPS = {"gru": 1, "rnn_tanh": 3, "rnn_relu": 3}
 #: 0.69-0.92, peepholes 0.94-1.35, layer-norm Elman RNN 0.89-1.27; 16k (B128 H128, B256 H64) 0.93-1.57. At T=2
 #: the fused engine is ahead or even (0.71-1.02), and in inference at T=1 neither is (0.63-1.26): fused there.
 SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH = 16384
+#: ... and the single-step *inference* of an Elman RNN with those options (layer norm, zoneout) up to the same width:
+#: it has no per-step inference loop (the GRU and LSTM project their inputs inside theirs), so its fused call is two
+#: Functions' worth of fixed cost for one step. Twenty-first session, Zen 4 EPYC (2 threads, I=32, inference_mode,
+#: state given, in-process interleaved, 15 rounds), reference over fused time: T=1 layer norm B1-64 H64-512
+#: 0.78-0.96 (B256 H128, 32k: 1.28), zoneout 0.59-0.80; T=2 layer norm 1.16-1.43, zoneout 0.71-1.06 (fused); T=4
+#: 1.22-2.30. The GRU's and LSTM's options stay fused at T=1 (reference 1.10-1.34x for layer norm and peepholes,
+#: 0.86-1.07x for the reset-before GRU and zoneout: a tie).
 #: The same holds for a plain float32 LSTM's single training step on CPU against oneDNN's LSTM, at every width
 #: measured: ``auto`` trains it with the reference loop (outside autocast). Twentieth session, Zen 4 EPYC (2 threads,
 #: I=64, in-process interleaved), reference over native training time at T=1: B1-64 with H64-1024 0.39-0.90, B256
@@ -276,11 +283,13 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
       the GRU's single steps of small batches and sizes (:data:`GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN`),
       LSTM training and inference on CPU at those shapes, and every option torch.nn lacks but a single step's
       training on CPU at batch x hidden size up to :data:`SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH` (outside
-      autocast, under which the fused engine computes in the parameters' dtype and the reference loop would not);
+      autocast, under which the fused engine computes in the parameters' dtype and the reference loop would not)
+      and an Elman RNN's single step with those options in inference too;
     - the reference loop for those single steps, a plain float32 LSTM's single training step on CPU (outside
       autocast), and cells the fused engine does not know.
     """
-    if all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises)):
+    exact = all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises))
+    if exact:
         training = _records_autograd(cells, x)
         if not x.is_cpu:  # (is_cpu: 0.07 us, device.type 0.45, which counts at T=1)
             return "native"
@@ -309,7 +318,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
     if all(fused.unsupported(cell) is None for cell in cells):
         if (x.shape[0] == 1 and x.is_cpu
                 and x.shape[1] * cells[0].hidden_size <= SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH
-                and not autocasting(x) and _records_autograd(cells, x)):
+                and not autocasting(x)
+                and (_records_autograd(cells, x) or (not exact and cells[0].kind.startswith("rnn")))):
             return "reference"
         return "fused"
     return "reference"

@@ -129,21 +129,27 @@ def test_gru_inference_of_a_single_step_runs_natively_at_small_sizes(steps, batc
                                      {"cell": "gru", "recurrent_dropout": 0.2, "bidirectional": True}])
 def test_a_single_training_step_of_what_torch_nn_lacks_runs_the_reference_loop(options):
     """One step in training, batch x hidden up to 16384, on CPU: the reference loop's few autograd ops cost less
-    than the fused call (1.05-1.78x its time); from two steps, without grad, past that width or under autocast (where
-    the two would compute in different dtypes): the fused engine. Either way the same values as the fused engine."""
+    than the fused call (1.05-1.78x its time); from two steps, past that width or under autocast (where the two would
+    compute in different dtypes): the fused engine; without grad too, but for the Elman RNN, whose fused call has no
+    per-step inference loop (reference 0.59-0.96x its time at T=1). Either way the same values as the fused engine."""
     from rnnkit.engine.dispatch import SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH, choose_backend
 
     torch.manual_seed(0)
     layer = rk.RNN(3, 64, **options).double()
     noises = [cell.sample_noise(1, 2) for cell in layer.cells]
     one = torch.randn(1, 256, 3, dtype=torch.float64)  # [T, B, I]: 256 x 64 = 16384
+    wider = torch.randn(1, 257, 3, dtype=torch.float64)
     assert choose_backend(layer.cells, noises, one) == "reference"
-    assert choose_backend(layer.cells, noises, torch.randn(1, 257, 3, dtype=torch.float64)) == "fused"
+    assert choose_backend(layer.cells, noises, wider) == "fused"
     assert choose_backend(layer.cells, noises, torch.randn(2, 4, 3, dtype=torch.float64)) == "fused"
     with torch.no_grad():
-        assert choose_backend(layer.cells, noises, one) == "fused"
+        assert choose_backend(layer.cells, noises, one) == ("reference" if options["cell"] == "rnn" else "fused")
+        assert choose_backend(layer.cells, noises, wider) == "fused"
+        assert choose_backend(layer.cells, noises, torch.randn(2, 4, 3, dtype=torch.float64)) == "fused"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert choose_backend(layer.cells, noises, one) == "fused"
+        with torch.no_grad():
+            assert choose_backend(layer.cells, noises, one) == "fused"
     assert 256 * 64 == SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH
     # what auto computes for one step in training (the same noise drawn: same seed) equals the fused engine's
     fused = rk.RNN(3, 64, backend="fused", **options).double()
@@ -159,6 +165,18 @@ def test_a_single_training_step_of_what_torch_nn_lacks_runs_the_reference_loop(o
         x.grad = None
     for auto_value, fused_value in zip(*results, strict=True):
         assert_close(auto_value, fused_value, dtype=torch.float64)
+    layer.eval()  # and one step of inference (a generation loop's call), with a state to start from
+    fused.eval()
+    state = torch.randn(layer.num_directions, 4, 64, dtype=torch.float64)
+    state = (state, state.flip(0)) if options["cell"] == "lstm" else state
+    with torch.inference_mode():
+        for auto_value, fused_value in zip(_flat(layer(x, state=state)), _flat(fused(x, state=state)), strict=True):
+            assert_close(auto_value, fused_value, dtype=torch.float64)
+
+
+def _flat(result):
+    outputs, final = result
+    return [outputs, *(final if isinstance(final, tuple) else (final,))]
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -235,9 +253,10 @@ def test_elman_inference_of_short_sequences_runs_natively(steps, batch, hidden, 
     assert chosen == ("native" if expected or compiled.ops() is None else "fused")
     # training: fused from 4 steps (SHORT_TRAINING_NATIVE_MAX_STEPS)
     assert dispatch.choose_backend(layer.cells, [None], x) == ("native" if steps <= 3 else "fused")
-    layer.cells[0].zoneout = 0.1  # what torch.nn lacks: fused at every shape
+    layer.cells[0].zoneout = 0.1  # what torch.nn lacks: fused, but a single step up to 16k (the reference loop)
     with torch.no_grad():
-        assert dispatch.choose_backend(layer.cells, [None], x) == "fused"
+        single = steps == 1 and batch * hidden <= dispatch.SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH
+        assert dispatch.choose_backend(layer.cells, [None], x) == ("reference" if single else "fused")
 
 
 @pytest.mark.parametrize(("steps", "training", "expected"), [
