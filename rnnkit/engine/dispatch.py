@@ -148,7 +148,8 @@ SHORT_TRAINING_NATIVE_MAX_STEPS = {"gru": 1, "rnn_tanh": 3, "rnn_relu": 3}
 #: EPYC (2 threads, I=32-64, in-process interleaved), fused over reference training time at T=1: B1-64 with H64-512
 #: (one or two directions) 1.05-1.78 for every option; from 32k (B256 H128, B128 H256) layer-norm LSTM and GRU
 #: 0.69-0.92, peepholes 0.94-1.35, layer-norm Elman RNN 0.89-1.27; 16k (B128 H128, B256 H64) 0.93-1.57. At T=2
-#: the fused engine is ahead or even (0.71-1.02), and in inference at T=1 neither is (0.63-1.26): fused there.
+#: the fused engine is ahead or even (0.71-1.02), and in inference at T=1 neither is (0.63-1.26), which split by
+#: cell is not so for the Elman RNN (below).
 SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH = 16384
 #: ... and the single-step *inference* of an Elman RNN with those options (layer norm, zoneout) up to the same width:
 #: it has no per-step inference loop (the GRU and LSTM project their inputs inside theirs), so its fused call is two
