@@ -1,12 +1,16 @@
 """Property tests over random sizes, lengths and options."""
 
+import contextlib
 import copy
+import math
+from unittest import mock
 
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import rnnkit as rk
+from rnnkit.cells import simple as simple_cell
 from tests.helpers import assert_close, randomise
 
 CELL_CHOICES = st.sampled_from([
@@ -128,6 +132,19 @@ def _run_for_errors(layer, x, lengths, state, train):
     return [out, *finals, *torch.autograd.grad(loss, [x, *layer.parameters()])]
 
 
+@contextlib.contextmanager
+def _relu_margin():
+    """Collect the smallest |pre-activation| each ReLU of the reference loop's Elman steps sees inside the block."""
+    seen = [math.inf]
+
+    def relu(pre):
+        seen.append(pre.detach().abs().min().item())
+        return torch.relu(pre)
+
+    with mock.patch.dict(simple_cell.NONLINEARITIES, {"relu": relu}):
+        yield seen
+
+
 @settings(max_examples=30, deadline=None)
 @given(float32_configurations())
 def test_float32_fast_paths_are_as_accurate_as_the_reference_loop(config):
@@ -155,7 +172,11 @@ def test_float32_fast_paths_are_as_accurate_as_the_reference_loop(config):
     threads = torch.get_num_threads()
     torch.set_num_threads(c["threads"])
     try:
-        truth = _run_for_errors(truth_layer, x64, c["lengths"], state64, c["train"])
+        with _relu_margin() as margin:
+            truth = _run_for_errors(truth_layer, x64, c["lengths"], state64, c["train"])
+        # a ReLU unit whose pre-activation is within float32 rounding of 0 may switch on in one float32 run and off in
+        # the other: a gradient difference of order one that is no error of either (a sweep's seed had |pre| = 2e-8)
+        assume(not c["train"] or min(margin) > 2e-6)
         yardstick = _run_for_errors(reference, x, c["lengths"], state, c["train"])
         results = _run_for_errors(ours, x, c["lengths"], state, c["train"])
     finally:
