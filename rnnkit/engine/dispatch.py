@@ -119,13 +119,16 @@ LSTM_SMALL_BATCH_TRAIN_MIN_STEPS = 200
 LSTM_PAIRED_INFER_MIN_STEPS = 100
 #: ``auto`` runs Elman RNN inference on CPU with torch.nn's kernel rather than the compiled loops for sequences of up
 #: to ELMAN_NATIVE_MAX_STEPS steps while steps x batch is at most ELMAN_NATIVE_MAX_ROWS and steps x hidden size at
-#: most ELMAN_NATIVE_MAX_WIDTH: there the fused call's fixed cost (input projection, buffers, the loop's setup: ~90
-#: us against ~50 for the native one at T=1, B=1) outweighs what its faster steps save. Seventeenth session, Zen 4
-#: EPYC (2 threads, I=32, no grad, in-process interleaved), fused over native time: T1 1.33-2.08 (B1-64, H 128-512);
-#: T2 1.05-2.11 (B1-32), B64 1.00-1.25; T4 B1-4 1.25-1.73 (H 128-256), B16 0.96-1.20, B1 H512 0.77, B64 0.77-0.87;
-#: T5 B1 1.32, B16 0.97; T8 0.67-1.24; T16 0.63-0.91.
-ELMAN_NATIVE_MAX_STEPS = 4
-ELMAN_NATIVE_MAX_WIDTH = 1024
+#: most ELMAN_NATIVE_MAX_WIDTH: there the fused call's fixed cost (buffers, the loop's setup: ~65 us against ~45 for
+#: the native one at T=1, B=1) outweighs what its faster steps save. Twenty-second session, Zen 4 EPYC (2 threads,
+#: I=32, no grad, in-process interleaved, 7-11 rounds, two sweeps where two figures), with the loop projecting each
+#: step's inputs (simple.infer), fused over native time: T1 H64-512 B1-64 0.86-1.51 (B4 H512 0.89), H768-1024 B1-64
+#: 0.79-0.88 but B16 H768 1.14; T2 H64-128 1.13-1.40, H256 0.75-1.11 (a tie), H384-512 0.71-0.89; T3 H64-128 B1-16
+#: 1.10-1.24, B64 0.88, H256 0.78-1.04; T4 B1-8 0.95-1.07 (B1 H64 1.05-1.39), B16-64 0.67-0.85; T6 0.54-0.92. (The
+#: seventeenth session's rule, before the in-loop projection, went to 4 steps and steps x hidden 1024: then fused
+#: over native T1 1.33-2.08, T4 B1-4 1.25-1.73; the fused call now takes 0.58-0.93x its earlier time at T <= 8.)
+ELMAN_NATIVE_MAX_STEPS = 3
+ELMAN_NATIVE_MAX_WIDTH = 512
 ELMAN_NATIVE_MAX_ROWS = 64
 #: ... and a GRU's single-step inference of up to GRU_NATIVE_SINGLE_STEP_MAX_BATCH rows at hidden sizes up to
 #: GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN (a generation loop's call a token). Twentieth session, Zen 4 EPYC (2 threads,
@@ -151,13 +154,15 @@ SHORT_TRAINING_NATIVE_MAX_STEPS = {"gru": 1, "rnn_tanh": 3, "rnn_relu": 3}
 #: the fused engine is ahead or even (0.71-1.02), and in inference at T=1 neither is (0.63-1.26), which split by
 #: cell is not so for the Elman RNN (below).
 SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH = 16384
-#: ... and the single-step *inference* of an Elman RNN with those options (layer norm, zoneout) up to the same width:
-#: it has no per-step inference loop (the GRU and LSTM project their inputs inside theirs), so its fused call is two
-#: Functions' worth of fixed cost for one step. Twenty-first session, Zen 4 EPYC (2 threads, I=32, inference_mode,
-#: state given, in-process interleaved, 15 rounds), reference over fused time: T=1 layer norm B1-64 H64-512
-#: 0.78-0.96 (B256 H128, 32k: 1.28), zoneout 0.59-0.80; T=2 layer norm 1.16-1.43, zoneout 0.71-1.06 (fused); T=4
-#: 1.22-2.30. The GRU's and LSTM's options stay fused at T=1 (reference 1.10-1.34x for layer norm and peepholes,
-#: 0.86-1.07x for the reset-before GRU and zoneout: a tie).
+#: ... and the single-step *inference* of an Elman RNN with zoneout (or recurrent dropout, in training mode) up to
+#: the same width: the reference loop's zoneout is two pointwise ops, the fused call's fixed cost more. Twenty-second
+#: session, Zen 4 EPYC (2 threads, I=32, inference_mode, state given, in-process interleaved, 11 rounds), with the
+#: fused loop projecting each step's inputs (simple.infer), reference over fused time at T=1: zoneout B1-128 H64-512
+#: 0.73-0.90, with layer norm 0.90-1.09; layer norm alone 0.94-1.26 (B1 H64-128 1.00-1.05, B64-128 1.16-1.26):
+#: fused; T=2 layer norm 1.70,
+#: zoneout 1.19 (fused). (The twenty-first session, before that loop: layer norm 0.78-0.96, zoneout 0.59-0.80.) The
+#: GRU's and LSTM's options stay fused at T=1 (reference 1.10-1.34x for layer norm and peepholes, 0.86-1.07x for the
+#: reset-before GRU and zoneout: a tie).
 #: The same holds for a plain float32 LSTM's single training step on CPU against oneDNN's LSTM, at every width
 #: measured: ``auto`` trains it with the reference loop (outside autocast). Twentieth session, Zen 4 EPYC (2 threads,
 #: I=64, in-process interleaved), reference over native training time at T=1: B1-64 with H64-1024 0.39-0.90, B256
@@ -285,7 +290,7 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
       LSTM training and inference on CPU at those shapes, and every option torch.nn lacks but a single step's
       training on CPU at batch x hidden size up to :data:`SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH` (outside
       autocast, under which the fused engine computes in the parameters' dtype and the reference loop would not)
-      and an Elman RNN's single step with those options in inference too;
+      and an Elman RNN's single step with zoneout in inference too;
     - the reference loop for those single steps, a plain float32 LSTM's single training step on CPU (outside
       autocast), and cells the fused engine does not know.
     """
@@ -320,7 +325,8 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
         if (x.shape[0] == 1 and x.is_cpu
                 and x.shape[1] * cells[0].hidden_size <= SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH
                 and not autocasting(x)
-                and (_records_autograd(cells, x) or (not exact and cells[0].kind.startswith("rnn")))):
+                and (_records_autograd(cells, x) or (cells[0].kind.startswith("rnn") and (
+                    cells[0].zoneout > 0 or any(noise is not None for noise in noises))))):
             return "reference"
         return "fused"
     return "reference"

@@ -125,13 +125,15 @@ def test_gru_inference_of_a_single_step_runs_natively_at_small_sizes(steps, batc
 
 
 @pytest.mark.parametrize("options", [{"cell": "lstm", "layer_norm": True}, {"cell": "gru", "reset_after": False},
-                                     {"cell": "rnn", "zoneout": 0.1}, {"cell": "lstm", "peepholes": True},
+                                     {"cell": "rnn", "zoneout": 0.1}, {"cell": "rnn", "layer_norm": True},
+                                     {"cell": "lstm", "peepholes": True},
                                      {"cell": "gru", "recurrent_dropout": 0.2, "bidirectional": True}])
 def test_a_single_training_step_of_what_torch_nn_lacks_runs_the_reference_loop(options):
     """One step in training, batch x hidden up to 16384, on CPU: the reference loop's few autograd ops cost less
     than the fused call (1.05-1.78x its time); from two steps, past that width or under autocast (where the two would
-    compute in different dtypes): the fused engine; without grad too, but for the Elman RNN, whose fused call has no
-    per-step inference loop (reference 0.59-0.96x its time at T=1). Either way the same values as the fused engine."""
+    compute in different dtypes): the fused engine; without grad too, but for an Elman RNN with zoneout (reference
+    0.73-0.90x the fused call's time at T=1; with layer norm alone the fused call is ahead, 0.94-1.26). Either way the
+    same values as the fused engine."""
     from rnnkit.engine.dispatch import SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH, choose_backend
 
     torch.manual_seed(0)
@@ -143,7 +145,8 @@ def test_a_single_training_step_of_what_torch_nn_lacks_runs_the_reference_loop(o
     assert choose_backend(layer.cells, noises, wider) == "fused"
     assert choose_backend(layer.cells, noises, torch.randn(2, 4, 3, dtype=torch.float64)) == "fused"
     with torch.no_grad():
-        assert choose_backend(layer.cells, noises, one) == ("reference" if options["cell"] == "rnn" else "fused")
+        elman_zoneout = options["cell"] == "rnn" and "zoneout" in options
+        assert choose_backend(layer.cells, noises, one) == ("reference" if elman_zoneout else "fused")
         assert choose_backend(layer.cells, noises, wider) == "fused"
         assert choose_backend(layer.cells, noises, torch.randn(2, 4, 3, dtype=torch.float64)) == "fused"
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -237,10 +240,10 @@ def test_bidirectional_lstm_inference_runs_fused_where_its_two_loops_run_at_once
 
 
 @pytest.mark.parametrize(("steps", "batch", "hidden", "expected"), [
-    (1, 1, 128, True), (4, 16, 256, True), (1, 64, 1024, True), (2, 1, 512, True), (5, 1, 4, False),
-    (4, 17, 4, False), (3, 1, 512, False), (1, 65, 4, False)])
+    (1, 1, 128, True), (3, 16, 128, True), (1, 64, 512, True), (2, 1, 256, True), (3, 21, 170, True),
+    (4, 1, 4, False), (3, 22, 4, False), (3, 1, 171, False), (1, 65, 4, False), (1, 1, 513, False)])
 def test_elman_inference_of_short_sequences_runs_natively(steps, batch, hidden, expected):
-    """Up to 4 steps, 64 rows (steps x batch) and steps x hidden size 1024, the fused call's fixed cost outweighs
+    """Up to 3 steps, 64 rows (steps x batch) and steps x hidden size 512, the fused call's fixed cost outweighs
     its faster steps: torch.nn's kernel then (a generation loop calls its layer once a token)."""
     from rnnkit.engine import dispatch
     from rnnkit.engine.fused import compiled

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell, is_built_in
 from rnnkit.cells.base import SequenceNoise, State
-from rnnkit.engine.fused import compiled, gru, lstm
+from rnnkit.engine.fused import compiled, gru, lstm, simple
 from rnnkit.engine.fused.common import Masks, run_function
 from rnnkit.engine.fused.gru import FusedGRU
 from rnnkit.engine.fused.inputs import input_gates
@@ -109,8 +109,8 @@ def _start(cell: RecurrentCell, x: Tensor, state: State, lengths: Tensor | None,
     initial = tuple(packing.sort(s) for s in state)
     masks = Masks.pack(noise, packing)
     kernels = compiled.ops() if compiled.usable_for(x) else None
-    if not saves and kernels is not None and isinstance(cell, (LSTMCell, GRUCell)):  # inputs projected step by step
-        family = lstm if isinstance(cell, LSTMCell) else gru
+    if not saves and kernels is not None:  # inputs projected step by step
+        family = lstm if isinstance(cell, LSTMCell) else gru if isinstance(cell, GRUCell) else simple
         results = family.infer(cell, packing.pack(x), *initial, packing, masks, kernels)
 
         def finish() -> tuple[Tensor, State]:

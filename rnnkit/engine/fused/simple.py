@@ -11,7 +11,10 @@ weight gradients as one GEMM over all steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import Tensor
 
 from rnnkit.cells.base import LAYER_NORM_EPS
 from rnnkit.engine.fused import compiled, workspace
@@ -25,6 +28,7 @@ from rnnkit.engine.fused.common import (
     take_gates,
     tanh_,
 )
+from rnnkit.engine.fused.inputs import combined_bias
 
 
 def _relu(x, out):
@@ -42,8 +46,8 @@ class FusedSimpleRNN(torch.autograd.Function):
         kernels = compiled.ops() if compiled.usable_for(pre) else None
         projection = Projection(weight_hh, ln_gain, packing, hidden, per_step=kernels is not None and not saves)
         if kernels is not None:
-            kernels.simple_forward(pre, states, projection.compiled_buffers(), masks.recurrent, zoneout,
-                                   packing.batch_sizes, relu, LAYER_NORM_EPS)
+            kernels.simple_forward(pre, states, projection.compiled_buffers(), masks.recurrent, zoneout, None, [],
+                                   None, packing.batch_sizes, relu, LAYER_NORM_EPS)
         else:
             _forward_steps(pre, states, projection, relu, packing, masks)
         ctx.save_for_backward(states, pre if zoneout is not None else None)  # see take_gates
@@ -83,6 +87,26 @@ class FusedSimpleRNN(torch.autograd.Function):
         grad_weight, grad_gain = projection.parameter_grads(grad_pre, inputs)
         grad_bias = grad_pre.sum(0) if has_bias else None
         return grad_pre, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None, None
+
+
+def infer(cell, x, h0, packing, masks: Masks, kernels) -> Callable[[], tuple[Tensor, Tensor]]:
+    """:class:`FusedSimpleRNN`'s forward where autograd records nothing, each step projecting its inputs in the
+    compiled loop (as :func:`rnnkit.engine.fused.lstm.infer`): the pre-activations in a ``[B, H]`` scratch instead of
+    an ``[N, H]`` buffer from one GEMM up front, and no Function. Returns what gives every step's ``h [N, H]`` (a view)
+    and the final ``h``."""
+    batch, hidden = packing.batch, cell.hidden_size
+    states = workspace.empty((batch + packing.rows, hidden), x)
+    states[:batch] = h0
+    norm, parameters = cell.layer_norm, cell._parameters  # (from the cell's dict, as lstm.infer reads them)
+    inputs = Projection(parameters["weight_ih"], parameters["ln_ih_weight"] if norm else None, packing, hidden,
+                        per_step=True)
+    recurrent = Projection(parameters["weight_hh"], parameters["ln_hh_weight"] if norm else None, packing, hidden,
+                           per_step=True)
+    kernels.simple_forward(x.new_empty(batch, hidden), states, recurrent.compiled_buffers(), masks.recurrent,
+                           None if masks.zoneout is None else masks.zoneout[0], x.contiguous(),
+                           inputs.compiled_buffers(), combined_bias(parameters["bias_ih"], parameters["bias_hh"]),
+                           packing.batch_sizes, cell.nonlinearity == "relu", LAYER_NORM_EPS)
+    return lambda: state_outputs(states, packing)
 
 
 def _forward_steps(pre, states, projection, relu, packing, masks) -> None:

@@ -727,12 +727,13 @@ void keep_for_pair(std::function<void()> loop) {
   run_loops(loops);
 }
 
-// INPUTS STEP BY STEP. Where no backward will run, the LSTM's forward takes the packed inputs x [N, I] and the input
-// projection (`input`: [W_ih] or, with layer norm, [W_ih, gain, pre, mean, rstd] of one step's rows, see
-// Projection::per_step; `input_bias`: b_ih + b_hh or none) instead of every step's gates from one GEMM up front:
-// each step forms its gates in act, then a [B, 4H] scratch, as input_bias + x_t W_ih^T (or LN(x_t W_ih^T) gain),
-// and goes on as before. The all-steps GEMM wrote an [N, 4H] buffer that the loop then read back through memory.
-// tanh_c: a [B, H] scratch for each step's tanh(c^) (backward recomputes it from cell_tilde)
+// INPUTS STEP BY STEP. Where no backward will run, the LSTM's forward (and the GRU's, the Elman RNN's) takes the
+// packed inputs x [N, I] and the input projection (`input`: [W_ih] or, with layer norm, [W_ih, gain, pre, mean, rstd]
+// of one step's rows, see Projection::per_step; `input_bias`: b_ih + b_hh or none) instead of every step's gates from
+// one GEMM up front: each step forms its gates in act, then a [B, G*H] scratch, as input_bias + x_t W_ih^T (or
+// LN(x_t W_ih^T) gain), and goes on as before. The all-steps GEMM wrote an [N, G*H] buffer that the loop then read
+// back through memory. (LSTM) tanh_c: a [B, H] scratch for each step's tanh(c^) (backward recomputes it from
+// cell_tilde)
 // A loop's step-by-step input projection (INPUTS STEP BY STEP): off (forming no gates) unless x is given.
 struct StepInputs {
   std::optional<Projection> projection;
@@ -1073,15 +1074,19 @@ void gru_backward_before(Tensor grad_in, Tensor act, Tensor states, Tensor grad_
   second.finish();
 }
 
+// With x (INPUTS STEP BY STEP: inference), pre is a [B, H] scratch that each step fills with input_bias + x_t W_ih^T
+// (or LN(x_t W_ih^T) gain) before the recurrent term; else pre [N, H] holds every step's input term and biases.
 void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTensor recurrent, OptTensor zone,
-                    at::IntArrayRef batch_sizes, bool relu, double eps) {
+                    OptTensor x, at::TensorList input, OptTensor input_bias, at::IntArrayRef batch_sizes, bool relu,
+                    double eps) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // see BELOW AUTOGRAD above
   for (const Tensor& t : {pre, states}) check_dense(t, "RNN buffer");
-  for (const auto& t : {recurrent, zone}) check_dense(t, "RNN option");
+  for (const auto& t : {recurrent, zone, x, input_bias}) check_dense(t, "RNN option");
   const Steps steps(batch_sizes);
   const int64_t H = states.size(1);
   const Split split(steps.batch);
   Projection proj(projection, H, eps, false, split.rows(), steps.count(), split.threads > 1, steps.batch);
+  StepInputs inputs(x, input, input_bias, pre, 1, H, eps, split, steps);
   Tensor scratch = recurrent ? at::empty({steps.batch, H}, states.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit_simple_forward", [&] {
     using T = scalar_t;
@@ -1090,9 +1095,11 @@ void simple_forward(Tensor pre, Tensor states, at::TensorList projection, OptTen
         const int64_t n = std::min(steps.sizes[t], hi) - lo;
         if (n <= 0) break;
         const int64_t o = steps.offsets[t] + lo, p = steps.previous(t) + lo, q = steps.next(t) + lo;
-        proj.add_into<T>(Block(pre, o, n), recurrent_input(Block(states, p, n), recurrent, scratch, o, lo), o, lo);
+        const int64_t a = inputs ? lo : o;  // pre's first row for this step
+        if (inputs) inputs.into<T>(pre, o, lo, n);
+        proj.add_into<T>(Block(pre, a, n), recurrent_input(Block(states, p, n), recurrent, scratch, o, lo), o, lo);
         over_rows(n, H, [&](int64_t b, int64_t e) {
-          rnnkit::simple_forward_rows<T>(e - b, H, ptr<T>(pre) + (o + b) * H, ptr<T>(states) + (p + b) * H,
+          rnnkit::simple_forward_rows<T>(e - b, H, ptr<T>(pre) + (a + b) * H, ptr<T>(states) + (p + b) * H,
                                          ptr<T>(states) + (q + b) * H, relu,
                                          zone ? ptr<T>(zone) + (o + b) * H : nullptr);
         });
@@ -1254,7 +1261,7 @@ TORCH_LIBRARY(rnnkit_fused, m) {
         "Tensor[] projection, int split, Tensor? recurrent, Tensor? zone, int[] batch_sizes, float eps) -> ()",
         &gru_backward_before);
   m.def("simple_forward(Tensor(a!) pre, Tensor(b!) states, Tensor[] projection, Tensor? recurrent, Tensor? zone, "
-        "int[] batch_sizes, bool relu, float eps) -> ()",
+        "Tensor? x, Tensor[] input, Tensor? input_bias, int[] batch_sizes, bool relu, float eps) -> ()",
         &simple_forward);
   m.def("simple_backward(Tensor(a!) grad_in, Tensor act, Tensor(b!) grad_pre, Tensor[] projection, "
         "Tensor? recurrent, Tensor? zone, int[] batch_sizes, bool relu, float eps) -> ()",
