@@ -159,10 +159,9 @@ SINGLE_STEP_TRAINING_REFERENCE_MAX_WIDTH = 16384
 #: session, Zen 4 EPYC (2 threads, I=32, inference_mode, state given, in-process interleaved, 11 rounds), with the
 #: fused loop projecting each step's inputs (simple.infer), reference over fused time at T=1: zoneout B1-128 H64-512
 #: 0.73-0.90, with layer norm 0.90-1.09; layer norm alone 0.94-1.26 (B1 H64-128 1.00-1.05, B64-128 1.16-1.26):
-#: fused; T=2 layer norm 1.70,
-#: zoneout 1.19 (fused). (The twenty-first session, before that loop: layer norm 0.78-0.96, zoneout 0.59-0.80.) The
-#: GRU's and LSTM's options stay fused at T=1 (reference 1.10-1.34x for layer norm and peepholes, 0.86-1.07x for the
-#: reset-before GRU and zoneout: a tie).
+#: fused; T=2 layer norm 1.70, zoneout 1.19 (fused). (The twenty-first session, before that loop: layer norm
+#: 0.78-0.96, zoneout 0.59-0.80.) The GRU's and LSTM's options stay fused at T=1 (reference 1.10-1.34x for layer norm
+#: and peepholes, 0.86-1.07x for the reset-before GRU and zoneout: a tie).
 #: The same holds for a plain float32 LSTM's single training step on CPU against oneDNN's LSTM, at every width
 #: measured: ``auto`` trains it with the reference loop (outside autocast). Twentieth session, Zen 4 EPYC (2 threads,
 #: I=64, in-process interleaved), reference over native training time at T=1: B1-64 with H64-1024 0.39-0.90, B256

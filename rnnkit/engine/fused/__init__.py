@@ -135,7 +135,7 @@ def _functions(cell: RecurrentCell, x: Tensor, initial: State, packing: Packing,
     gain = cell.ln_hh_weight if cell.layer_norm else None
     if isinstance(cell, SimpleRNNCell):
         sequence, final_h, _ = run_function(FusedSimpleRNN, saves, gates, initial[0], cell.weight_hh, bias_hh, gain,
-                                            packing, masks, cell.nonlinearity == "relu", saves)
+                                            packing, masks, cell.nonlinearity == "relu")
         return sequence, (final_h,)
     if isinstance(cell, GRUCell):
         sequence, final_h, _ = run_function(FusedGRU, saves, gates, initial[0], cell.weight_hh, bias_hh, gain,

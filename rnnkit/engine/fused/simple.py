@@ -37,14 +37,14 @@ def _relu(x, out):
 
 class FusedSimpleRNN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gates, h0, weight_hh, bias_hh, ln_gain, packing, masks: Masks, relu: bool, saves: bool):
+    def forward(ctx, gates, h0, weight_hh, bias_hh, ln_gain, packing, masks: Masks, relu: bool):
         batch, hidden = packing.batch, h0.shape[1]
         pre = take_gates(ctx, gates, bias_hh)  # [N, H] pre-activations, then activations
         states = workspace.empty((batch + packing.rows, hidden), pre)  # [B+N, H]: h_0, then h_t of every row
         states[:batch] = h0
         zoneout = None if masks.zoneout is None else masks.zoneout[0]
         kernels = compiled.ops() if compiled.usable_for(pre) else None
-        projection = Projection(weight_hh, ln_gain, packing, hidden, per_step=kernels is not None and not saves)
+        projection = Projection(weight_hh, ln_gain, packing, hidden)  # (unrecorded compiled forwards: infer)
         if kernels is not None:
             kernels.simple_forward(pre, states, projection.compiled_buffers(), masks.recurrent, zoneout, None, [],
                                    None, packing.batch_sizes, relu, LAYER_NORM_EPS)
@@ -86,7 +86,7 @@ class FusedSimpleRNN(torch.autograd.Function):
             inputs = inputs * masks.recurrent
         grad_weight, grad_gain = projection.parameter_grads(grad_pre, inputs)
         grad_bias = grad_pre.sum(0) if has_bias else None
-        return grad_pre, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None, None
+        return grad_pre, grad_in[:batch], grad_weight, grad_bias, grad_gain, None, None, None
 
 
 def infer(cell, x, h0, packing, masks: Masks, kernels) -> Callable[[], tuple[Tensor, Tensor]]:
