@@ -120,23 +120,25 @@ LSTM_PAIRED_INFER_MIN_STEPS = 100
 #: ``auto`` runs Elman RNN inference on CPU with torch.nn's kernel rather than the compiled loops for sequences of up
 #: to ELMAN_NATIVE_MAX_STEPS steps while steps x batch is at most ELMAN_NATIVE_MAX_ROWS and steps x hidden size at
 #: most ELMAN_NATIVE_MAX_WIDTH: there the fused call's fixed cost (buffers, the loop's setup: ~65 us against ~45 for
-#: the native one at T=1, B=1) outweighs what its faster steps save. Twenty-second session, Zen 4 EPYC (2 threads,
-#: I=32, no grad, in-process interleaved, 7-11 rounds, two sweeps where two figures), with the loop projecting each
-#: step's inputs (simple.infer), fused over native time: T1 H64-512 B1-64 0.86-1.51 (B4 H512 0.89), H768-1024 B1-64
-#: 0.79-0.88 but B16 H768 1.14; T2 H64-128 1.13-1.40, H256 0.75-1.11 (a tie), H384-512 0.71-0.89; T3 H64-128 B1-16
-#: 1.10-1.24, B64 0.88, H256 0.78-1.04; T4 B1-8 0.95-1.07 (B1 H64 1.05-1.39), B16-64 0.67-0.85; T6 0.54-0.92. (The
-#: seventeenth session's rule, before the in-loop projection, went to 4 steps and steps x hidden 1024: then fused
-#: over native T1 1.33-2.08, T4 B1-4 1.25-1.73; the fused call now takes 0.58-0.93x its earlier time at T <= 8.)
-ELMAN_NATIVE_MAX_STEPS = 3
-ELMAN_NATIVE_MAX_WIDTH = 512
+#: the native one at T=1, B=1) outweighs what its faster steps save. Twenty-third session, Zen 4 EPYC (2 threads,
+#: I=32, no grad, state given, in-process interleaved, 15 rounds, two sweeps on the boundary), with the layer handing
+#: its [L*D, B, H] states to torch.nn's kernel unsplit (dispatch.run_layer_stacked: the native call 6-10 us cheaper),
+#: fused over native time: T1 H512 B1-64 1.15-1.54, H768 B1-32 1.05-1.23 and B64 0.89-0.99, H1024 0.70-0.92; T2 H128
+#: 1.34-1.48, H256 B1-32 1.08-1.36, H384 B1 1.14, B16-32 0.95-1.22; T3 H128-256 B1-21 1.10-1.33; T4 H64-192 B1-8
+#: 1.04-1.32, B16 0.99-1.12; T5 B1 1.18-1.23, B8 1.00-1.10, B12 0.90-0.99 (left fused). (The twenty-second
+#: session's rule, before the unsplit states, went to 3 steps and steps x hidden 512; there fused over native T1
+#: H64-512 0.86-1.51, T4 B1-8 0.95-1.07, H384-512 at T2 0.71-0.89.)
+ELMAN_NATIVE_MAX_STEPS = 4
+ELMAN_NATIVE_MAX_WIDTH = 768
 ELMAN_NATIVE_MAX_ROWS = 64
 #: ... and a GRU's single-step inference of up to GRU_NATIVE_SINGLE_STEP_MAX_BATCH rows at hidden sizes up to
-#: GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN (a generation loop's call a token). Twentieth session, Zen 4 EPYC (2 threads,
-#: no grad, in-process interleaved), fused over native time at T=1: H32-160 B1-64 1.03-1.49 (I=32 and 64), B256
-#: 0.88-1.01; H256 0.87-1.10; H512-1024 0.52-1.02; at T=2 0.69-1.01 (fused). The eighteenth session's 0.76-1.31
-#: (H64-256) had read as a tie.
+#: GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN (a generation loop's call a token). Twenty-third session, Zen 4 EPYC (2 threads,
+#: I=64, no grad, state given, in-process interleaved, 21 rounds), with the states handed to the kernel unsplit,
+#: fused over native time at T=1: H128 B1-64 1.09-1.52, H192 1.16-1.26, H256 B1-64 1.09-1.30 (two sweeps) and B128
+#: 1.02; H320-384 B1 0.99-1.00, B8-32 1.06-1.25, B64-128 0.80-1.00; H512 B1 0.84, B8 1.21, B64 0.81. (Twentieth
+#: session, before: H32-160 1.03-1.49, H256 0.87-1.10, H512-1024 0.52-1.02; at T=2 0.69-1.01, fused.)
 GRU_NATIVE_SINGLE_STEP_MAX_BATCH = 64
-GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN = 128
+GRU_NATIVE_SINGLE_STEP_MAX_HIDDEN = 256
 #: ``auto`` trains a GRU or Elman RNN on CPU with torch.nn's kernel rather than the fused engine for sequences of up
 #: to SHORT_TRAINING_NATIVE_MAX_STEPS[kind] steps (a decoder or generation loop called a step at a time in training):
 #: there the fused call's fixed cost (packing, two autograd Functions, buffers) is more than torch.nn's per-step loop
@@ -346,6 +348,20 @@ def _refuse_what_it_cannot_run(backend: str, cells: Sequence[RecurrentCell],
             raise ValueError(f"backend={backend!r} cannot run {reason}; use backend='auto' or 'reference'")
 
 
+def _resolve(backend: str, cells: Sequence[RecurrentCell], noises: Sequence[SequenceNoise | None], x: Tensor,
+             lengths: Tensor | None, observe) -> str:
+    """The backend that runs this layer: the reference loop for an observer, ``auto``'s choice, or the one asked
+    for by name once it is known to compute these options."""
+    if observe is not None:
+        return "reference"
+    if backend == "auto":
+        return choose_backend(cells, noises, x, lengths)  # one that runs these cells: nothing to check
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    _refuse_what_it_cannot_run(backend, cells, noises)
+    return backend
+
+
 def run_layer(
     cells: Sequence[RecurrentCell],
     x: Tensor,
@@ -364,28 +380,56 @@ def run_layer(
     Raises:
         ValueError: ``backend`` is unknown, or cannot compute these options (the message says which).
     """
-    if observe is not None:
-        backend = "reference"
-    elif backend == "auto":
-        backend = choose_backend(cells, noises, x, lengths)  # one that runs these cells: nothing to check
-    else:
-        _refuse_what_it_cannot_run(backend, cells, noises)
+    backend = _resolve(backend, cells, noises, x, lengths, observe)
     if backend == "native":
         return native.run_layer(cells, x, states, lengths)
+    return _run_by_direction(backend, cells, x, states, lengths, noises, observe)
+
+
+def run_layer_stacked(
+    cells: Sequence[RecurrentCell],
+    x: Tensor,
+    hx: tuple[Tensor, ...] | None,
+    lengths: Tensor | None,
+    noises: Sequence[SequenceNoise | None],
+    backend: str = "auto",
+    observe: Callable[[int, int, State], None] | None = None,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """:func:`run_layer` with the states as torch.nn holds them: ``hx`` one ``[D, B, H]`` tensor per state part
+    (None: zeros), and the final states returned likewise. torch.nn's kernels take and give them so; the other
+    backends get them split by direction."""
+    backend = _resolve(backend, cells, noises, x, lengths, observe)
+    first = cells[0]
+    if backend == "native":
+        if hx is None:  # in the parameters' dtype, which x's is but under autocast (as RecurrentCell.init_state)
+            hx = tuple(torch.zeros(len(cells), x.shape[1], first.hidden_size, dtype=first._parameters["weight_ih"].dtype,
+                                   device=x.device) for _ in range(first.state_size))
+        return native.run_stacked(cells, x, hx, lengths)
+    if hx is None:
+        states = [cell.init_state(x.shape[1], x.device) for cell in cells]
+    else:
+        states = [tuple(h[d] for h in hx) for d in range(len(cells))]
+    outputs, finals = _run_by_direction(backend, cells, x, states, lengths, noises, observe)
+    return outputs, tuple(native.stack_states([f[k] for f in finals]) for k in range(first.state_size))
+
+
+def _run_by_direction(backend: str, cells: Sequence[RecurrentCell], x: Tensor, states: Sequence[State],
+                      lengths: Tensor | None, noises: Sequence[SequenceNoise | None],
+                      observe) -> tuple[Tensor, list[State]]:
+    """The fused engine or the reference loop on one layer, with the states of each direction apart."""
     if backend == "fused":
         if autocasting(x):  # the fused engine computes in the parameters' dtype, as written: no per-op casts
             dtype = cells[0].weight_ih.dtype
             with torch.autocast(x.device.type, enabled=False):
-                return run_layer(cells, x.to(dtype), [tuple(s.to(dtype) for s in state) for state in states],
-                                 lengths, [None if n is None else n.to(dtype) for n in noises], "fused")
+                return _run_by_direction("fused", cells, x.to(dtype),
+                                         [tuple(s.to(dtype) for s in state) for state in states], lengths,
+                                         [None if n is None else n.to(dtype) for n in noises], None)
         results = fused.run_directions(cells, x, states, lengths, noises)  # (both at once where that is faster)
-    elif backend == "reference":
+    else:
         results = []
         for direction, (cell, state, noise) in enumerate(zip(cells, states, noises)):
             extra = {} if observe is None else {"observe": functools.partial(observe, direction)}
             results.append(reference.run_direction(cell, x, state, lengths, reverse=direction == 1, noise=noise,
                                                    **extra))
-    else:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     outputs = [out for out, _ in results]
     return torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0], [final for _, final in results]

@@ -66,18 +66,30 @@ def run_layer(
     lengths: Tensor | None,
 ) -> tuple[Tensor, list[State]]:
     """One layer, 1 or 2 directions, on ``x [T, B, I]``; returns ``outputs [T, B, D*H]`` and final states."""
+    # torch.nn stacks directions on dim 0: [D, B, H]
+    hx = tuple(stack_states([state[k] for state in states]) for k in range(cells[0].state_size))
+    outputs, finals = run_stacked(cells, x, hx, lengths)
+    return outputs, [tuple(h[d] for h in finals) for d in range(len(cells))]
+
+
+def run_stacked(
+    cells: Sequence[RecurrentCell],
+    x: Tensor,
+    hx: tuple[Tensor, ...],
+    lengths: Tensor | None,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """:func:`run_layer` with the states as torch.nn holds them: ``hx`` one ``[D, B, H]`` tensor per state part
+    (h, and c for an LSTM), and the final states likewise. A layer whose user gave or wants its states in that
+    form (every layer of one) skips splitting and stacking them (4-6 us of a ~35 us generation step)."""
     first = cells[0]
     kernel = KERNELS[first.kind]
     weights = [w for cell in cells for w in flat_weights(cell)]
-    bidirectional = len(cells) == 2
-    # torch.nn stacks directions on dim 0: [D, B, H]
-    hx = tuple(stack_states([state[k] for state in states]) for k in range(first.state_size))
     packed = None
     if packs(lengths, x.shape[0]):
         packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
         hx = tuple(h.index_select(1, packed.sorted_indices) for h in hx)
     hx_arg = hx if first.kind == "lstm" else hx[0]
-    args = (weights, first.bias, 1, 0.0, first.training, bidirectional)
+    args = (weights, first.bias, 1, 0.0, first.training, len(cells) == 2)
     if packed is None:
         result = kernel(x, hx_arg, *args, False)
     else:
@@ -89,4 +101,4 @@ def run_layer(
             total_length=x.shape[0],
         )
         finals = tuple(h.index_select(1, packed.unsorted_indices) for h in finals)
-    return outputs, [tuple(h[d] for h in finals) for d in range(len(cells))]
+    return outputs, finals

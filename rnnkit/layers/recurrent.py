@@ -15,8 +15,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnkit._checks import check_choice, check_lengths, check_positive_int, check_probability, describe
 from rnnkit.cells import CELLS, GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
-from rnnkit.engine.dispatch import BACKENDS, autocasting, run_layer
-from rnnkit.engine.native import stack_states
+from rnnkit.engine.dispatch import BACKENDS, autocasting, run_layer_stacked
 
 
 def _looks_like_a_state(lengths) -> bool:
@@ -133,22 +132,26 @@ class RNN(nn.Module):
                                 f"(x, lengths=None, state=None), so initial states go in by name: layer(x, {example}) "
                                 "(torch.nn's second argument, hx)")
             lengths = check_lengths(lengths, batch, steps)
-        states = self._initial_states(state, batch, unbatched, x, every_cell)
+        hx = self._initial_states(state, batch, unbatched, x, every_cell)
 
         finals = []
+        directions = self.num_directions
         for layer in range(self.num_layers):
-            index = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
+            index = slice(layer * directions, (layer + 1) * directions)
             cells = every_cell[index]
             # in the parameters' dtype, which x's is but under autocast (a bfloat16 1 / keep would be rounded)
             # (on the parameters' device, which x is on: a cell without noise returns before looking at any)
             noises = [cell.sample_noise(steps, batch) for cell in cells]
             observe = None if self.step_observer is None else functools.partial(self.step_observer, layer)
-            x, layer_finals = run_layer(cells, x, states[index], lengths, noises, self.backend, observe)
-            finals += layer_finals
+            # the states stay as the user gave them, [L*D, B, H], and go to torch.nn's kernels as its [D, B, H]
+            # slices (the whole of them for one layer): no splitting into cells and stacking again
+            layer_hx = hx if hx is None or self.num_layers == 1 else tuple(h[index] for h in hx)
+            x, layer_final = run_layer_stacked(cells, x, layer_hx, lengths, noises, self.backend, observe)
+            finals.append(layer_final)
             if layer < self.num_layers - 1 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
 
-        final = tuple(stack_states([f[k] for f in finals]) for k in range(state_size))  # [L*D, B, H]
+        final = finals[0] if len(finals) == 1 else tuple(torch.cat([f[k] for f in finals]) for k in range(state_size))
         if unbatched:
             outputs, final = x.squeeze(1), tuple(f.squeeze(1) for f in final)
         else:
@@ -182,11 +185,11 @@ class RNN(nn.Module):
         return x
 
     def _initial_states(self, state, batch: int, unbatched: bool, x: Tensor,
-                        cells: tuple[RecurrentCell, ...]) -> list[tuple[Tensor, ...]]:
-        """Split the user's ``[L*D, B, H]`` state into one ``[B, H]`` tuple per cell."""
+                        cells: tuple[RecurrentCell, ...]) -> tuple[Tensor, ...] | None:
+        """The user's initial state, checked: one ``[L*D, B, H]`` tensor per state part (an unbatched
+        ``[L*D, H]`` given a batch of one), or None for zeros."""
         if state is None:
-            # zeros in the parameters' dtype, which x's is but under autocast (float32 states, as for the masks)
-            return [cell.init_state(batch, x.device) for cell in cells]
+            return None
         parts = tuple(state) if isinstance(state, (tuple, list)) else (state,)
         state_size = cells[0].state_size
         if len(parts) != state_size or not all(isinstance(p, Tensor) for p in parts):
@@ -194,18 +197,16 @@ class RNN(nn.Module):
             got = f"{type(state).__name__} of {len(parts)}" if isinstance(state, (tuple, list)) else type(state).__name__
             raise TypeError(f"state must be {expected} for {type(self).__name__}, got {got}")
         rows = self.num_layers * self.num_directions
-        expected_shape = [rows, self.hidden_size] if unbatched else [rows, batch, self.hidden_size]
+        expected_shape = (rows, self.hidden_size) if unbatched else (rows, batch, self.hidden_size)
         for name, part in zip(("h_0", "c_0"), parts):
-            if list(part.shape) != expected_shape:
-                raise ValueError(f"state {name} must have shape [L*D, B, H] = {expected_shape}, "
+            if part.shape != expected_shape:
+                raise ValueError(f"state {name} must have shape [L*D, B, H] = {list(expected_shape)}, "
                                  f"got {list(part.shape)}")
             mixed = part.dtype != x.dtype and not (part.is_floating_point() and autocasting(x))
             if mixed or (not (part.is_cpu and x.is_cpu) and part.device != x.device):
                 raise TypeError(f"state {name} must match x's dtype and device ({x.dtype}, {x.device}), "
                                 f"got ({part.dtype}, {part.device})")
-        if unbatched:
-            parts = tuple(p.unsqueeze(1) for p in parts)
-        return [tuple(p[i] for p in parts) for i in range(rows)]
+        return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
 
     def extra_repr(self) -> str:
         options = [f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"]
