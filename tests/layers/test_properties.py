@@ -32,8 +32,22 @@ def configurations(draw):
         "input_size": draw(st.integers(1, 4)), "hidden_size": draw(st.integers(1, 4)),
         "num_layers": draw(st.integers(1, 2)), "bidirectional": draw(st.booleans()),
         "lengths": draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch)),
-        "steps": steps, "seed": draw(st.integers(0, 2**16)),
+        "steps": steps, "seed": draw(st.integers(0, 2**16)), "with_state": draw(st.booleans()),
     }
+
+
+def initial_state(config, layer, requires_grad=False):
+    """A random initial state ``[L*D, B, H]`` (a pair for an LSTM) when the configuration has one, else None."""
+    if not config["with_state"]:
+        return None
+    shape = (layer.num_layers * layer.num_directions, len(config["lengths"]), layer.hidden_size)
+    parts = tuple(torch.randn(shape, dtype=torch.float64).requires_grad_(requires_grad)
+                  for _ in range(layer.state_size))
+    return parts if len(parts) == 2 else parts[0]
+
+
+def state_parts(state):
+    return () if state is None else state if isinstance(state, tuple) else (state,)
 
 
 def build(config):
@@ -70,8 +84,9 @@ def test_native_equals_reference_where_supported(config):
                     bidirectional=config["bidirectional"], backend="native", **config["options"]).double()
     native.load_state_dict(reference.state_dict())
     x = torch.randn(len(config["lengths"]), config["steps"], config["input_size"], dtype=torch.float64)
-    out_r, final_r = reference(x, lengths=config["lengths"])
-    out_n, final_n = native(x, lengths=config["lengths"])
+    state = initial_state(config, reference)  # (torch.nn's kernels take it whole, the reference loop split by cell)
+    out_r, final_r = reference(x, lengths=config["lengths"], state=state)
+    out_n, final_n = native(x, lengths=config["lengths"], state=state)
     assert_close(out_n, out_r)
     for a, b in zip(final_n if isinstance(final_n, tuple) else (final_n,),
                     final_r if isinstance(final_r, tuple) else (final_r,)):
@@ -88,13 +103,14 @@ def test_fused_equals_reference_with_noise(config, noisy):
                    bidirectional=config["bidirectional"], backend="fused", **config["options"]).double()
     fused.load_state_dict(reference.state_dict())
     x = torch.randn(len(config["lengths"]), config["steps"], config["input_size"], dtype=torch.float64)
+    state = initial_state(config, reference, requires_grad=True)
     results = []
     for layer in (reference, fused):
         torch.manual_seed(config["seed"])  # same masks for both
-        out, final = layer(x, lengths=config["lengths"])
+        out, final = layer(x, lengths=config["lengths"], state=state)
         finals = final if isinstance(final, tuple) else (final,)
         loss = out.pow(2).sum() + sum(f.sum() for f in finals)
-        results.append([out, *finals, *torch.autograd.grad(loss, list(layer.parameters()))])
+        results.append([out, *finals, *torch.autograd.grad(loss, [*layer.parameters(), *state_parts(state)])])
     for a, b in zip(*results):
         assert_close(b, a)
 
