@@ -107,6 +107,10 @@ class RNN(nn.Module):
         return self.cells[layer * self.num_directions + direction]
 
     # ---------------------------------------------------------------- forward
+    # torch.compile runs the layer as it is (a graph break): its engines are already whole-sequence kernels, and
+    # the compiled loops' ops, which write into buffers they are given, have no fake-tensor form to be traced with.
+    # Eager calls pay ~0.4 us for the wrapper.
+    @torch.compiler.disable
     def forward(self, x, lengths=None, state=None):
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
