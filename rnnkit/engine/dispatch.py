@@ -266,6 +266,15 @@ def lstm_padded_runs_fused(steps: int, training: bool, compiled: bool = True) ->
     return steps >= (LSTM_PADDED_TRAIN_MIN_STEPS if training else LSTM_PADDED_INFER_MIN_STEPS)
 
 
+#: why the fused engine does not run under torch.func's transforms, where ``auto`` runs the reference loop instead,
+#: whose operations all have functorch rules (torch.nn's kernels take torch.func.grad but not vmap: nn.GRU under
+#: ``vmap(grad(...))`` raises a shape error in torch 2.13)
+FUNCTORCH_REASON = ("under torch.func's transforms (grad, vmap, jacrev, ...): its autograd Functions have no functorch "
+                    "rules (setup_context, vmap)")
+#: whether a torch.func transform is running (0.06 us; what torch.autograd.Function.apply asks too)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 def _records_autograd(cells: Sequence[RecurrentCell], x: Tensor) -> bool:
     """Whether autograd will record this call (a backward may follow): training, as the rules above mean it."""
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for c in cells for p in c.parameters()))
@@ -293,9 +302,12 @@ def choose_backend(cells: Sequence[RecurrentCell], noises: Sequence[SequenceNois
       autocast, under which the fused engine computes in the parameters' dtype and the reference loop would not)
       and an Elman RNN's single step with zoneout in inference too;
     - the reference loop for those single steps, a plain float32 LSTM's single training step on CPU (outside
-      autocast), and cells the fused engine does not know.
+      autocast), cells the fused engine does not know, and every call under torch.func's transforms
+      (:data:`FUNCTORCH_REASON`).
     """
     exact = all(native.unsupported(cell, noise) is None for cell, noise in zip(cells, noises))
+    if _functorch_active():  # see FUNCTORCH_REASON
+        return "reference"
     if exact:
         training = _records_autograd(cells, x)
         if not x.is_cpu:  # (is_cpu: 0.07 us, device.type 0.45, which counts at T=1)
@@ -341,6 +353,9 @@ def autocasting(x: Tensor) -> bool:
 def _refuse_what_it_cannot_run(backend: str, cells: Sequence[RecurrentCell],
                                noises: Sequence[SequenceNoise | None]) -> None:
     """Raise a clear error where the backend asked for by name cannot compute these cells' options."""
+    if backend == "fused" and _functorch_active():
+        raise ValueError(f"backend='fused' cannot run {FUNCTORCH_REASON}; use backend='auto' (the reference loop "
+                         "there) or 'reference'")
     for cell, noise in zip(cells, noises):
         reason = (native.unsupported(cell, noise) if backend == "native"
                   else fused.unsupported(cell) if backend == "fused" else None)
