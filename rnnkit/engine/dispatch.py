@@ -417,8 +417,9 @@ def run_layer_stacked(
     first = cells[0]
     if backend == "native":
         if hx is None:  # in the parameters' dtype, which x's is but under autocast (as RecurrentCell.init_state)
-            hx = tuple(torch.zeros(len(cells), x.shape[1], first.hidden_size, dtype=first._parameters["weight_ih"].dtype,
-                                   device=x.device) for _ in range(first.state_size))
+            dtype = first._parameters["weight_ih"].dtype  # (never a parametrization: native refuses those cells)
+            hx = tuple(torch.zeros(len(cells), x.shape[1], first.hidden_size, dtype=dtype, device=x.device)
+                       for _ in range(first.state_size))
         return native.run_stacked(cells, x, hx, lengths)
     if hx is None:
         states = [cell.init_state(x.shape[1], x.device) for cell in cells]
