@@ -31,8 +31,10 @@ class Attention(nn.Module):
             (``dot`` needs ``Q == K``). kind: ``"dot"``, ``"general"`` or ``"additive"``.
         attention_size: hidden size of the additive score (default ``Q``).
 
-    Forward: ``(query [B, Q] or [B, T, Q], keys [B, S, K], mask [B, S] bool, True on real positions)``
-    -> ``(context [B, K] or [B, T, K], weights [B, S] or [B, T, S])``.
+    Forward: ``(query [B, Q] or [B, T, Q], keys [B, S, K], mask [B, S] bool, True on real positions,
+    prepared=None)`` -> ``(context [B, K] or [B, T, K], weights [B, S] or [B, T, S])``. A decoder that attends to
+    the same keys at every step passes ``prepared=attention.prepare(keys)``, computed once: what the scores take
+    from the keys alone (the additive score's ``W_2 \bar h_s``), so that a step does not project all S keys again.
     """
 
     def __init__(self, query_size: int, key_size: int, kind: str = "general", attention_size: int | None = None) -> None:
@@ -51,20 +53,34 @@ class Attention(nn.Module):
             self.key_projection = nn.Linear(key_size, size, bias=False)  # W_2
             self.v = nn.Linear(size, 1, bias=False)  # v_a
 
-    def scores(self, query: Tensor, keys: Tensor) -> Tensor:
-        """Unmasked scores ``[B, T, S]`` for ``query [B, T, Q]`` and ``keys [B, S, K]``."""
+    def prepare(self, keys: Tensor) -> Tensor | None:
+        """What the scores take from ``keys [B, S, K]`` alone, for ``forward(..., prepared=)``: the additive
+        score's key projection ``[B, S, A]``; None for the others (dot needs none, and general projects the
+        query instead, which costs S times less)."""
+        return self.key_projection(keys) if self.kind == "additive" else None
+
+    def scores(self, query: Tensor, keys: Tensor, prepared: Tensor | None = None) -> Tensor:
+        """Unmasked scores ``[B, T, S]`` for ``query [B, T, Q]`` and ``keys [B, S, K]`` (``prepared``: see
+        :meth:`prepare`)."""
         if self.kind == "dot":
             return query @ keys.transpose(1, 2)
         if self.kind == "general":
+            # h^T (W k) = (W^T h)^T k: project the T queries, or the S keys, whichever are fewer (a decoder step
+            # has one query: B*Q*K multiply-adds instead of B*S*Q*K, which at every step was the decoder's
+            # largest product)
+            if query.shape[1] <= keys.shape[1]:
+                return (query @ self.weight.weight) @ keys.transpose(1, 2)
             return query @ self.weight(keys).transpose(1, 2)
-        hidden = torch.tanh(self.query_projection(query)[:, :, None] + self.key_projection(keys)[:, None])  # [B,T,S,A]
+        projected = self.key_projection(keys) if prepared is None else prepared  # [B, S, A]
+        hidden = torch.tanh(self.query_projection(query)[:, :, None] + projected[:, None])  # [B, T, S, A]
         return self.v(hidden).squeeze(-1)
 
-    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None,
+                prepared: Tensor | None = None) -> tuple[Tensor, Tensor]:
         single = query.dim() == 2
         if single:
             query = query[:, None]  # [B, 1, Q]
-        scores = self.scores(query, keys)  # [B, T, S]
+        scores = self.scores(query, keys, prepared)  # [B, T, S]
         if mask is not None:
             if mask.shape != keys.shape[:2]:
                 raise ValueError(f"mask must have shape [B, S] = {list(keys.shape[:2])}, got {list(mask.shape)}")

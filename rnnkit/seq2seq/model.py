@@ -170,13 +170,18 @@ class Seq2SeqNetwork(Decoder):
 
     # ---------------------------------------------------------------- pieces
     def encode(self, source: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        """``source [B, S]`` ids -> memory ``[B, S, D*H]``, its mask ``[B, S]``, the decoder's first state."""
+        """``source [B, S]`` ids -> memory ``[B, S, D*H]``, its mask ``[B, S]``, the decoder's first state. With
+        additive attention the memory carries the keys' projection beside the encoder's outputs,
+        ``[B, S, D*H + H]`` (:meth:`Attention.prepare`: computed once, not at every step)."""
         memory, final = self.encoder(self.source_embedding(source), lengths=lengths)
         finals = final if isinstance(final, tuple) else (final,)
         directions = self.encoder.num_directions
         state = tuple(torch.tanh(bridge(f[-directions:].transpose(0, 1).reshape(source.shape[0], -1)))
                       for bridge, f in zip(self.bridges, finals))
         mask = torch.arange(source.shape[1], device=source.device)[None, :] < lengths.to(source.device)[:, None]
+        prepared = None if self.attention is None else self.attention.prepare(memory)
+        if prepared is not None:  # one tensor, so that the decoding loops (beam search's expansion) treat it whole
+            memory = torch.cat([memory, prepared], dim=-1)
         return memory, mask, state
 
     def step(self, previous: Tensor, state: tuple[Tensor, ...], feed: Tensor, memory: Tensor,
@@ -189,7 +194,10 @@ class Seq2SeqNetwork(Decoder):
         h, state = self.decoder(inputs, state)
         weights = None
         if self.attention is not None:
-            context, weights = self.attention(h, memory, mask)
+            keys, prepared = memory, None
+            if memory.shape[-1] != self.attention.key_size:  # the keys' projection rides beside them (encode)
+                keys, prepared = memory[..., : self.attention.key_size], memory[..., self.attention.key_size:]
+            context, weights = self.attention(h, keys, mask, prepared)
             h = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
         return torch.log_softmax(self.output(h), dim=-1), state, h, weights
 

@@ -30,17 +30,26 @@ def closed_form(attention, query, keys, mask):
     return weights @ keys.numpy(), weights
 
 
+@pytest.mark.parametrize(("queries", "sources"), [(3, 5), (6, 2), (1, 4)])
 @pytest.mark.parametrize("kind", ["dot", "general", "additive"])
-def test_scores_weights_and_context_match_the_equations(kind):
+def test_scores_weights_and_context_match_the_equations(kind, queries, sources):
+    """Fewer queries than keys (a decoder step) and more (the general score then projects the keys, not the
+    queries); query and key sizes differ but for dot; with the keys' part of the score prepared once too."""
     torch.manual_seed(0)
-    attention = Attention(4, 4, kind).double()
-    query, keys = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64)
-    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
-    context, weights = attention(query, keys, mask)
+    query_size = 4 if kind == "dot" else 3
+    attention = Attention(query_size, 4, kind).double()
+    query = torch.randn(2, queries, query_size, dtype=torch.float64)
+    keys = torch.randn(2, sources, 4, dtype=torch.float64)
+    mask = torch.ones(2, sources, dtype=torch.bool)
+    mask[1, sources // 2 + 1:] = False
     expected_context, expected_weights = closed_form(attention, query, keys, mask)
-    np.testing.assert_allclose(weights.detach().numpy(), expected_weights, atol=1e-12)
-    np.testing.assert_allclose(context.detach().numpy(), expected_context, atol=1e-12)
-    np.testing.assert_allclose(weights.sum(-1).detach().numpy(), 1.0, atol=1e-12)
+    prepared = attention.prepare(keys)
+    assert (prepared is not None) == (kind == "additive")
+    for given in (None, prepared):
+        context, weights = attention(query, keys, mask, prepared=given)
+        np.testing.assert_allclose(weights.detach().numpy(), expected_weights, atol=1e-12)
+        np.testing.assert_allclose(context.detach().numpy(), expected_context, atol=1e-12)
+        np.testing.assert_allclose(weights.sum(-1).detach().numpy(), 1.0, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["dot", "general", "additive"])

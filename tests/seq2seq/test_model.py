@@ -115,3 +115,32 @@ def test_sampling_draws_from_the_model_and_scores_what_it_drew(reverser):
     assert model.sample(source, lengths, 6, temperature=0.0)[0] == model.greedy(source, lengths, 6)[0]
     with pytest.raises(ValueError, match="temperature must be >= 0, got -1"):
         model.sample(source, lengths, temperature=-1)
+
+
+@pytest.mark.parametrize("attention", ["general", "additive"])
+def test_teacher_forced_steps_follow_luongs_equations(attention):
+    """Every step's log-probabilities and attention weights, written out from the equations with the model's
+    weights: the encoder's outputs as keys (the general score's W, the additive score's W_2 applied to them as the
+    equations say, not as the model arranges the products), input feeding, the combination and the softmax."""
+    torch.manual_seed(2)
+    model = Seq2Seq(12, 12, embedding_dim=8, hidden_size=16, attention=attention).double()
+    source, lengths, target = batch(5, torch.Generator().manual_seed(3))
+    target_in = target[:, :-1]
+    log_probs, weights = model(source, lengths, target_in)
+
+    keys, final = model.encoder(model.source_embedding(source), lengths=lengths)  # [B, S, 2H]
+    h = torch.tanh(model.bridges[0](final[-2:].transpose(0, 1).reshape(source.shape[0], -1)))
+    mask = torch.arange(source.shape[1])[None, :] < lengths[:, None]
+    feed = torch.zeros_like(h)
+    score = model.attention
+    for t in range(target_in.shape[1]):
+        _, (h,) = model.decoder(torch.cat([model.target_embedding(target_in[:, t]), feed], -1), (h,))
+        if attention == "general":
+            scores = torch.einsum("bq,bsq->bs", h, keys @ score.weight.weight.T)
+        else:
+            hidden = torch.tanh((h @ score.query_projection.weight.T)[:, None] + keys @ score.key_projection.weight.T)
+            scores = (hidden @ score.v.weight.T)[..., 0]
+        alpha = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+        feed = torch.tanh(model.combine(torch.cat([torch.einsum("bs,bsk->bk", alpha, keys), h], -1)))
+        torch.testing.assert_close(weights[:, t], alpha, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(log_probs[:, t], torch.log_softmax(model.output(feed), -1), atol=1e-12, rtol=1e-12)
