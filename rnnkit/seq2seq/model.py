@@ -27,14 +27,15 @@ PAD, GO, EOS = 0, 2, 3
 class Decoder(nn.Module):
     """Teacher-forced training and greedy / sampled / beam decoding for any network that defines
     ``encode(source, lengths) -> (memory, mask, first state)`` and ``step(previous, state, feed, memory,
-    mask) -> (log-probabilities, state, feed, attention weights)``, and has ``hidden_size``."""
+    mask) -> (log-probabilities, state, feed, attention weights)``, and has ``hidden_size``. The memory is a
+    ``[B, ...]`` tensor or a tuple of them, handed to every step as it is (beam search repeats each row)."""
 
     hidden_size: int
 
     def encode(self, source: Tensor, lengths: Tensor | None):
         raise NotImplementedError
 
-    def step(self, previous: Tensor, state, feed: Tensor, memory: Tensor, mask: Tensor):
+    def step(self, previous: Tensor, state, feed: Tensor, memory: Tensor | tuple[Tensor, ...], mask: Tensor):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- training
@@ -48,7 +49,7 @@ class Decoder(nn.Module):
         if not 0.0 <= teacher_forcing <= 1.0:
             raise ValueError(f"teacher_forcing must be a ratio in [0, 1], got {teacher_forcing!r}")
         memory, mask, state = self.encode(source, lengths)
-        feed = memory.new_zeros(source.shape[0], self.hidden_size)
+        feed = _first(memory).new_zeros(source.shape[0], self.hidden_size)
         previous = target_in[:, 0]
         outputs, attention = [], []
         for t in range(target_in.shape[1]):
@@ -80,9 +81,9 @@ class Decoder(nn.Module):
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
         memory, mask, state = self.encode(source, lengths)
         batch = source.shape[0]
-        feed = memory.new_zeros(batch, self.hidden_size)
+        feed = _first(memory).new_zeros(batch, self.hidden_size)
         previous = torch.full((batch,), GO, dtype=torch.long, device=source.device)
-        score = memory.new_zeros(batch)
+        score = feed.new_zeros(batch)
         done = torch.zeros(batch, dtype=torch.bool, device=source.device)
         tokens = []
         for _ in range(check_positive_int("max_length", max_length)):
@@ -110,9 +111,10 @@ class Decoder(nn.Module):
         def expand(tensor: Tensor) -> Tensor:  # [B, ...] -> [B*W, ...]
             return tensor.repeat_interleave(width, dim=0)
 
-        memory, mask, state = expand(memory), expand(mask), tuple(expand(s) for s in state)
-        feed = memory.new_zeros(batch * width, self.hidden_size)
-        scores = memory.new_full((batch, width), float("-inf"))
+        memory = tuple(expand(m) for m in memory) if isinstance(memory, tuple) else expand(memory)
+        mask, state = expand(mask), tuple(expand(s) for s in state)
+        feed = _first(memory).new_zeros(batch * width, self.hidden_size)
+        scores = feed.new_full((batch, width), float("-inf"))
         scores[:, 0] = 0.0  # one live hypothesis to start with
         tokens = torch.full((batch * width, 1), GO, dtype=torch.long, device=source.device)
         finished = torch.zeros(batch * width, dtype=torch.bool, device=source.device)
@@ -171,8 +173,8 @@ class Seq2SeqNetwork(Decoder):
     # ---------------------------------------------------------------- pieces
     def encode(self, source: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
         """``source [B, S]`` ids -> memory ``[B, S, D*H]``, its mask ``[B, S]``, the decoder's first state. With
-        additive attention the memory carries the keys' projection beside the encoder's outputs,
-        ``[B, S, D*H + H]`` (:meth:`Attention.prepare`: computed once, not at every step)."""
+        additive attention the memory is a pair, the encoder's outputs and their projection for the score
+        ``[B, S, H]`` (:meth:`Attention.prepare`: computed once, not at every step)."""
         memory, final = self.encoder(self.source_embedding(source), lengths=lengths)
         finals = final if isinstance(final, tuple) else (final,)
         directions = self.encoder.num_directions
@@ -180,11 +182,9 @@ class Seq2SeqNetwork(Decoder):
                       for bridge, f in zip(self.bridges, finals))
         mask = torch.arange(source.shape[1], device=source.device)[None, :] < lengths.to(source.device)[:, None]
         prepared = None if self.attention is None else self.attention.prepare(memory)
-        if prepared is not None:  # one tensor, so that the decoding loops (beam search's expansion) treat it whole
-            memory = torch.cat([memory, prepared], dim=-1)
-        return memory, mask, state
+        return memory if prepared is None else (memory, prepared), mask, state
 
-    def step(self, previous: Tensor, state: tuple[Tensor, ...], feed: Tensor, memory: Tensor,
+    def step(self, previous: Tensor, state: tuple[Tensor, ...], feed: Tensor, memory: Tensor | tuple[Tensor, Tensor],
              mask: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor, Tensor | None]:
         """One decoder step from the previous tokens ``[B]``: ``(log-probabilities [B, V], state,
         attentional state [B, H], attention weights [B, S] or None)``."""
@@ -194,12 +194,15 @@ class Seq2SeqNetwork(Decoder):
         h, state = self.decoder(inputs, state)
         weights = None
         if self.attention is not None:
-            keys, prepared = memory, None
-            if memory.shape[-1] != self.attention.key_size:  # the keys' projection rides beside them (encode)
-                keys, prepared = memory[..., : self.attention.key_size], memory[..., self.attention.key_size:]
+            keys, prepared = memory if isinstance(memory, tuple) else (memory, None)  # (see encode)
             context, weights = self.attention(h, keys, mask, prepared)
             h = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
         return torch.log_softmax(self.output(h), dim=-1), state, h, weights
+
+def _first(memory: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """The memory's tensor, or the first of its tuple: what the decoding loops take a dtype and device from."""
+    return memory[0] if isinstance(memory, tuple) else memory
+
 
 def _trim(tokens: Tensor) -> list[list[int]]:
     """Each row up to (not including) its first ``<eos>``."""
