@@ -395,10 +395,9 @@ def run_layer(
     Raises:
         ValueError: ``backend`` is unknown, or cannot compute these options (the message says which).
     """
-    backend = _resolve(backend, cells, noises, x, lengths, observe)
-    if backend == "native":
-        return native.run_layer(cells, x, states, lengths)
-    return _run_by_direction(backend, cells, x, states, lengths, noises, observe)
+    hx = tuple(native.stack_states([state[k] for state in states]) for k in range(cells[0].state_size))
+    outputs, finals = run_layer_stacked(cells, x, hx, lengths, noises, backend, observe)
+    return outputs, [tuple(h[d] for h in finals) for d in range(len(cells))]
 
 
 def run_layer_stacked(

@@ -428,3 +428,21 @@ def test_a_parametrized_cell_runs_with_its_computed_weights(cell):
     grad_x, grad_gain = torch.autograd.grad(out.sum(), [x, gain])
     assert_close(grad_x, torch.autograd.grad(expected.sum(), x)[0])
     assert grad_gain.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["native", "fused", "reference"])
+def test_run_layer_takes_and_gives_each_directions_state_apart(backend):
+    """rnnkit.engine.run_layer (states as one tuple per direction) gives what the layer does (states [D, B, H])."""
+    from rnnkit.engine import run_layer
+
+    torch.manual_seed(0)
+    layer = rk.LSTM(3, 4, bidirectional=True, batch_first=False, backend=backend).double()
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    h0, c0 = torch.randn(2, 2, 4, dtype=torch.float64), torch.randn(2, 2, 4, dtype=torch.float64)
+    expected, (h_n, c_n) = layer(x, lengths=torch.tensor([6, 4]), state=(h0, c0))
+    outputs, finals = run_layer(tuple(layer.cells), x, [(h0[0], c0[0]), (h0[1], c0[1])], torch.tensor([6, 4]),
+                                [None, None], backend)
+    torch.testing.assert_close(outputs, expected, rtol=0, atol=0)
+    for d in range(2):
+        torch.testing.assert_close(finals[d][0], h_n[d], rtol=0, atol=0)
+        torch.testing.assert_close(finals[d][1], c_n[d], rtol=0, atol=0)

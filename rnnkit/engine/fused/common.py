@@ -24,8 +24,8 @@ def first_order_only(backward):
     grad outputs that need no grad it lets a *wrong* second derivative through silently.)
 
     The backward also runs with ``torch.autocast`` off, like the forward (the engine computes in its
-    parameters' dtype, :func:`rnnkit.engine.dispatch.run_layer`): autograd runs a backward under the autocast
-    state of the ``backward()`` call, which would otherwise cast its products to float16/bfloat16.
+    parameters' dtype, :func:`rnnkit.engine.dispatch.run_layer_stacked`): autograd runs a backward under the
+    autocast state of the ``backward()`` call, which would otherwise cast its products to float16/bfloat16.
     """
 
     @functools.wraps(backward)
