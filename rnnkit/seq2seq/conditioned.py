@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from rnnkit._checks import check_choice, check_positive_int
 from rnnkit.cells import CELLS
-from rnnkit.seq2seq.model import PAD, Decoder
+from rnnkit.seq2seq.model import PAD, Decoder, run_cell
 
 
 class VectorToSequence(Decoder):
@@ -41,3 +41,10 @@ class VectorToSequence(Decoder):
     def step(self, previous: Tensor, state, feed: Tensor, memory: Tensor, mask: Tensor):
         h, state = self.decoder(torch.cat([self.target_embedding(previous), memory[:, 0]], dim=-1), state)
         return torch.log_softmax(self.output(h), dim=-1), state, h, None
+
+    def teacher_forced(self, vectors: Tensor, lengths: Tensor | None, target_in: Tensor) -> tuple[Tensor, None]:
+        """Every decoder input is known up front: the cell runs over the whole target as one call of the engine."""
+        memory, _, state = self.encode(vectors, lengths)
+        inputs = self.target_embedding(target_in)  # [B, T, E]
+        inputs = torch.cat([inputs, memory.expand(-1, inputs.shape[1], -1)], dim=-1)
+        return torch.log_softmax(self.output(run_cell(self.decoder, inputs, state)), dim=-1), None

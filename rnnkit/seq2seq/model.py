@@ -19,6 +19,7 @@ from torch import Tensor, nn
 import rnnkit as rk
 from rnnkit._checks import check_choice, check_positive_int
 from rnnkit.cells import CELLS
+from rnnkit.engine.dispatch import run_layer_stacked
 from rnnkit.seq2seq.attention import Attention
 
 PAD, GO, EOS = 0, 2, 3
@@ -38,6 +39,12 @@ class Decoder(nn.Module):
     def step(self, previous: Tensor, state, feed: Tensor, memory: Tensor | tuple[Tensor, ...], mask: Tensor):
         raise NotImplementedError
 
+    def teacher_forced(self, source: Tensor, lengths: Tensor | None, target_in: Tensor
+                       ) -> tuple[Tensor, Tensor | None] | None:
+        """What ``forward`` returns under full teacher forcing, every step at once, where no step's input depends
+        on the step before's output (no input feeding); None where the steps must run one by one."""
+        return None
+
     # ---------------------------------------------------------------- training
     def forward(self, source: Tensor, lengths: Tensor, target_in: Tensor, teacher_forcing: float = 1.0
                 ) -> tuple[Tensor, Tensor | None]:
@@ -48,6 +55,10 @@ class Decoder(nn.Module):
         """
         if not 0.0 <= teacher_forcing <= 1.0:
             raise ValueError(f"teacher_forcing must be a ratio in [0, 1], got {teacher_forcing!r}")
+        if teacher_forcing == 1.0:
+            whole = self.teacher_forced(source, lengths, target_in)
+            if whole is not None:
+                return whole
         memory, mask, state = self.encode(source, lengths)
         feed = _first(memory).new_zeros(source.shape[0], self.hidden_size)
         previous = target_in[:, 0]
@@ -198,6 +209,30 @@ class Seq2SeqNetwork(Decoder):
             context, weights = self.attention(h, keys, mask, prepared)
             h = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
         return torch.log_softmax(self.output(h), dim=-1), state, h, weights
+
+    def teacher_forced(self, source: Tensor, lengths: Tensor, target_in: Tensor
+                       ) -> tuple[Tensor, Tensor | None] | None:
+        """Without input feeding, every decoder input is known up front: the decoder cell runs over the whole
+        target as one call of the engine (the fused one on CPU), and attention reads all steps' states at once."""
+        if self.input_feeding:
+            return None
+        memory, mask, state = self.encode(source, lengths)
+        h = run_cell(self.decoder, self.target_embedding(target_in), state)  # [B, T, H]
+        weights = None
+        if self.attention is not None:
+            keys, prepared = memory if isinstance(memory, tuple) else (memory, None)
+            context, weights = self.attention(h, keys, mask, prepared)  # [B, T, K], [B, T, S]
+            h = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
+        return torch.log_softmax(self.output(h), dim=-1), weights
+
+
+def run_cell(cell, inputs: Tensor, state: tuple[Tensor, ...]) -> Tensor:
+    """``cell`` over a whole batch-first sequence ``inputs [B, T, I]`` from ``state`` (``[B, H]`` each), as a layer
+    runs it (``auto``'s engine): every step's ``h``, ``[B, T, H]``."""
+    hx = tuple(s[None] for s in state)  # [1, B, H]
+    outputs, _ = run_layer_stacked((cell,), inputs.transpose(0, 1), hx, None, [None], "auto")
+    return outputs.transpose(0, 1)
+
 
 def _first(memory: Tensor | tuple[Tensor, ...]) -> Tensor:
     """The memory's tensor, or the first of its tuple: what the decoding loops take a dtype and device from."""

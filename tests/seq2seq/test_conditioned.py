@@ -34,3 +34,16 @@ def test_generates_the_sequence_each_vector_stands_for():
 def test_vector_shape_is_checked():
     with pytest.raises(ValueError, match="vectors must have shape \\[B, 4\\], got \\[2, 3\\]"):
         VectorToSequence(4, 8).greedy(torch.zeros(2, 3), None)
+
+
+def test_teacher_forcing_runs_every_step_at_once_as_the_step_loop_would():
+    from tests.seq2seq.test_model import _whole_and_stepwise
+
+    torch.manual_seed(3)
+    model = VectorToSequence(vector_size=5, target_vocabulary=9, embedding_dim=4, hidden_size=6, cell="lstm").double()
+    vectors = torch.randn(3, 5, dtype=torch.float64)
+    target_in = torch.tensor([[2, 4, 5, 6], [2, 7, 0, 0], [2, 8, 4, 0]])
+    (whole, _, whole_grads), (steps, _, step_grads) = _whole_and_stepwise(model, vectors, None, target_in)
+    torch.testing.assert_close(whole, steps, atol=1e-12, rtol=1e-10)
+    for a, b in zip(whole_grads, step_grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)

@@ -144,3 +144,43 @@ def test_teacher_forced_steps_follow_luongs_equations(attention):
         feed = torch.tanh(model.combine(torch.cat([torch.einsum("bs,bsk->bk", alpha, keys), h], -1)))
         torch.testing.assert_close(weights[:, t], alpha, atol=1e-12, rtol=1e-12)
         torch.testing.assert_close(log_probs[:, t], torch.log_softmax(model.output(feed), -1), atol=1e-12, rtol=1e-12)
+
+
+def _whole_and_stepwise(model, source, lengths, target_in):
+    """``model``'s teacher-forced forward (every step at once where it can) and the same through its step loop,
+    each with the gradients of every parameter."""
+    results = []
+    for whole in (True, False):
+        if not whole:
+            model.teacher_forced = lambda *args: None  # (an instance attribute: the Decoder's loop then)
+        log_probs, weights = model(source, lengths, target_in)
+        grads = torch.autograd.grad(log_probs.exp().mul(torch.linspace(0, 1, log_probs.shape[-1])).sum(),
+                                    list(model.parameters()), allow_unused=True)
+        results.append((log_probs, weights, grads))
+    del model.teacher_forced
+    return results
+
+
+@pytest.mark.parametrize("attention", ["general", "additive", "dot", None])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_without_input_feeding_teacher_forcing_runs_every_step_at_once(attention, cell):
+    torch.manual_seed(5)
+    model = Seq2Seq(12, 12, embedding_dim=8, hidden_size=6, cell=cell, attention=attention, input_feeding=False,
+                    bidirectional=attention != "dot").double()
+    source, lengths, target = batch(4, torch.Generator().manual_seed(8))
+    assert model.teacher_forced(source, lengths, target[:, :-1]) is not None
+    (whole, whole_weights, whole_grads), (steps, step_weights, step_grads) = _whole_and_stepwise(
+        model, source, lengths, target[:, :-1])
+    torch.testing.assert_close(whole, steps, atol=1e-12, rtol=1e-10)
+    if attention is None:
+        assert whole_weights is None and step_weights is None
+    else:
+        torch.testing.assert_close(whole_weights, step_weights, atol=1e-12, rtol=1e-10)
+    for a, b in zip(whole_grads, step_grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_input_feeding_keeps_the_step_loop():
+    model = Seq2Seq(12, 12, embedding_dim=8, hidden_size=6)  # input feeding: a step reads the one before
+    source, lengths, target = batch(2, torch.Generator().manual_seed(9))
+    assert model.teacher_forced(source, lengths, target[:, :-1]) is None
