@@ -203,11 +203,7 @@ class Seq2SeqNetwork(Decoder):
         if self.input_feeding:
             inputs = torch.cat([inputs, feed], dim=-1)
         h, state = self.decoder(inputs, state)
-        weights = None
-        if self.attention is not None:
-            keys, prepared = memory if isinstance(memory, tuple) else (memory, None)  # (see encode)
-            context, weights = self.attention(h, keys, mask, prepared)
-            h = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
+        h, weights = self._attend(h, memory, mask)
         return torch.log_softmax(self.output(h), dim=-1), state, h, weights
 
     def teacher_forced(self, source: Tensor, lengths: Tensor, target_in: Tensor
@@ -217,13 +213,17 @@ class Seq2SeqNetwork(Decoder):
         if self.input_feeding:
             return None
         memory, mask, state = self.encode(source, lengths)
-        h = run_cell(self.decoder, self.target_embedding(target_in), state)  # [B, T, H]
-        weights = None
-        if self.attention is not None:
-            keys, prepared = memory if isinstance(memory, tuple) else (memory, None)
-            context, weights = self.attention(h, keys, mask, prepared)  # [B, T, K], [B, T, S]
-            h = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
+        h, weights = self._attend(run_cell(self.decoder, self.target_embedding(target_in), state), memory, mask)
         return torch.log_softmax(self.output(h), dim=-1), weights
+
+    def _attend(self, h: Tensor, memory: Tensor | tuple[Tensor, Tensor], mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Decoder states ``h [B, H]`` (one step) or ``[B, T, H]`` (all) -> the attentional states
+        ``tanh(W_c [c_t; h_t])`` and the attention weights (``h`` itself and None without attention)."""
+        if self.attention is None:
+            return h, None
+        keys, prepared = memory if isinstance(memory, tuple) else (memory, None)  # (see encode)
+        context, weights = self.attention(h, keys, mask, prepared)
+        return torch.tanh(self.combine(torch.cat([context, h], dim=-1))), weights
 
 
 def run_cell(cell, inputs: Tensor, state: tuple[Tensor, ...]) -> Tensor:
