@@ -34,7 +34,7 @@ class Attention(nn.Module):
     Forward: ``(query [B, Q] or [B, T, Q], keys [B, S, K], mask [B, S] bool, True on real positions,
     prepared=None)`` -> ``(context [B, K] or [B, T, K], weights [B, S] or [B, T, S])``. A decoder that attends to
     the same keys at every step passes ``prepared=attention.prepare(keys)``, computed once: what the scores take
-    from the keys alone (the additive score's ``W_2 \bar h_s``), so that a step does not project all S keys again.
+    from the keys alone (the additive score's ``W_2 h_s``), so that a step does not project all S keys again.
     """
 
     def __init__(self, query_size: int, key_size: int, kind: str = "general", attention_size: int | None = None) -> None:
