@@ -108,11 +108,6 @@ class RNN(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x, lengths=None, state=None):
-        if torch.compiler.is_compiling():  # (0.1 us) under torch.compile: see _eager_forward
-            return _eager_forward()(self, x, lengths, state)
-        return self._forward(x, lengths, state)
-
-    def _forward(self, x, lengths, state):
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
             if lengths is not None:
@@ -237,21 +232,6 @@ class RNN(nn.Module):
         from rnnkit.layers.interchange import to_torch
 
         return to_torch(self)
-
-
-_EAGER_FORWARD = None
-
-
-def _eager_forward():
-    """``RNN._forward`` as torch.compile runs it: as it is, a graph break (its engines are already whole-sequence
-    kernels, and the compiled loops' ops, which write into buffers they are given, have no fake-tensor form to be
-    traced with). Made at the first compiled call, when torch._dynamo is loaded anyway: ``torch.compiler.disable``
-    imports it, which would double the time of ``import rnnkit`` (1.1-1.6 s to 3.3-3.8 s) were the layer's forward
-    decorated with it. (A plain global rather than functools.cache, which dynamo warns it traces through.)"""
-    global _EAGER_FORWARD
-    if _EAGER_FORWARD is None:
-        _EAGER_FORWARD = torch.compiler.disable(RNN._forward)
-    return _EAGER_FORWARD
 
 
 def _repack(outputs: Tensor, lengths: Tensor, like: PackedSequence, batch_first: bool) -> PackedSequence:

@@ -48,3 +48,28 @@ def test_a_compiled_model_gives_what_it_gives_eagerly(cell, options, backend):
     assert_close(compiled, eager)
     for p, expected in zip(model.parameters(), eager_grads):
         assert_close(p.grad, expected)
+
+
+def test_an_encoder_decoder_that_runs_its_decoder_cell_over_the_whole_target_compiles():
+    """Seq2Seq without input feeding runs its decoder cell through the engine directly (run_cell), not through a
+    layer: the graph break is at the engine's entry, which every caller passes."""
+    from rnnkit.seq2seq import Seq2SeqNetwork
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Seq2SeqNetwork(12, 12, embedding_dim=8, hidden_size=6, input_feeding=False).double()
+    source, lengths = torch.randint(4, 12, (3, 5)), torch.tensor([5, 3, 4])
+    target_in = torch.randint(4, 12, (3, 6))
+    eager, eager_weights = model(source, lengths, target_in)
+    eager.exp().sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    counter = dynamo_testing.CompileCounterWithBackend("aot_eager")
+    compiled, weights = torch.compile(model, backend=counter)(source, lengths, target_in)
+    compiled.exp().sum().backward()
+    assert counter.frame_count >= 2
+    assert_close(compiled, eager)
+    assert_close(weights, eager_weights)
+    for p, expected in zip(model.parameters(), eager_grads):
+        assert_close(p.grad, expected)
