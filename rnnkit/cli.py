@@ -14,6 +14,21 @@ app = typer.Typer(help="rnnkit: recurrent neural networks on PyTorch.", no_args_
 console = Console()
 
 
+def _check_lr_schedule(value: str) -> str:
+    from rnnkit.training.schedules import SCHEDULES
+
+    if value not in SCHEDULES:
+        raise typer.BadParameter(f"one of {', '.join(SCHEDULES)}, got {value!r}")
+    return value
+
+
+def _lr_schedule_option():
+    """The training commands' ``--lr-schedule`` (see :mod:`rnnkit.training.schedules`)."""
+    return typer.Option("constant", "--lr-schedule", callback=_check_lr_schedule,
+                        help="Learning-rate schedule: constant, cosine (decays to 0 over the training steps) or "
+                             "plateau (halved when the loss has not improved for 3 epochs).")
+
+
 def _metrics_table(report: dict, title: str):
     from rich.table import Table
 
@@ -60,6 +75,7 @@ def forecast(
     season: int = typer.Option(0, min=0, help="Seasonal period (12 for monthly data); 0 for none."),
     window: int = typer.Option(12, min=1, help="Input steps the network reads."),
     epochs: int = typer.Option(200, min=1, help="Training epochs."),
+    lr_schedule: str = _lr_schedule_option(),
     benchmark_weight: str = typer.Option("auto", help="Share of the (seasonal) naive forecast with drift averaged "
                                          "into the network's, 0-1; auto: 0.5 with a season, else 0."),
     plot: Path = typer.Option(None, help="Write a forecast plot here (PNG)."),
@@ -96,7 +112,7 @@ def forecast(
         raise typer.BadParameter(f"a number in [0, 1] or auto, got {benchmark_weight!r}",
                                  param_hint="--benchmark-weight") from None
     try:
-        model.fit(values, epochs=epochs)
+        model.fit(values, epochs=epochs, lr_schedule=lr_schedule)
     except ValueError as error:
         console.print(f"[red]cannot fit: {error}[/red]")
         raise typer.Exit(1) from None
@@ -139,6 +155,7 @@ def classify(
     cell: str = typer.Option("lstm", help="rnn, lstm or gru."),
     hidden: int = typer.Option(64, min=1, help="Hidden units per direction."),
     epochs: int = typer.Option(60, min=1, help="Training epochs."),
+    lr_schedule: str = _lr_schedule_option(),
     seed: int = typer.Option(0, help="Random seed."),
     out: Path = typer.Option(Path("rnnkit-classify"), help="Folder for the model and the confusion matrix."),
 ) -> None:
@@ -157,7 +174,8 @@ def classify(
     except DatasetUnavailable as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
-    model = SequenceClassifier(cell=cell, hidden_size=hidden, seed=seed).fit(data.train_x, data.train_y, epochs=epochs)
+    model = SequenceClassifier(cell=cell, hidden_size=hidden, seed=seed).fit(data.train_x, data.train_y, epochs=epochs,
+                                                                                lr_schedule=lr_schedule)
     report = model.evaluate(data.test_x, data.test_y)
     console.print(f"{dataset}: {len(data.train_x)} training / {len(data.test_x)} test sequences, "
                   f"{len(model.classes)} classes")
@@ -174,6 +192,7 @@ def tag(
     cell: str = typer.Option("lstm", help="rnn, lstm or gru."),
     hidden: int = typer.Option(64, min=1, help="Hidden units per direction."),
     epochs: int = typer.Option(30, min=1, help="Training epochs."),
+    lr_schedule: str = _lr_schedule_option(),
     save: Path = typer.Option(None, help="Save the fitted tagger to this folder."),
 ) -> None:
     """Train a bidirectional recurrent tagger (a label for every token) and score it.
@@ -188,7 +207,7 @@ def tag(
         test = read_tagged(test_file) if test_file is not None else None
     except (OSError, ValueError) as error:
         raise typer.BadParameter(str(error), param_hint="TRAIN_FILE / --test") from None
-    tagger = SequenceTagger(cell=cell, hidden_size=hidden).fit(tokens, tags, epochs=epochs)
+    tagger = SequenceTagger(cell=cell, hidden_size=hidden).fit(tokens, tags, epochs=epochs, lr_schedule=lr_schedule)
     console.print(f"trained on {len(tokens)} sentences, {sum(map(len, tokens))} tokens, tags {tagger.classes}")
     if test is not None:
         try:
@@ -267,6 +286,7 @@ def generate(
     length: int = typer.Option(300, min=1, help="Tokens to generate."),
     level: str = typer.Option("char", help="char or word."),
     epochs: int = typer.Option(5, min=1, help="Training epochs."),
+    lr_schedule: str = _lr_schedule_option(),
     hidden: int = typer.Option(256, min=1, help="Hidden units."),
     temperature: float = typer.Option(0.8, help="Sampling temperature (> 0; lower is more conservative)."),
     top_k: int = typer.Option(None, min=1, help="Sample only among the k most likely tokens."),
@@ -297,7 +317,8 @@ def generate(
                 text, held_out = load_hamlet()
             else:
                 text = train.read_text(encoding="utf-8")
-            lm = LanguageModel.from_text(text, level=level, hidden_size=hidden, seed=seed).fit(text, epochs=epochs)
+            lm = LanguageModel.from_text(text, level=level, hidden_size=hidden, seed=seed).fit(text, epochs=epochs,
+                                                                                             lr_schedule=lr_schedule)
     except (OSError, ValueError, DatasetUnavailable, ModelFileError) as error:
         raise typer.BadParameter(str(error), param_hint="--train / --corpus / --model") from None
     if held_out is not None:
@@ -320,6 +341,7 @@ def translate(
     text: list[str] = typer.Option(None, "--input", help="A source to translate (repeatable)."),
     target_level: str = typer.Option("space", help="How targets split into tokens: space, char or word."),
     epochs: int = typer.Option(10, min=1, help="Training epochs."),
+    lr_schedule: str = _lr_schedule_option(),
     hidden: int = typer.Option(128, min=1, help="Hidden units."),
     beam: int = typer.Option(5, min=1, help="Beam width for the translations (1: greedy)."),
     save: Path = typer.Option(None, help="Save the trained model to this folder."),
@@ -356,7 +378,7 @@ def translate(
                             raise ValueError(f"{train}, line {number}: expected 'source<TAB>target', got {line!r}")
                         pairs.append((fields[0], fields[1]))
             translator = Seq2Seq(source_level="char", target_level=target_level, hidden_size=hidden)
-            translator.fit([s for s, _ in pairs], [t for _, t in pairs], epochs=epochs)
+            translator.fit([s for s, _ in pairs], [t for _, t in pairs], epochs=epochs, lr_schedule=lr_schedule)
             if test is not None:
                 report = translator.evaluate([s for s, _ in test], [t for _, t in test], beam)
                 console.print(f"test ({report['examples']} words, beam {beam}): word error rate "

@@ -11,12 +11,15 @@ import signal
 import threading
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
 from rnnkit._checks import check_choice, torch_build
+from rnnkit.training.modules import EpochMeans
+from rnnkit.training.schedules import check_schedule
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -69,7 +72,8 @@ def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLo
                gradient_clip: float | None = 1.0, patience: int | None = None, progress: bool = True,
                log_dir: str | os.PathLike | None = None, devices: int = 1, strategy: str = "auto",
                checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
-               callbacks: list | None = None, accelerator: str = "cpu") -> pl.Trainer:
+               callbacks: list | None = None, accelerator: str = "cpu",
+               lr_schedule: str | Callable | None = "constant") -> pl.Trainer:
     """Train ``module`` with Lightning, on the CPU unless ``accelerator`` says otherwise.
 
     - ``gradient_clip``: clip the gradient norm to this (None: no clipping);
@@ -84,10 +88,24 @@ def fit_module(module: pl.LightningModule, train: DataLoader, validation: DataLo
     - ``callbacks``: more Lightning callbacks, e.g. :class:`rnnkit.training.callbacks.GradientNormMonitor`;
     - ``accelerator``: ``"cpu"`` (default), ``"gpu"`` (one CUDA GPU: an error if there is none) or ``"auto"``
       (a GPU when there is one). The module comes back on the CPU after training either way, where the tasks
-      predict, evaluate and save.
+      predict, evaluate and save;
+    - ``lr_schedule``: ``"constant"`` (default), ``"cosine"`` (decay to 0 over the fit's steps), ``"plateau"``
+      (halve at the third epoch in a row without a lower ``val_loss``, or ``train_loss`` without validation data), or a
+      function ``(optimizer, total_steps) -> scheduler``: see :mod:`rnnkit.training.schedules`. With
+      ``log_dir``, the learning rate is logged as ``lr``.
     """
     accelerator = _check_accelerator(accelerator, devices)
+    lr_schedule = check_schedule(lr_schedule)
+    if not isinstance(module, EpochMeans):
+        if lr_schedule != "constant":
+            raise TypeError(f"lr_schedule={lr_schedule!r} needs one of rnnkit's training modules; "
+                            f"{type(module).__name__} configures its own optimizer (add a scheduler there)")
+    else:
+        module.lr_schedule = lr_schedule
+        module.lr_monitor = "val_loss" if validation is not None else "train_loss"
     all_callbacks = list(callbacks or [])
+    if log_dir and lr_schedule != "constant":
+        all_callbacks.append(pl.callbacks.LearningRateMonitor())
     if progress:
         all_callbacks.append(pl.callbacks.RichProgressBar())
     if validation is not None and patience:

@@ -73,6 +73,7 @@ class TBPTTModule(EpochMeans):
             optimizer.step()
             state = detach_state(state)
             losses.append(loss.detach())
+        self.step_schedules("step")  # once a batch, however many chunks it had (see rnnkit.training.schedules)
         mean = torch.stack(losses).mean()
         self.log_epoch_mean("train_loss", mean, len(x))
         return mean
@@ -88,4 +89,4 @@ class TBPTTModule(EpochMeans):
         self.log_epoch_mean("val_loss", total / count, len(x))
 
     def configure_optimizers(self):
-        return adam(self.parameters(), self.learning_rate)
+        return self.with_schedule(adam(self.parameters(), self.learning_rate))
