@@ -171,8 +171,9 @@ def test_the_learning_rate_is_logged(tmp_path):
     sequences, labels = classification_data()
     rk.SequenceClassifier(hidden_size=8).fit(sequences, labels, epochs=2, batch_size=16, progress=False,
                                              log_dir=tmp_path, lr_schedule="cosine")
-    logged = [value for _, value in read_training_log(tmp_path)["lr"]]
+    epochs, logged = zip(*read_training_log(tmp_path)["lr"])  # once a step, with the step's epoch
     assert logged == pytest.approx([LR * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)], rel=1e-6)
+    assert epochs == (0, 0, 0, 1, 1, 1)
 
 
 @pytest.mark.parametrize("schedule, message", [
