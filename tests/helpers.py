@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -7,6 +8,19 @@ import rnnkit as rk
 
 #: marks a test that needs a CUDA device (benchmarks/gpu_check.sh runs them where there is one)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+
+class InterruptAt(pl.Callback):
+    """Press Ctrl-C (raise KeyboardInterrupt, as the signal handler does) when epoch ``epoch`` starts."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
 
 # every cell configuration the suite exercises: (cell name, options)
 CELL_OPTIONS = [

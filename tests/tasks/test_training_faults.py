@@ -8,17 +8,7 @@ import torch
 
 import rnnkit as rk
 from rnnkit.data.series import load_airline
-
-
-class InterruptAt(pl.Callback):
-    """Press Ctrl-C (raise KeyboardInterrupt, as the signal handler does) when an epoch starts."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise KeyboardInterrupt
+from tests.helpers import InterruptAt
 
 
 class EpochLog(pl.Callback):

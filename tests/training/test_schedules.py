@@ -12,6 +12,7 @@ import torch
 import rnnkit as rk
 from rnnkit.tasks.trainer import fit_module
 from rnnkit.training.logs import read_training_log
+from tests.helpers import InterruptAt
 
 LR = 3e-3  # the tasks' default learning rate
 
@@ -31,15 +32,6 @@ class Rates(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):  # (the module's hook ran first: this epoch's means are logged)
         self.losses.append({k: float(v) for k, v in trainer.callback_metrics.items()})
-
-
-class InterruptAt(pl.Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def classification_data(count=48, random_labels=False):
