@@ -8,6 +8,8 @@ and carry their lengths, so padding never reaches the recurrent state.
 
 from __future__ import annotations
 
+import functools
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -76,6 +78,19 @@ def _arrays(values, name: str) -> list[np.ndarray]:
     if len(widths) != 1:
         raise ValueError(f"{name} mixes feature counts {sorted(widths)}; every sequence needs the same F")
     return out
+
+
+def _collate(batch, per_step: bool):
+    """``(sequence, target)`` pairs -> padded ``(x [B, T, ...], lengths [B], y)``: per-step targets padded with
+    :data:`IGNORE`. (At module level, unlike a closure, it pickles: ``ddp_spawn`` sends the loaders to its
+    processes.)"""
+    xs, ys = zip(*batch)
+    lengths = torch.tensor([len(x) for x in xs])
+    if per_step:
+        y = pad_sequence([torch.as_tensor(t) for t in ys], batch_first=True, padding_value=IGNORE)
+    else:
+        y = torch.tensor(ys)
+    return pad_sequence(list(xs), batch_first=True), lengths, y
 
 
 def classification_report(truth: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
@@ -188,18 +203,9 @@ class SequenceTask:
         else:  # prediction: placeholders shaped like the targets
             labels = [[0] * len(t) for t in tensors] if self.PER_STEP else [0] * len(tensors)
 
-        def collate(batch):
-            xs, ys = zip(*batch)
-            lengths = torch.tensor([len(x) for x in xs])
-            if self.PER_STEP:
-                y = pad_sequence([torch.as_tensor(t) for t in ys], batch_first=True, padding_value=IGNORE)
-            else:
-                y = torch.tensor(ys)
-            return pad_sequence(list(xs), batch_first=True), lengths, y
-
         generator = torch.Generator().manual_seed(self.options["seed"])
-        return DataLoader(list(zip(tensors, labels)), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                          generator=generator)
+        return DataLoader(list(zip(tensors, labels)), batch_size=batch_size, shuffle=shuffle,
+                          collate_fn=functools.partial(_collate, per_step=self.PER_STEP), generator=generator)
 
     # ---------------------------------------------------------------- training and use
     def _fit(self, inputs: list[torch.Tensor], targets: list, validation, epochs: int, batch_size: int,

@@ -37,6 +37,15 @@ def edit_distance(a: list, b: list) -> int:
     return previous[-1]
 
 
+def _collate(batch):
+    """``(source ids, target ids)`` pairs -> padded sources, their lengths, and targets framed by ``<go>`` and
+    ``<eos>``. (At module level, unlike a closure, it pickles: ``ddp_spawn`` sends the loaders to its processes.)"""
+    xs, ys = zip(*batch)
+    lengths = torch.tensor([len(x) for x in xs])
+    framed = [torch.cat([torch.tensor([GO]), y, torch.tensor([EOS])]) for y in ys]
+    return pad_sequence(list(xs), True, PAD), lengths, pad_sequence(framed, True, PAD)
+
+
 class Seq2SeqModule(_NetworkModule):
     """Negative log-likelihood of each target token with teacher forcing; the ratio moves linearly from
     ``teacher_forcing[0]`` at the first epoch to ``teacher_forcing[1]`` at the last (scheduled sampling)."""
@@ -109,13 +118,7 @@ class Seq2Seq:
         return out
 
     def _loader(self, sources, targets, batch_size: int, shuffle: bool) -> DataLoader:
-        def collate(batch):
-            xs, ys = zip(*batch)
-            lengths = torch.tensor([len(x) for x in xs])
-            framed = [torch.cat([torch.tensor([GO]), y, torch.tensor([EOS])]) for y in ys]
-            return pad_sequence(list(xs), True, PAD), lengths, pad_sequence(framed, True, PAD)
-
-        return DataLoader(list(zip(sources, targets)), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+        return DataLoader(list(zip(sources, targets)), batch_size=batch_size, shuffle=shuffle, collate_fn=_collate,
                           generator=torch.Generator().manual_seed(self.options["seed"]))
 
     def fit(self, sources, targets, epochs: int = 10, batch_size: int = 64, validation=None, **training) -> "Seq2Seq":

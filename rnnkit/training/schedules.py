@@ -14,7 +14,8 @@ the whole fit takes (every epoch's batches; with truncated BPTT, every batch's, 
   epoch, before the epoch's checkpoint is saved, so that a resumed fit halves when an uninterrupted one would.
 - a function ``(optimizer, total_steps) -> scheduler``: any ``torch.optim.lr_scheduler`` (stepped once an
   epoch), or a Lightning ``lr_scheduler`` dict (``{"scheduler": ..., "interval": "step"}``, a ``"monitor"`` for a
-  plateau scheduler).
+  plateau scheduler). With ``strategy="ddp_spawn"`` it travels to the processes pickled: a module-level
+  function, not a lambda.
 """
 
 from __future__ import annotations
