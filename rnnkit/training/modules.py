@@ -69,6 +69,7 @@ class EpochMeans(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         means = self._log_means("train")
         self.step_schedules("epoch", {**self._validation_means, **means})
+        self._validation_means = {}  # (used once: a plateau schedule never reads an earlier epoch's val_loss)
 
     def on_validation_epoch_end(self) -> None:
         self._validation_means = self._log_means("val")  # before EarlyStopping reads val_loss (end of validation)
