@@ -15,11 +15,12 @@ console = Console()
 
 
 def _check_lr_schedule(value: str) -> str:
-    from rnnkit.training.schedules import SCHEDULES
+    from rnnkit.training.schedules import check_schedule
 
-    if value not in SCHEDULES:
-        raise typer.BadParameter(f"one of {', '.join(SCHEDULES)}, got {value!r}")
-    return value
+    try:
+        return check_schedule(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def _lr_schedule_option():

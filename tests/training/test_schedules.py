@@ -246,7 +246,7 @@ def test_the_tag_command_trains_with_a_schedule_and_refuses_an_unknown_one(tmp_p
     assert seen == ["cosine"]
     result = CliRunner().invoke(app, ["tag", str(tmp_path / "train.tsv"), "--lr-schedule", "linear"],
                                 env={"COLUMNS": "400"})
-    assert result.exit_code == 2 and "one of constant, cosine, plateau, got 'linear'" in result.output
+    assert result.exit_code == 2 and "lr_schedule must be one of 'constant', 'cosine', 'plateau'; got 'linear'" in result.output
 
 
 @pytest.mark.slow
