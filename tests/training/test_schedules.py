@@ -41,6 +41,11 @@ def classification_data(count=48, random_labels=False):
     return sequences, labels
 
 
+def cosine_rates(steps, start=LR):
+    """The cosine schedule's rate at each of ``steps`` optimizer steps: start (1 + cos(pi k / steps)) / 2."""
+    return [start * 0.5 * (1 + math.cos(math.pi * k / steps)) for k in range(steps)]
+
+
 def plateau_rates(losses, start, patience=2, factor=0.5, threshold=1e-4):
     """The learning rate of each epoch under "halve once more than ``patience`` epochs in a row have not improved on
     the best loss by a relative ``threshold``", written out from the epochs' losses (the rule, not torch's code)."""
@@ -62,8 +67,7 @@ def test_cosine_follows_its_closed_form_every_step():
     rk.SequenceClassifier(hidden_size=8).fit(sequences, labels, epochs=3, batch_size=16, progress=False,
                                              callbacks=[rates], lr_schedule="cosine")
     total = 3 * 3  # epochs x batches of 16 from 48
-    expected = [LR * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)]
-    assert rates.per_batch == pytest.approx(expected, rel=1e-12)
+    assert rates.per_batch == pytest.approx(cosine_rates(total), rel=1e-12)
     assert rates.per_batch[0] == LR and rates.per_batch[-1] < 0.04 * LR
 
 
@@ -92,7 +96,7 @@ def test_truncated_bptt_steps_the_cosine_once_a_batch_and_the_plateau_on_the_tra
     rates = Rates()
     lm = rk.LanguageModel.from_text(text, hidden_size=16)
     lm.fit(text, epochs=4, batch_size=8, bptt=20, progress=False, callbacks=[rates], lr_schedule="cosine")
-    assert rates.per_batch == pytest.approx([LR * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)], rel=1e-12)
+    assert rates.per_batch == pytest.approx(cosine_rates(4), rel=1e-12)
 
     rates = Rates()  # a learning rate large enough for the training loss to stall and jump about
     lm = rk.LanguageModel.from_text(text, hidden_size=16, learning_rate=0.3)
@@ -164,7 +168,7 @@ def test_the_learning_rate_is_logged(tmp_path):
     rk.SequenceClassifier(hidden_size=8).fit(sequences, labels, epochs=2, batch_size=16, progress=False,
                                              log_dir=tmp_path, lr_schedule="cosine")
     epochs, logged = zip(*read_training_log(tmp_path)["lr"])  # once a step, with the step's epoch
-    assert logged == pytest.approx([LR * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)], rel=1e-6)
+    assert logged == pytest.approx(cosine_rates(6), rel=1e-6)
     assert epochs == (0, 0, 0, 1, 1, 1)
 
 
@@ -265,5 +269,5 @@ def test_data_parallel_fits_of_the_padded_tasks_with_a_schedule(task, tmp_path):
               lr_schedule="cosine", log_dir=tmp_path)
     # each process takes half of the 4 batches an epoch: 4 optimizer steps in all, the cosine over those 4
     logged = [value for _, value in read_training_log(tmp_path)["lr"]]
-    assert logged == pytest.approx([LR * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)], rel=1e-6)
+    assert logged == pytest.approx(cosine_rates(4), rel=1e-6)
     assert len(model.predict(sequences[:3])) == 3
